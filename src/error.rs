@@ -1,0 +1,312 @@
+//! The one error type of linemark.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// A `Result` whose error is linemark's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in linemark itself.
+///
+/// Errors of a user's own task are kept apart from these: the runner reports
+/// them as failed lines, never as an `Error`.
+///
+/// Every variant carries the context it has: the path of the file involved
+/// (when known), the line number (1-based) and the byte offset. The enum is
+/// `#[non_exhaustive]`, so new variants can be added without a breaking change.
+///
+/// # Examples
+///
+/// ```
+/// use linemark::{Checkpoint, Error};
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("job.checkpoint");
+/// let _first = Checkpoint::open(&path)?;
+/// match Checkpoint::open(&path) {
+///     Err(Error::Locked { path: locked }) => assert!(locked.ends_with("job.checkpoint")),
+///     other => panic!("expected Locked, got {other:?}"),
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An I/O operation on a file failed.
+    #[error("{}: {action}: {source}", display_path(path.as_deref()))]
+    Io {
+        /// The file involved, when known.
+        path: Option<PathBuf>,
+        /// What linemark was doing ("appending to the checkpoint", ...).
+        action: &'static str,
+        /// The underlying error, with its original kind.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Another `Checkpoint` (in this process or another one) holds the lock
+    /// on this checkpoint.
+    #[error(
+        "{}: checkpoint is in use by another process (or another Checkpoint in this one); \
+         wait for it to finish or stop it first",
+        path.display()
+    )]
+    Locked {
+        /// The checkpoint file.
+        path: PathBuf,
+    },
+
+    /// The checkpoint file is damaged before its last valid record, so part
+    /// of the recorded progress cannot be trusted.
+    #[error(
+        "{}: checkpoint is corrupt at byte {offset}: {reason}; \
+         the file was left untouched, inspect it or move it away to start over",
+        path.display()
+    )]
+    Corrupt {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// Byte offset of the first damaged record.
+        offset: u64,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The file at the checkpoint path is not a linemark checkpoint.
+    #[error(
+        "{}: not a linemark checkpoint (it does not start with the linemark header); \
+         refusing to overwrite it, choose another checkpoint path",
+        path.display()
+    )]
+    NotACheckpoint {
+        /// The file that was found.
+        path: PathBuf,
+    },
+
+    /// The checkpoint was written by a newer, incompatible format version.
+    #[error(
+        "{}: checkpoint format version {version} is not supported (this linemark reads version {supported})",
+        path.display()
+    )]
+    UnsupportedVersion {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The version found in the header.
+        version: u32,
+        /// The version this build reads and writes.
+        supported: u32,
+    },
+
+    /// The input is not the one the checkpoint was recorded against: the
+    /// recorded last finished line is not where, or not what, it was.
+    ///
+    /// An input that only grew at its end is not a change.
+    #[error(
+        "{}: input changed since the checkpoint: at line {line} (byte {offset}) expected {expected}, found {found}",
+        display_path(path.as_deref())
+    )]
+    InputChanged {
+        /// The input file, when known.
+        path: Option<PathBuf>,
+        /// The 1-based number of the line that does not match.
+        line: u64,
+        /// Byte offset where that line starts (or was expected to start).
+        offset: u64,
+        /// What the checkpoint recorded.
+        expected: String,
+        /// What the input holds now.
+        found: String,
+    },
+
+    /// Seeking by content reached the end of the input without finding the
+    /// recorded last finished line.
+    #[error(
+        "{}: the last finished line (line {line}, {len} bytes) does not occur anywhere in the input",
+        display_path(path.as_deref())
+    )]
+    LastLineNotFound {
+        /// The input file, when known.
+        path: Option<PathBuf>,
+        /// The 1-based line number the checkpoint recorded for it.
+        line: u64,
+        /// Its length in bytes, terminator included.
+        len: u64,
+    },
+
+    /// Seeking by content found the recorded last finished line several
+    /// times, none of them at its recorded line number.
+    #[error(
+        "{}: the last finished line (recorded as line {line}) occurs at lines {} but not at line {line}; \
+         refusing to guess which one is meant",
+        display_path(path.as_deref()),
+        join(candidates)
+    )]
+    AmbiguousLastLine {
+        /// The input file, when known.
+        path: Option<PathBuf>,
+        /// The 1-based line number the checkpoint recorded.
+        line: u64,
+        /// The 1-based line numbers where the content occurs (the first few).
+        candidates: Vec<u64>,
+    },
+
+    /// A line is not valid UTF-8 (only from the `as_str` conveniences: the
+    /// bytes themselves are always available).
+    #[error(
+        "{}: line {line} (byte {offset}) is not valid UTF-8 (first invalid byte at byte {})",
+        display_path(path.as_deref()),
+        offset + *valid_up_to as u64
+    )]
+    InvalidUtf8 {
+        /// The input file, when known.
+        path: Option<PathBuf>,
+        /// The 1-based line number.
+        line: u64,
+        /// Byte offset of the start of the line.
+        offset: u64,
+        /// Number of valid bytes at the start of the line.
+        valid_up_to: usize,
+    },
+
+    /// A line is longer than the configured limit.
+    #[error(
+        "{}: line {line} (byte {offset}) is longer than the limit of {limit} bytes",
+        display_path(path.as_deref())
+    )]
+    LineTooLong {
+        /// The input file, when known.
+        path: Option<PathBuf>,
+        /// The 1-based line number.
+        line: u64,
+        /// Byte offset of the start of the line.
+        offset: u64,
+        /// The limit in bytes.
+        limit: usize,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(path: Option<&Path>, action: &'static str, source: io::Error) -> Error {
+        Error::Io {
+            path: path.map(Path::to_path_buf),
+            action,
+            source,
+        }
+    }
+
+    /// Fills in the input path of an error about the input, when it is not
+    /// set yet. Seeking works on any reader, so it does not know the path;
+    /// callers that opened the file do.
+    #[must_use]
+    pub fn with_input_path(mut self, input: &Path) -> Error {
+        match &mut self {
+            Error::Io { path, .. }
+            | Error::InputChanged { path, .. }
+            | Error::LastLineNotFound { path, .. }
+            | Error::AmbiguousLastLine { path, .. }
+            | Error::InvalidUtf8 { path, .. }
+            | Error::LineTooLong { path, .. }
+                if path.is_none() =>
+            {
+                *path = Some(input.to_path_buf());
+            }
+            _ => {}
+        }
+        self
+    }
+
+    /// The file this error is about, when known.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Error::Io { path, .. }
+            | Error::InputChanged { path, .. }
+            | Error::LastLineNotFound { path, .. }
+            | Error::AmbiguousLastLine { path, .. }
+            | Error::InvalidUtf8 { path, .. }
+            | Error::LineTooLong { path, .. } => path.as_deref(),
+            Error::Locked { path }
+            | Error::Corrupt { path, .. }
+            | Error::NotACheckpoint { path }
+            | Error::UnsupportedVersion { path, .. } => Some(path),
+        }
+    }
+}
+
+impl From<Error> for io::Error {
+    /// Converts to an `io::Error`, keeping the original kind of an I/O error
+    /// and choosing the closest kind for the others.
+    fn from(err: Error) -> io::Error {
+        let kind = match &err {
+            Error::Io { source, .. } => source.kind(),
+            Error::Locked { .. } => io::ErrorKind::WouldBlock,
+            Error::InvalidUtf8 { .. }
+            | Error::Corrupt { .. }
+            | Error::NotACheckpoint { .. }
+            | Error::UnsupportedVersion { .. }
+            | Error::LineTooLong { .. } => io::ErrorKind::InvalidData,
+            Error::InputChanged { .. }
+            | Error::LastLineNotFound { .. }
+            | Error::AmbiguousLastLine { .. } => io::ErrorKind::InvalidInput,
+        };
+        io::Error::new(kind, err)
+    }
+}
+
+fn display_path(path: Option<&Path>) -> DisplayPath<'_> {
+    DisplayPath(path)
+}
+
+struct DisplayPath<'a>(Option<&'a Path>);
+
+impl fmt::Display for DisplayPath<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(path) => write!(f, "{}", path.display()),
+            None => f.write_str("<input>"),
+        }
+    }
+}
+
+fn join(numbers: &[u64]) -> String {
+    let parts: Vec<String> = numbers.iter().map(u64::to_string).collect();
+    parts.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_error_keeps_its_kind() {
+        let err = Error::io(
+            Some(Path::new("x")),
+            "reading",
+            io::Error::new(io::ErrorKind::StorageFull, "disk full"),
+        );
+        let converted: io::Error = err.into();
+        assert_eq!(converted.kind(), io::ErrorKind::StorageFull);
+    }
+
+    #[test]
+    fn display_names_path_line_and_offset() {
+        let err = Error::InputChanged {
+            path: None,
+            line: 7,
+            offset: 120,
+            expected: "a".into(),
+            found: "b".into(),
+        }
+        .with_input_path(Path::new("urls.txt"));
+        let text = err.to_string();
+        assert!(text.contains("urls.txt"), "{text}");
+        assert!(text.contains("line 7"), "{text}");
+        assert!(text.contains("byte 120"), "{text}");
+    }
+
+    #[test]
+    fn errors_are_send_sync() {
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        assert_send_sync::<Error>();
+    }
+}

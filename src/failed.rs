@@ -1,0 +1,148 @@
+//! Lines whose task failed for good, as recorded in the checkpoint.
+
+use std::io::{BufRead, Read, Seek, SeekFrom};
+
+use crate::error::{Error, Result};
+use crate::line::{Line, describe};
+use crate::position::digest;
+
+/// A line whose task failed for good (out of attempts, or an error not worth
+/// retrying), with the error message, as recorded in the checkpoint.
+///
+/// A failed line counts as dealt with: the job goes on past it, and a plain
+/// rerun does not redo it. It can be retried on purpose, found again by its
+/// offset and checked by its length and digest.
+///
+/// # Examples
+///
+/// ```
+/// use std::io::Cursor;
+/// use linemark::{FailedLine, Line};
+///
+/// let input = b"ok\nbroken\nok\n";
+/// let failed = FailedLine::new(&Line::new(b"broken\n", 2, 3), 3, "exit status 1");
+/// let mut buf = Vec::new();
+/// let line = failed.read_from(&mut Cursor::new(&input[..]), &mut buf)?;
+/// assert_eq!(line.as_str()?, "broken");
+/// assert_eq!(failed.error(), "exit status 1");
+/// # Ok::<(), linemark::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailedLine {
+    line: u64,
+    offset: u64,
+    len: u64,
+    digest: u32,
+    attempts: u32,
+    error: String,
+}
+
+impl FailedLine {
+    /// A record of `line` failing after `attempts` attempts with `error`.
+    #[must_use]
+    pub fn new(line: &Line<'_>, attempts: u32, error: impl Into<String>) -> FailedLine {
+        FailedLine {
+            line: line.number(),
+            offset: line.offset(),
+            len: line.raw().len() as u64,
+            digest: digest(line.raw()),
+            attempts,
+            error: error.into(),
+        }
+    }
+
+    pub(crate) fn from_parts(
+        line: u64,
+        offset: u64,
+        len: u64,
+        digest: u32,
+        attempts: u32,
+        error: String,
+    ) -> FailedLine {
+        FailedLine {
+            line,
+            offset,
+            len,
+            digest,
+            attempts,
+            error,
+        }
+    }
+
+    /// The 1-based line number.
+    #[must_use]
+    pub fn line(&self) -> u64 {
+        self.line
+    }
+
+    /// Byte offset of the start of the line.
+    #[must_use]
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Length of the line in bytes, terminator included.
+    #[must_use]
+    #[allow(clippy::len_without_is_empty)] // a line is never empty
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// [`digest`](crate::digest) of the line.
+    #[must_use]
+    pub fn digest(&self) -> u32 {
+        self.digest
+    }
+
+    /// How many times the task was tried before it was given up.
+    #[must_use]
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The task's last error message.
+    #[must_use]
+    pub fn error(&self) -> &str {
+        &self.error
+    }
+
+    /// Reads this line again from `reader` (the whole input) by seeking to
+    /// its offset, checking its length and digest. `buf` holds the bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InputChanged`] when the input does not hold the same line at
+    /// that offset any more, [`Error::Io`] when seeking or reading fails.
+    pub fn read_from<'b, R: BufRead + Seek>(
+        &self,
+        reader: &mut R,
+        buf: &'b mut Vec<u8>,
+    ) -> Result<Line<'b>> {
+        let io_err = |err| Error::io(None, "reading a failed line", err);
+        reader.seek(SeekFrom::Start(self.offset)).map_err(io_err)?;
+        buf.clear();
+        reader
+            .by_ref()
+            .take(self.len)
+            .read_to_end(buf)
+            .map_err(io_err)?;
+        let is_line = match buf.iter().position(|&b| b == b'\n') {
+            Some(at) => at + 1 == buf.len(),
+            None => true,
+        };
+        if buf.len() as u64 != self.len || !is_line || digest(buf) != self.digest {
+            return Err(Error::InputChanged {
+                path: None,
+                line: self.line,
+                offset: self.offset,
+                expected: describe(self.len, self.digest, None),
+                found: describe(
+                    buf.len() as u64,
+                    digest(buf),
+                    Some(&buf[..buf.len().min(40)]),
+                ),
+            });
+        }
+        Ok(Line::new(buf, self.line, self.offset))
+    }
+}

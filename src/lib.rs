@@ -1,0 +1,64 @@
+//! Crash-safe, resumable line-oriented jobs.
+//!
+//! A job reads a file with one unit of work per line (URLs to download,
+//! records to import, commands to run). linemark records how far it got in a
+//! small checkpoint file, written by appending and syncing, and on the next
+//! run moves the input reader exactly past the finished work, after checking
+//! that the input is still the one the checkpoint was recorded against.
+//!
+//! - [`Checkpoint`]: the progress file, with a choice of [`Durability`], one
+//!   writer at a time, recovery from torn writes and bounded size.
+//! - [`Position`]: where to resume, with three verified ways to seek to it
+//!   (by byte offset, by counting lines, by the content of the last line).
+//! - [`LineReader`] and [`Line`]: lines as bytes with their number and
+//!   offset; [`Line::as_str`] gives a typed error for invalid UTF-8.
+//!
+//! The guarantee is at least once: a line whose commit is durable is never
+//! redone; a line whose commit was not yet durable when the process died is
+//! redone on the next run.
+//!
+//! # Examples
+//!
+//! ```
+//! use std::fs::File;
+//! use std::io::BufReader;
+//! use linemark::{Checkpoint, LineReader};
+//!
+//! # let dir = tempfile::tempdir()?;
+//! # let input = dir.path().join("urls.txt");
+//! # std::fs::write(&input, "https://example.com/a\nhttps://example.com/b\n")?;
+//! # let checkpoint_path = dir.path().join("urls.txt.checkpoint");
+//! let mut checkpoint = Checkpoint::open(&checkpoint_path)?;
+//! let mut reader = BufReader::new(File::open(&input)?);
+//! // Verified seek past what an earlier run finished (nothing, the first time).
+//! let start = checkpoint.position().seek_offset(&mut reader)?;
+//! let mut lines = LineReader::resume(reader, start);
+//! while let Some(line) = lines.next_line()? {
+//!     let url = line.as_str()?;
+//!     // ... do the work for `url` ...
+//! #   assert!(url.starts_with("https://"));
+//!     checkpoint.commit(line.end_position())?;
+//! }
+//! checkpoint.close()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+mod checkpoint;
+mod error;
+mod failed;
+mod line;
+mod position;
+mod record;
+
+pub use checkpoint::{Checkpoint, CheckpointBuilder, Durability};
+pub use error::{Error, Result};
+pub use failed::FailedLine;
+pub use line::{Line, LineReader};
+pub use position::{Position, digest};
+
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

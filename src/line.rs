@@ -1,0 +1,497 @@
+//! What a line is, and a reader that hands out lines with their positions.
+
+use std::io::{self, BufRead};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::position::{Position, digest};
+
+/// One line of the input, as read by [`LineReader`].
+///
+/// # What a line is
+///
+/// A line is a run of bytes ended by `\n`, or by the end of the input (a last
+/// line without a newline is still a line). The terminator belongs to the
+/// line's raw bytes ([`raw`](Line::raw)) but not to its content
+/// ([`as_bytes`](Line::as_bytes)). A `\r` before the `\n` is part of the
+/// content and is stripped by [`as_str`](Line::as_str) only, so CRLF input
+/// is never silently changed. An empty line (`"\n"`) is a line with empty
+/// content; an empty input has no lines at all. Lines are numbered from 1.
+///
+/// # Examples
+///
+/// ```
+/// use linemark::LineReader;
+///
+/// let mut lines = LineReader::new(&b"alpha\r\nbeta"[..]);
+/// let first = lines.next_line()?.unwrap();
+/// assert_eq!(first.number(), 1);
+/// assert_eq!(first.as_bytes(), b"alpha\r");
+/// assert_eq!(first.as_str()?, "alpha");
+/// let second = lines.next_line()?.unwrap();
+/// assert_eq!((second.number(), second.offset()), (2, 7));
+/// assert_eq!(second.raw(), b"beta");
+/// assert!(lines.next_line()?.is_none());
+/// # Ok::<(), linemark::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Line<'a> {
+    raw: &'a [u8],
+    number: u64,
+    offset: u64,
+}
+
+impl<'a> Line<'a> {
+    /// A line with the given raw bytes (terminator included), 1-based number
+    /// and start offset. Useful when lines come from somewhere other than a
+    /// [`LineReader`].
+    #[must_use]
+    pub fn new(raw: &'a [u8], number: u64, offset: u64) -> Line<'a> {
+        Line {
+            raw,
+            number,
+            offset,
+        }
+    }
+
+    /// The line's bytes including its `\n` terminator, if it has one.
+    #[must_use]
+    pub fn raw(&self) -> &'a [u8] {
+        self.raw
+    }
+
+    /// The line's content: its bytes without the `\n` terminator (a `\r`
+    /// before it is kept).
+    #[must_use]
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.raw.strip_suffix(b"\n").unwrap_or(self.raw)
+    }
+
+    /// The line's content as UTF-8, without the `\n` terminator and without
+    /// a `\r` before it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidUtf8`] naming the line and offset when the content is
+    /// not valid UTF-8.
+    pub fn as_str(&self) -> Result<&'a str> {
+        let content = self.as_bytes();
+        let content = content.strip_suffix(b"\r").unwrap_or(content);
+        std::str::from_utf8(content).map_err(|err| Error::InvalidUtf8 {
+            path: None,
+            line: self.number,
+            offset: self.offset,
+            valid_up_to: err.valid_up_to(),
+        })
+    }
+
+    /// The 1-based line number.
+    #[must_use]
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// Byte offset of the first byte of the line.
+    #[must_use]
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Whether the line ends with `\n` (only the last line of an input can
+    /// lack it).
+    #[must_use]
+    pub fn is_terminated(&self) -> bool {
+        self.raw.ends_with(b"\n")
+    }
+
+    /// The position just after this line: what to commit once it is
+    /// finished. Computes the line's digest.
+    #[must_use]
+    pub fn end_position(&self) -> Position {
+        Position::from_parts_unchecked(
+            self.offset + self.raw.len() as u64,
+            self.number,
+            self.raw.len() as u64,
+            digest(self.raw),
+        )
+    }
+}
+
+/// Reads lines from a [`BufRead`], keeping track of their numbers and
+/// offsets, with an optional limit on line length.
+///
+/// The reader reuses one buffer, so reading a line costs no allocation once
+/// the buffer has grown to the longest line.
+///
+/// # Examples
+///
+/// Resuming: seek with the recorded [`Position`], then read on.
+///
+/// ```
+/// use std::io::Cursor;
+/// use linemark::{LineReader, Position};
+///
+/// let input = b"one\ntwo\nthree\n";
+/// let mut reader = LineReader::new(Cursor::new(&input[..]));
+/// let done = reader.next_line()?.unwrap().end_position();
+///
+/// let mut again = Cursor::new(&input[..]);
+/// let resumed = done.seek_offset(&mut again)?;
+/// let mut reader = LineReader::resume(again, resumed);
+/// assert_eq!(reader.next_line()?.unwrap().as_str()?, "two");
+/// # Ok::<(), linemark::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct LineReader<R> {
+    reader: R,
+    buf: Vec<u8>,
+    next_offset: u64,
+    next_number: u64,
+    max_len: Option<usize>,
+    path: Option<PathBuf>,
+}
+
+impl<R: BufRead> LineReader<R> {
+    /// A reader at the start of the input.
+    pub fn new(reader: R) -> LineReader<R> {
+        LineReader::resume(reader, Position::start())
+    }
+
+    /// A reader that is already at `position` (as returned by one of the
+    /// seek methods of [`Position`]): line numbers and offsets continue from
+    /// there.
+    pub fn resume(reader: R, position: Position) -> LineReader<R> {
+        LineReader {
+            reader,
+            buf: Vec::new(),
+            next_offset: position.offset(),
+            next_number: position.line() + 1,
+            max_len: None,
+            path: None,
+        }
+    }
+
+    /// Refuses lines longer than `limit` bytes (terminator included) with
+    /// [`Error::LineTooLong`] instead of buffering them. No limit by default.
+    #[must_use]
+    pub fn max_line_len(mut self, limit: usize) -> LineReader<R> {
+        self.max_len = Some(limit);
+        self
+    }
+
+    /// Names the input file in errors.
+    #[must_use]
+    pub fn path(mut self, path: impl AsRef<Path>) -> LineReader<R> {
+        self.path = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Reads the next line, or `None` at the end of the input.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when reading fails, [`Error::LineTooLong`] when a limit
+    /// is set and the line exceeds it. After an error the reader is in the
+    /// middle of a line; line numbers and offsets are no longer meaningful.
+    pub fn next_line(&mut self) -> Result<Option<Line<'_>>> {
+        self.buf.clear();
+        loop {
+            let available = match self.reader.fill_buf() {
+                Ok(available) => available,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    return Err(Error::io(self.path.as_deref(), "reading the input", err));
+                }
+            };
+            if available.is_empty() {
+                break;
+            }
+            let (found, used) = match memchr::memchr(b'\n', available) {
+                Some(at) => (true, at + 1),
+                None => (false, available.len()),
+            };
+            if let Some(limit) = self.max_len {
+                if self.buf.len() + used > limit {
+                    return Err(Error::LineTooLong {
+                        path: self.path.clone(),
+                        line: self.next_number,
+                        offset: self.next_offset,
+                        limit,
+                    });
+                }
+            }
+            self.buf.extend_from_slice(&available[..used]);
+            self.reader.consume(used);
+            if found {
+                break;
+            }
+        }
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let line = Line::new(&self.buf, self.next_number, self.next_offset);
+        self.next_number += 1;
+        self.next_offset += self.buf.len() as u64;
+        Ok(Some(line))
+    }
+
+    /// Byte offset of the next line to be read.
+    #[must_use]
+    pub fn offset(&self) -> u64 {
+        self.next_offset
+    }
+
+    /// Number of lines before the next one to be read.
+    #[must_use]
+    pub fn lines_before(&self) -> u64 {
+        self.next_number - 1
+    }
+
+    /// The underlying reader.
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.reader
+    }
+
+    /// Gives back the underlying reader.
+    pub fn into_inner(self) -> R {
+        self.reader
+    }
+}
+
+/// What a streaming pass over one line found: its length, whether it ends
+/// with `\n`, and the digest of its content. Lines are not buffered, so a
+/// huge line costs no memory.
+#[derive(Debug)]
+pub(crate) struct ScannedLine {
+    pub(crate) len: u64,
+    pub(crate) terminated: bool,
+    pub(crate) digest: u32,
+    /// The first bytes of the line, to show in error messages.
+    pub(crate) preview: Vec<u8>,
+}
+
+const PREVIEW_LEN: usize = 40;
+
+/// Streams over the next line without buffering it. Returns `None` at the end
+/// of the input.
+pub(crate) fn scan_line<R: BufRead>(reader: &mut R) -> io::Result<Option<ScannedLine>> {
+    let mut hasher = crc32fast::Hasher::new();
+    let mut scanned = ScannedLine {
+        len: 0,
+        terminated: false,
+        digest: 0,
+        preview: Vec::new(),
+    };
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(available) => available,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        if available.is_empty() {
+            break;
+        }
+        let (content, used) = match memchr::memchr(b'\n', available) {
+            Some(at) => {
+                scanned.terminated = true;
+                (&available[..at], at + 1)
+            }
+            None => (available, available.len()),
+        };
+        hasher.update(content);
+        if scanned.preview.len() < PREVIEW_LEN {
+            let take = (PREVIEW_LEN - scanned.preview.len()).min(content.len());
+            scanned.preview.extend_from_slice(&content[..take]);
+        }
+        scanned.len += used as u64;
+        reader.consume(used);
+        if scanned.terminated {
+            break;
+        }
+    }
+    if scanned.len == 0 {
+        return Ok(None);
+    }
+    scanned.digest = hasher.finalize();
+    Ok(Some(scanned))
+}
+
+/// Skips `count` lines without looking at their content. Returns the number
+/// of bytes and lines skipped (fewer lines only at the end of the input).
+pub(crate) fn skip_lines<R: BufRead>(reader: &mut R, count: u64) -> io::Result<(u64, u64)> {
+    let mut bytes = 0u64;
+    let mut lines = 0u64;
+    let mut in_line = false;
+    while lines < count {
+        let available = match reader.fill_buf() {
+            Ok(available) => available,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        if available.is_empty() {
+            if in_line {
+                lines += 1;
+            }
+            break;
+        }
+        let mut used = 0;
+        for at in memchr::memchr_iter(b'\n', available) {
+            lines += 1;
+            used = at + 1;
+            if lines == count {
+                break;
+            }
+        }
+        if lines < count {
+            used = available.len();
+        }
+        in_line = available[..used].last() != Some(&b'\n');
+        bytes += used as u64;
+        reader.consume(used);
+    }
+    Ok((bytes, lines))
+}
+
+/// Shows the start of a line in an error message.
+pub(crate) fn describe(len: u64, digest: u32, preview: Option<&[u8]>) -> String {
+    match preview {
+        Some(preview) if !preview.is_empty() => {
+            let shown = String::from_utf8_lossy(preview);
+            let more = if (preview.len() as u64) < len {
+                "..."
+            } else {
+                ""
+            };
+            format!("a {len}-byte line with digest {digest:08x} ({shown:?}{more})")
+        }
+        _ => format!("a {len}-byte line with digest {digest:08x}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+
+    fn all_lines(input: &[u8]) -> Vec<(Vec<u8>, u64, u64)> {
+        let mut reader = LineReader::new(Cursor::new(input));
+        let mut out = Vec::new();
+        while let Some(line) = reader.next_line().unwrap() {
+            out.push((line.raw().to_vec(), line.number(), line.offset()));
+        }
+        out
+    }
+
+    #[test]
+    fn empty_input_has_no_lines() {
+        assert!(all_lines(b"").is_empty());
+    }
+
+    #[test]
+    fn empty_lines_are_lines() {
+        let lines = all_lines(b"\n\nx\n");
+        assert_eq!(
+            lines,
+            vec![
+                (b"\n".to_vec(), 1, 0),
+                (b"\n".to_vec(), 2, 1),
+                (b"x\n".to_vec(), 3, 2)
+            ]
+        );
+    }
+
+    #[test]
+    fn last_line_without_newline_is_a_line() {
+        let lines = all_lines(b"a\nb");
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1], (b"b".to_vec(), 2, 2));
+    }
+
+    #[test]
+    fn crlf_is_stripped_in_as_str_only() {
+        let line = Line::new(b"x\r\n", 1, 0);
+        assert_eq!(line.as_bytes(), b"x\r");
+        assert_eq!(line.as_str().unwrap(), "x");
+        // A lone \r at the end of an unterminated line is stripped too.
+        assert_eq!(Line::new(b"x\r", 1, 0).as_str().unwrap(), "x");
+    }
+
+    #[test]
+    fn invalid_utf8_is_a_typed_error_with_line_and_offset() {
+        let mut reader = LineReader::new(Cursor::new(&b"ok\nab\xffcd\n"[..]));
+        reader.next_line().unwrap();
+        let line = reader.next_line().unwrap().unwrap();
+        assert_eq!(line.as_bytes(), b"ab\xffcd");
+        match line.as_str() {
+            Err(Error::InvalidUtf8 {
+                line: 2,
+                offset: 3,
+                valid_up_to: 2,
+                ..
+            }) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn line_limit_is_enforced_with_context() {
+        let input = b"short\nthis line is too long\n";
+        let mut reader = LineReader::new(Cursor::new(&input[..]))
+            .max_line_len(10)
+            .path("in.txt");
+        assert!(reader.next_line().unwrap().is_some());
+        match reader.next_line() {
+            Err(Error::LineTooLong {
+                path: Some(path),
+                line: 2,
+                offset: 6,
+                limit: 10,
+            }) => assert_eq!(path, Path::new("in.txt")),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn huge_line_is_read_whole() {
+        let mut input = vec![b'x'; 16 << 20];
+        input.push(b'\n');
+        input.extend_from_slice(b"next\n");
+        let mut reader = LineReader::new(std::io::BufReader::new(Cursor::new(input)));
+        assert_eq!(
+            reader.next_line().unwrap().unwrap().raw().len(),
+            (16 << 20) + 1
+        );
+        assert_eq!(
+            reader.next_line().unwrap().unwrap().as_str().unwrap(),
+            "next"
+        );
+    }
+
+    #[test]
+    fn scan_and_skip_agree_with_the_reader() {
+        let input = b"a\n\nccc\r\nlast";
+        let mut cursor = Cursor::new(&input[..]);
+        let (bytes, lines) = skip_lines(&mut cursor, 2).unwrap();
+        assert_eq!((bytes, lines), (3, 2));
+        let third = scan_line(&mut cursor).unwrap().unwrap();
+        assert_eq!(third.len, 5);
+        assert!(third.terminated);
+        assert_eq!(third.digest, digest(b"ccc\r\n"));
+        let last = scan_line(&mut cursor).unwrap().unwrap();
+        assert!(!last.terminated);
+        assert!(scan_line(&mut cursor).unwrap().is_none());
+        // Skipping past the end counts an unterminated last line.
+        let (bytes, lines) = skip_lines(&mut Cursor::new(&input[..]), 10).unwrap();
+        assert_eq!((bytes, lines), (input.len() as u64, 4));
+    }
+
+    #[test]
+    fn skip_lines_across_small_buffers() {
+        let input = b"one\ntwo\nthree\nfour\n";
+        let mut reader = std::io::BufReader::with_capacity(3, Cursor::new(&input[..]));
+        assert_eq!(skip_lines(&mut reader, 3).unwrap(), (14, 3));
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
+        assert_eq!(rest, "four\n");
+    }
+}

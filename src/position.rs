@@ -1,0 +1,759 @@
+//! The resume point of a job and the three verified ways to seek to it.
+
+use std::io::{self, BufRead, Seek, SeekFrom};
+
+use crate::error::{Error, Result};
+use crate::line::{ScannedLine, describe, scan_line, skip_lines};
+
+/// The digest of a line: CRC-32 (IEEE, as computed by `crc32fast`, zlib and
+/// `cksum -a crc32b`) of the line's bytes without its `\n` terminator (a `\r`
+/// before it is included).
+///
+/// This definition is part of the checkpoint format and will not change.
+/// Leaving the terminator out means a last line that was unterminated when
+/// it was finished keeps its digest when the input later grows past it.
+///
+/// # Examples
+///
+/// ```
+/// assert_eq!(linemark::digest(b"hello\n"), linemark::digest(b"hello"));
+/// assert_ne!(linemark::digest(b"hello\r\n"), linemark::digest(b"hello\n"));
+/// assert_eq!(linemark::digest(b""), 0);
+/// ```
+#[must_use]
+pub fn digest(raw_line: &[u8]) -> u32 {
+    crc32fast::hash(raw_line.strip_suffix(b"\n").unwrap_or(raw_line))
+}
+
+/// How far a job got: everything before this point of the input is finished.
+///
+/// A position holds the byte offset of the next unfinished line, the number
+/// of finished lines before it, and the length and [`digest`] of the last
+/// finished line, so that a seek can check that the input still holds that
+/// line exactly there. [`Position::start`] (all zero) is the start of any
+/// input.
+///
+/// # Seeking
+///
+/// Three ways, all verified, each returning the position actually reached
+/// (the same one, except where noted):
+///
+/// | method | needs | cost |
+/// |---|---|---|
+/// | [`seek_offset`](Position::seek_offset) | `BufRead + Seek` | reads one line: O(1) in the position |
+/// | [`seek_lines`](Position::seek_lines) | `BufRead` (stdin, pipes, decompressors) | reads up to the position |
+/// | [`seek_content`](Position::seek_content) | `BufRead + Seek` | reads up to the position, or the whole input |
+///
+/// A mismatch is [`Error::InputChanged`], never a silent guess. An input that
+/// only grew at its end is not a change: if the last finished line was the
+/// input's last line and had no `\n`, a `\n` appended later is consumed by
+/// the seek and the returned position includes it; any other byte appended
+/// to that line is a change.
+///
+/// # Examples
+///
+/// ```
+/// use std::io::Cursor;
+/// use linemark::Position;
+///
+/// let input = b"a\nb\nc\n";
+/// let after_b = Position::start().after(b"a\n").after(b"b\n");
+/// assert_eq!((after_b.offset(), after_b.line()), (4, 2));
+///
+/// let mut cursor = Cursor::new(&input[..]);
+/// after_b.seek_offset(&mut cursor)?;
+/// assert_eq!(cursor.position(), 4);
+///
+/// let changed = b"a\nB\nc\n";
+/// let err = after_b.seek_offset(&mut Cursor::new(&changed[..])).unwrap_err();
+/// assert!(matches!(err, linemark::Error::InputChanged { line: 2, offset: 2, .. }));
+/// # Ok::<(), linemark::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Position {
+    offset: u64,
+    line: u64,
+    last_len: u64,
+    last_digest: u32,
+}
+
+impl Position {
+    /// The start of the input: nothing finished yet.
+    #[must_use]
+    pub const fn start() -> Position {
+        Position {
+            offset: 0,
+            line: 0,
+            last_len: 0,
+            last_digest: 0,
+        }
+    }
+
+    /// A position from its parts, or `None` when they cannot describe a
+    /// position: at the start all parts are zero; otherwise the last line is
+    /// at least one byte long, fits before `offset`, and there are no more
+    /// lines than bytes.
+    #[must_use]
+    pub fn from_parts(offset: u64, line: u64, last_len: u64, last_digest: u32) -> Option<Position> {
+        let valid = if line == 0 {
+            offset == 0 && last_len == 0 && last_digest == 0
+        } else {
+            last_len >= 1 && last_len <= offset && line <= offset
+        };
+        valid.then_some(Position {
+            offset,
+            line,
+            last_len,
+            last_digest,
+        })
+    }
+
+    pub(crate) fn from_parts_unchecked(
+        offset: u64,
+        line: u64,
+        last_len: u64,
+        last_digest: u32,
+    ) -> Position {
+        Position {
+            offset,
+            line,
+            last_len,
+            last_digest,
+        }
+    }
+
+    /// The position after one more line, whose raw bytes (terminator
+    /// included) are `raw_line`.
+    #[must_use]
+    pub fn after(&self, raw_line: &[u8]) -> Position {
+        Position {
+            offset: self.offset + raw_line.len() as u64,
+            line: self.line + 1,
+            last_len: raw_line.len() as u64,
+            last_digest: digest(raw_line),
+        }
+    }
+
+    /// Byte offset of the next unfinished line.
+    #[must_use]
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Number of finished lines, which is also the 1-based number of the
+    /// last finished line (0 at the start).
+    #[must_use]
+    pub fn line(&self) -> u64 {
+        self.line
+    }
+
+    /// Length in bytes of the last finished line, terminator included.
+    #[must_use]
+    pub fn last_len(&self) -> u64 {
+        self.last_len
+    }
+
+    /// [`digest`] of the last finished line.
+    #[must_use]
+    pub fn last_digest(&self) -> u32 {
+        self.last_digest
+    }
+
+    /// Whether nothing is finished yet.
+    #[must_use]
+    pub fn is_start(&self) -> bool {
+        self.line == 0
+    }
+
+    fn last_line_offset(&self) -> u64 {
+        self.offset - self.last_len
+    }
+
+    fn expected(&self) -> String {
+        describe(self.last_len, self.last_digest, None)
+    }
+
+    fn changed(&self, offset: u64, found: String) -> Error {
+        Error::InputChanged {
+            path: None,
+            line: self.line,
+            offset,
+            expected: self.expected(),
+            found,
+        }
+    }
+
+    /// Compares a line found in the input with the recorded last line.
+    /// Returns the position after it when it matches.
+    fn matching(&self, start: u64, line: u64, scanned: &ScannedLine) -> Option<Position> {
+        let same_bytes = scanned.len == self.last_len;
+        // Unterminated when finished, terminated since: the input grew.
+        let grew = scanned.terminated && scanned.len == self.last_len + 1;
+        (scanned.digest == self.last_digest && (same_bytes || grew)).then_some(Position {
+            offset: start + scanned.len,
+            line,
+            last_len: scanned.len,
+            last_digest: scanned.digest,
+        })
+    }
+
+    /// Seeks `reader` (the whole input, from its first byte) to this
+    /// position by byte offset, after checking that the last finished line
+    /// is exactly where it was. The cost does not depend on how far the job
+    /// got: one seek and one line read.
+    ///
+    /// Returns the position reached: this one, or one byte further if a
+    /// `\n` was appended to an unterminated last line.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InputChanged`] when the bytes before the offset are not the
+    /// recorded line: the input is shorter than the offset, the offset is not
+    /// on a line boundary any more, or the line's content changed.
+    /// [`Error::Io`] when reading or seeking fails.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::io::{BufRead, Cursor};
+    /// use linemark::Position;
+    ///
+    /// let done = Position::start().after(b"first\n");
+    /// let mut input = Cursor::new(&b"first\nsecond\n"[..]);
+    /// done.seek_offset(&mut input)?;
+    /// let mut next = String::new();
+    /// input.read_line(&mut next).unwrap();
+    /// assert_eq!(next, "second\n");
+    /// # Ok::<(), linemark::Error>(())
+    /// ```
+    pub fn seek_offset<R: BufRead + Seek>(&self, reader: &mut R) -> Result<Position> {
+        let io_err = |err| Error::io(None, "seeking the input", err);
+        if self.is_start() {
+            reader.seek(SeekFrom::Start(0)).map_err(io_err)?;
+            return Ok(*self);
+        }
+        let start = self.last_line_offset();
+        // Read from one byte earlier to check the line starts on a boundary.
+        let from = start.saturating_sub(1);
+        reader.seek(SeekFrom::Start(from)).map_err(io_err)?;
+        if start > 0 {
+            let mut before = [0u8; 1];
+            match read_full(reader, &mut before).map_err(io_err)? {
+                1 if before[0] == b'\n' => {}
+                1 => {
+                    return Err(self.changed(
+                        start,
+                        format!(
+                            "byte {from} is not the end of a line (offset not on a line boundary)"
+                        ),
+                    ));
+                }
+                _ => return Err(self.changed(start, format!("the input ends at byte {from}"))),
+            }
+        }
+        let scanned = read_exact_line(reader, self.last_len).map_err(io_err)?;
+        let Some(mut reached) = self
+            .matching(start, self.line, &scanned)
+            .filter(|_| scanned.len == self.last_len)
+        else {
+            let found = if scanned.len < self.last_len {
+                format!("the input ends at byte {}", start + scanned.len)
+            } else {
+                describe(scanned.len, scanned.digest, Some(&scanned.preview))
+            };
+            return Err(self.changed(start, found));
+        };
+        if !scanned.terminated {
+            // The recorded line was the unterminated last line of the input.
+            let next = peek_byte(reader).map_err(io_err)?;
+            match next {
+                None => {}
+                Some(b'\n') => {
+                    reader.consume(1);
+                    reached.offset += 1;
+                    reached.last_len += 1;
+                }
+                Some(_) => {
+                    return Err(self.changed(
+                        start,
+                        "the line continues past its recorded end (it was the last line, without a newline)"
+                            .to_string(),
+                    ));
+                }
+            }
+        }
+        Ok(reached)
+    }
+
+    /// Moves `reader` (the whole input, from its first byte) past the
+    /// finished lines by counting them, for inputs that cannot seek: skips
+    /// `line() - 1` lines, then reads the last finished line and checks it
+    /// and its offset.
+    ///
+    /// Returns the position reached: this one, or one byte further if a
+    /// `\n` was appended to an unterminated last line.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InputChanged`] when the input has fewer lines, when the last
+    /// finished line does not start at the recorded offset (an earlier line
+    /// changed length), or when its content changed. [`Error::Io`] when
+    /// reading fails.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::io::Read;
+    /// use linemark::Position;
+    ///
+    /// let done = Position::start().after(b"a\n").after(b"b\n");
+    /// let mut stream: &[u8] = b"a\nb\nc\n"; // a slice cannot seek
+    /// done.seek_lines(&mut stream)?;
+    /// assert_eq!(stream, b"c\n");
+    /// # Ok::<(), linemark::Error>(())
+    /// ```
+    pub fn seek_lines<R: BufRead>(&self, reader: &mut R) -> Result<Position> {
+        if self.is_start() {
+            return Ok(*self);
+        }
+        let io_err = |err| Error::io(None, "reading the input", err);
+        let (skipped_bytes, skipped_lines) = skip_lines(reader, self.line - 1).map_err(io_err)?;
+        if skipped_lines < self.line - 1 {
+            return Err(self.changed(
+                skipped_bytes,
+                format!("the input ends after {skipped_lines} lines"),
+            ));
+        }
+        let start = self.last_line_offset();
+        let scanned = scan_line(reader).map_err(io_err)?;
+        let Some(scanned) = scanned else {
+            return Err(self.changed(
+                skipped_bytes,
+                format!("the input ends after {skipped_lines} lines"),
+            ));
+        };
+        if skipped_bytes != start {
+            return Err(self.changed(
+                skipped_bytes,
+                format!(
+                    "line {} starts at byte {skipped_bytes}, not {start} (an earlier line changed)",
+                    self.line
+                ),
+            ));
+        }
+        self.matching(start, self.line, &scanned).ok_or_else(|| {
+            self.changed(
+                start,
+                describe(scanned.len, scanned.digest, Some(&scanned.preview)),
+            )
+        })
+    }
+
+    /// Finds the last finished line by its content, the classic way of
+    /// resuming, scanning `reader` from its first byte. Use it when lines
+    /// before the resume point may have been removed or edited.
+    ///
+    /// Duplicates are resolved by line number, never by taking the first
+    /// occurrence: if the content is found at the recorded line number, that
+    /// occurrence is the one (even when it also occurs earlier). Otherwise the
+    /// whole input is scanned; if the content occurs exactly once, the seek
+    /// goes there and returns a position with the new line number and offset;
+    /// if it occurs several times, that is [`Error::AmbiguousLastLine`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LastLineNotFound`] when the content occurs nowhere,
+    /// [`Error::AmbiguousLastLine`] as described, [`Error::Io`] when reading
+    /// or seeking fails.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::io::{BufRead, Cursor};
+    /// use linemark::Position;
+    ///
+    /// let done = Position::start().after(b"a\n").after(b"b\n").after(b"a\n");
+    /// // "a" occurs at lines 1 and 3: the recorded line number picks line 3.
+    /// let mut input = Cursor::new(&b"a\nb\na\nc\n"[..]);
+    /// let reached = done.seek_content(&mut input)?;
+    /// assert_eq!(reached.line(), 3);
+    /// let mut next = String::new();
+    /// input.read_line(&mut next).unwrap();
+    /// assert_eq!(next, "c\n");
+    /// # Ok::<(), linemark::Error>(())
+    /// ```
+    pub fn seek_content<R: BufRead + Seek>(&self, reader: &mut R) -> Result<Position> {
+        let io_err = |err| Error::io(None, "scanning the input", err);
+        reader.seek(SeekFrom::Start(0)).map_err(io_err)?;
+        if self.is_start() {
+            return Ok(*self);
+        }
+        const SHOWN: usize = 8;
+        let mut offset = 0u64;
+        let mut line = 0u64;
+        let mut found: Option<Position> = None;
+        let mut candidates = Vec::new();
+        let mut count = 0usize;
+        while let Some(scanned) = scan_line(reader).map_err(io_err)? {
+            line += 1;
+            if let Some(reached) = self.matching(offset, line, &scanned) {
+                if line == self.line {
+                    return Ok(reached);
+                }
+                count += 1;
+                if candidates.len() < SHOWN {
+                    candidates.push(line);
+                }
+                found = Some(reached);
+            }
+            offset += scanned.len;
+        }
+        match (count, found) {
+            (1, Some(reached)) => {
+                reader
+                    .seek(SeekFrom::Start(reached.offset))
+                    .map_err(io_err)?;
+                Ok(reached)
+            }
+            (0, _) | (_, None) => Err(Error::LastLineNotFound {
+                path: None,
+                line: self.line,
+                len: self.last_len,
+            }),
+            _ => Err(Error::AmbiguousLastLine {
+                path: None,
+                line: self.line,
+                candidates,
+            }),
+        }
+    }
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_full<R: io::Read>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(filled)
+}
+
+fn peek_byte<R: BufRead>(reader: &mut R) -> io::Result<Option<u8>> {
+    loop {
+        match reader.fill_buf() {
+            Ok(available) => return Ok(available.first().copied()),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+/// Streams exactly `len` bytes (fewer at the end of the input), digesting
+/// them like [`digest`]. `terminated` tells whether the last byte was `\n`.
+fn read_exact_line<R: BufRead>(reader: &mut R, len: u64) -> io::Result<ScannedLine> {
+    let mut hasher = crc32fast::Hasher::new();
+    let mut scanned = ScannedLine {
+        len: 0,
+        terminated: false,
+        digest: 0,
+        preview: Vec::new(),
+    };
+    while scanned.len < len {
+        let available = match reader.fill_buf() {
+            Ok(available) => available,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        if available.is_empty() {
+            break;
+        }
+        let want = usize::try_from(len - scanned.len).unwrap_or(usize::MAX);
+        let chunk = &available[..want.min(available.len())];
+        let last_chunk = scanned.len + chunk.len() as u64 == len;
+        let content = match chunk.strip_suffix(b"\n") {
+            Some(content) if last_chunk => {
+                scanned.terminated = true;
+                content
+            }
+            _ => chunk,
+        };
+        hasher.update(content);
+        if scanned.preview.len() < 40 {
+            let take = (40 - scanned.preview.len()).min(content.len());
+            scanned.preview.extend_from_slice(&content[..take]);
+        }
+        let used = chunk.len();
+        scanned.len += used as u64;
+        reader.consume(used);
+    }
+    scanned.digest = hasher.finalize();
+    Ok(scanned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufReader, Cursor, Read};
+
+    /// The position after the first `n` lines of `input`.
+    fn after_lines(input: &[u8], n: usize) -> Position {
+        input
+            .split_inclusive(|&b| b == b'\n')
+            .take(n)
+            .fold(Position::start(), |pos, line| pos.after(line))
+    }
+
+    fn rest_after_offset(input: &[u8], pos: Position) -> Result<Vec<u8>> {
+        let mut cursor = Cursor::new(input);
+        pos.seek_offset(&mut cursor)?;
+        let mut rest = Vec::new();
+        cursor.read_to_end(&mut rest).unwrap();
+        Ok(rest)
+    }
+
+    fn rest_after_lines(input: &[u8], pos: Position) -> Result<Vec<u8>> {
+        // A small buffer exercises lines spanning several fills.
+        let mut reader = BufReader::with_capacity(4, input);
+        pos.seek_lines(&mut reader)?;
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).unwrap();
+        Ok(rest)
+    }
+
+    fn rest_after_content(input: &[u8], pos: Position) -> Result<Vec<u8>> {
+        let mut reader = BufReader::with_capacity(4, Cursor::new(input));
+        pos.seek_content(&mut reader)?;
+        let mut rest = Vec::new();
+        reader.read_to_end(&mut rest).unwrap();
+        Ok(rest)
+    }
+
+    type Seeker = fn(&[u8], Position) -> Result<Vec<u8>>;
+    const ALL: [(&str, Seeker); 3] = [
+        ("offset", rest_after_offset),
+        ("lines", rest_after_lines),
+        ("content", rest_after_content),
+    ];
+
+    /// Every seek mode, at every line boundary, leaves the reader exactly
+    /// at the rest of the input.
+    fn check_every_boundary(input: &[u8]) {
+        let lines: Vec<&[u8]> = input.split_inclusive(|&b| b == b'\n').collect();
+        for n in 0..=lines.len() {
+            let pos = after_lines(input, n);
+            let expected: Vec<u8> = lines[n..].concat();
+            for (name, seek) in ALL {
+                let rest = seek(input, pos)
+                    .unwrap_or_else(|err| panic!("{name} seek after {n} lines: {err}"));
+                assert_eq!(rest, expected, "{name} seek after {n} lines");
+            }
+        }
+    }
+
+    #[test]
+    fn seeks_at_every_boundary_of_plain_input() {
+        check_every_boundary(b"alpha\nbeta\ngamma\n");
+    }
+
+    #[test]
+    fn seeks_with_crlf_empty_lines_and_no_final_newline() {
+        check_every_boundary(b"a\r\n\r\n\n\nb\r\nlast");
+    }
+
+    #[test]
+    fn seeks_over_invalid_utf8() {
+        check_every_boundary(b"\xff\xfe\n\x80abc\nok\n");
+    }
+
+    #[test]
+    fn seeks_with_duplicates_around_the_resume_point() {
+        check_every_boundary(b"x\nx\nx\ny\nx\nx\n");
+    }
+
+    #[test]
+    fn empty_input() {
+        for (name, seek) in ALL {
+            assert_eq!(seek(b"", Position::start()).unwrap(), b"", "{name}");
+        }
+        let pos = Position::start().after(b"a\n");
+        assert!(matches!(
+            rest_after_offset(b"", pos),
+            Err(Error::InputChanged { .. })
+        ));
+        assert!(matches!(
+            rest_after_lines(b"", pos),
+            Err(Error::InputChanged { .. })
+        ));
+        assert!(matches!(
+            rest_after_content(b"", pos),
+            Err(Error::LastLineNotFound { .. })
+        ));
+    }
+
+    #[test]
+    fn a_16_mib_line() {
+        let mut input = vec![b'q'; 16 << 20];
+        input.extend_from_slice(b"\nafter\n");
+        let pos = after_lines(&input, 1);
+        for (name, seek) in ALL {
+            assert_eq!(seek(&input, pos).unwrap(), b"after\n", "{name}");
+        }
+        let mut changed = input.clone();
+        changed[8 << 20] = b'Q';
+        for (name, seek) in ALL {
+            assert!(seek(&changed, pos).is_err(), "{name}");
+        }
+    }
+
+    #[test]
+    fn an_input_that_grew_is_not_a_change() {
+        let old = b"a\nb\n";
+        let grown = b"a\nb\nc\nd\n";
+        let pos = after_lines(old, 2);
+        for (name, seek) in ALL {
+            assert_eq!(seek(grown, pos).unwrap(), b"c\nd\n", "{name}");
+        }
+    }
+
+    #[test]
+    fn an_unterminated_last_line_that_got_its_newline() {
+        let old = b"a\nb";
+        let pos = after_lines(old, 2);
+        assert_eq!(pos.offset(), 3);
+        let grown = b"a\nb\nc\n";
+        for (name, seek) in ALL {
+            assert_eq!(seek(grown, pos).unwrap(), b"c\n", "{name}");
+        }
+        let mut cursor = Cursor::new(&grown[..]);
+        let reached = pos.seek_offset(&mut cursor).unwrap();
+        assert_eq!(reached, after_lines(grown, 2));
+    }
+
+    #[test]
+    fn an_unterminated_last_line_that_was_extended_is_a_change() {
+        let pos = after_lines(b"a\nb", 2);
+        for (name, seek) in ALL {
+            let err = seek(b"a\nbc\n", pos).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    Error::InputChanged { .. } | Error::LastLineNotFound { .. }
+                ),
+                "{name}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_changed_last_line_is_detected_with_line_and_offset() {
+        let pos = after_lines(b"one\ntwo\nthree\n", 2);
+        for (name, seek) in [("offset", ALL[0].1), ("lines", ALL[1].1)] {
+            match seek(b"one\ntwx\nthree\n", pos) {
+                Err(Error::InputChanged {
+                    line: 2, offset: 4, ..
+                }) => {}
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            rest_after_content(b"one\ntwx\nthree\n", pos),
+            Err(Error::LastLineNotFound { line: 2, .. })
+        ));
+    }
+
+    #[test]
+    fn an_earlier_line_that_changed_length_is_detected() {
+        let pos = after_lines(b"one\ntwo\nthree\n", 2);
+        let changed = b"one!\ntwo\nthree\n";
+        assert!(matches!(
+            rest_after_offset(changed, pos),
+            Err(Error::InputChanged { .. })
+        ));
+        assert!(matches!(
+            rest_after_lines(changed, pos),
+            Err(Error::InputChanged { .. })
+        ));
+        // Content seeking is for exactly this case: it finds "two" at line 2.
+        assert_eq!(rest_after_content(changed, pos).unwrap(), b"three\n");
+    }
+
+    #[test]
+    fn offset_not_on_a_line_boundary_is_a_change() {
+        // "xb\n" ends at the same offset as "b\n" would, with the same last bytes.
+        let pos = Position::start().after(b"aa\n").after(b"b\n");
+        let err = rest_after_offset(b"a\nxb\nc\n", pos).unwrap_err();
+        assert!(matches!(err, Error::InputChanged { .. }), "{err}");
+    }
+
+    #[test]
+    fn offset_past_the_end_is_a_change() {
+        let pos = after_lines(b"a\nb\nc\n", 3);
+        let err = rest_after_offset(b"a\nb\n", pos).unwrap_err();
+        assert!(matches!(err, Error::InputChanged { .. }), "{err}");
+        let err = rest_after_lines(b"a\nb\n", pos).unwrap_err();
+        assert!(matches!(err, Error::InputChanged { .. }), "{err}");
+    }
+
+    #[test]
+    fn content_seek_never_jumps_to_an_earlier_duplicate() {
+        // Finished through the second "dup" (line 3); line 2 must not be redone.
+        let input = b"dup\nmid\ndup\nnext\n";
+        let pos = after_lines(input, 3);
+        assert_eq!(rest_after_content(input, pos).unwrap(), b"next\n");
+    }
+
+    #[test]
+    fn content_seek_rebases_a_unique_line_after_removed_lines() {
+        let pos = after_lines(b"a\nb\nc\nd\n", 3);
+        let trimmed = b"c\nd\n"; // the user removed finished lines
+        let mut reader = Cursor::new(&trimmed[..]);
+        let reached = pos.seek_content(&mut reader).unwrap();
+        assert_eq!((reached.line(), reached.offset()), (1, 2));
+        assert_eq!(reader.position(), 2);
+    }
+
+    #[test]
+    fn content_seek_refuses_to_guess_between_duplicates() {
+        let pos = after_lines(b"a\nb\nc\nd\n", 3);
+        match rest_after_content(b"c\nz\nq\nc\nd\n", pos) {
+            Err(Error::AmbiguousLastLine {
+                line: 3,
+                candidates,
+                ..
+            }) => assert_eq!(candidates, vec![1, 4]),
+            other => panic!("{other:?}"),
+        }
+        match rest_after_content(b"c\nc\nx\nd\n", pos) {
+            Err(Error::AmbiguousLastLine { candidates, .. }) => {
+                assert_eq!(candidates, vec![1, 2])
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn seek_lines_reads_nothing_past_the_position() {
+        let pos = after_lines(b"a\nb\n", 1);
+        let mut stream: &[u8] = b"a\nb\nc\n";
+        pos.seek_lines(&mut stream).unwrap();
+        assert_eq!(stream, b"b\nc\n");
+    }
+
+    #[test]
+    fn from_parts_rejects_impossible_positions() {
+        assert!(Position::from_parts(0, 0, 0, 0).is_some());
+        assert!(Position::from_parts(1, 0, 0, 0).is_none());
+        assert!(Position::from_parts(5, 1, 0, 7).is_none());
+        assert!(Position::from_parts(5, 1, 6, 7).is_none());
+        assert!(Position::from_parts(5, 6, 1, 7).is_none());
+        assert_eq!(
+            Position::from_parts(6, 2, 2, digest(b"b")),
+            Some(after_lines(b"abc\nb\n", 2))
+        );
+    }
+}
