@@ -192,6 +192,7 @@ impl CheckpointBuilder {
             file,
             durability: self.durability,
             compact_at: self.compact_at,
+            durable: loaded.state.position,
             state: loaded.state,
             pending: Pending::default(),
             abandoned: false,
@@ -308,8 +309,23 @@ pub struct Checkpoint {
     /// Set when the file cannot be appended to (missing, torn header, or
     /// after a failed write): the next write replaces it atomically.
     needs_rewrite: bool,
+    /// The position known to be on disk (synced).
+    durable: Position,
     /// Set by tests that simulate a crash: drop writes nothing.
     abandoned: bool,
+}
+
+/// The state recorded in a checkpoint file, as read by
+/// [`Checkpoint::inspect`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// Everything before this position is finished.
+    pub position: Position,
+    /// Lines after `position` that are finished too.
+    pub done_beyond: Vec<u64>,
+    /// Lines that failed for good, by line number.
+    pub failed: Vec<FailedLine>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -416,6 +432,47 @@ impl Checkpoint {
     #[must_use]
     pub fn position(&self) -> Position {
         self.state.position
+    }
+
+    /// The newest position known to be on disk: what a crash now would
+    /// resume from (at least). Behind [`position`](Checkpoint::position)
+    /// while commits wait for their group sync.
+    #[must_use]
+    pub fn durable_position(&self) -> Position {
+        self.durable
+    }
+
+    /// Reads the state recorded in a checkpoint file without locking or
+    /// changing it, for status displays while a job may be running. A
+    /// missing file reads as a fresh start.
+    ///
+    /// # Errors
+    ///
+    /// As [`CheckpointBuilder::open`], except that it is never
+    /// [`Error::Locked`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use linemark::{Checkpoint, Position};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("job.checkpoint");
+    /// let mut checkpoint = Checkpoint::open(&path)?;
+    /// checkpoint.commit(Position::start().after(b"x\n"))?;
+    /// checkpoint.sync()?;
+    /// let snapshot = Checkpoint::inspect(&path)?;
+    /// assert_eq!(snapshot.position.line(), 1);
+    /// assert!(snapshot.failed.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn inspect(path: impl AsRef<Path>) -> Result<Snapshot> {
+        let loaded = load(path.as_ref())?;
+        Ok(Snapshot {
+            position: loaded.state.position,
+            done_beyond: loaded.state.done.into_iter().collect(),
+            failed: loaded.state.failed.into_values().collect(),
+        })
     }
 
     /// Lines after [`position`](Checkpoint::position) that are finished too,
@@ -647,6 +704,9 @@ impl Checkpoint {
         }
         self.file_len += out.len() as u64;
         self.pending = Pending::default();
+        if sync {
+            self.durable = self.state.position;
+        }
         if self.file_len > self.compact_at.max(2 * self.snapshot_len) {
             self.rewrite()?;
         }
@@ -699,6 +759,7 @@ impl Checkpoint {
         self.truncate_to = None;
         self.needs_rewrite = false;
         self.pending = Pending::default();
+        self.durable = self.state.position;
         Ok(())
     }
 

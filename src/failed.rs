@@ -4,7 +4,7 @@ use std::io::{BufRead, Read, Seek, SeekFrom};
 
 use crate::error::{Error, Result};
 use crate::line::{Line, describe};
-use crate::position::digest;
+use crate::position::{Position, digest};
 
 /// A line whose task failed for good (out of attempts, or an error not worth
 /// retrying), with the error message, as recorded in the checkpoint.
@@ -48,6 +48,58 @@ impl FailedLine {
             digest: digest(line.raw()),
             attempts,
             error: error.into(),
+        }
+    }
+
+    /// The failed line that ends at `end`.
+    pub(crate) fn ending_at(end: Position, attempts: u32, error: String) -> FailedLine {
+        FailedLine {
+            line: end.line(),
+            offset: end.offset() - end.last_len(),
+            len: end.last_len(),
+            digest: end.last_digest(),
+            attempts,
+            error,
+        }
+    }
+
+    /// The record after failing again in a retry-failed run.
+    pub(crate) fn failed_again(&self, attempts: u32, error: String) -> FailedLine {
+        FailedLine {
+            attempts: self.attempts.saturating_add(attempts),
+            error,
+            ..self.clone()
+        }
+    }
+
+    /// Checks that `line` is this failed line, unchanged.
+    pub(crate) fn check(&self, line: &Line<'_>) -> Result<()> {
+        let raw = line.raw();
+        if line.offset() == self.offset
+            && raw.len() as u64 == self.len
+            && digest(raw) == self.digest
+        {
+            return Ok(());
+        }
+        Err(self.changed(describe(
+            raw.len() as u64,
+            digest(raw),
+            Some(&raw[..raw.len().min(40)]),
+        )))
+    }
+
+    /// The error for an input that ends before this line.
+    pub(crate) fn missing(&self) -> Error {
+        self.changed("the end of the input".to_string())
+    }
+
+    fn changed(&self, found: String) -> Error {
+        Error::InputChanged {
+            path: None,
+            line: self.line,
+            offset: self.offset,
+            expected: describe(self.len, self.digest, None),
+            found,
         }
     }
 

@@ -51,13 +51,24 @@ mod error;
 mod failed;
 mod line;
 mod position;
+mod progress;
 mod record;
+mod retry;
+mod runner;
+mod stop;
+mod task;
+mod window;
 
-pub use checkpoint::{Checkpoint, CheckpointBuilder, Durability};
+pub use checkpoint::{Checkpoint, CheckpointBuilder, Durability, Snapshot};
 pub use error::{Error, Result};
 pub use failed::FailedLine;
 pub use line::{Line, LineReader};
 pub use position::{Position, digest};
+pub use progress::{Event, Observer};
+pub use retry::RetryPolicy;
+pub use runner::{Report, Runner, SeekMode};
+pub use stop::StopToken;
+pub use task::Task;
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

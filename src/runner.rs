@@ -1,0 +1,945 @@
+//! The runner: drives a [`Task`] over the lines of an input, with a
+//! checkpoint, retries, parallel workers, failed lines and graceful stop.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::checkpoint::{Checkpoint, Durability};
+use crate::error::{Error, Result};
+use crate::failed::FailedLine;
+use crate::line::{Line, LineReader};
+use crate::position::Position;
+use crate::progress::{Event, Observer};
+use crate::retry::RetryPolicy;
+use crate::stop::StopToken;
+use crate::task::Task;
+use crate::window::{Finished, Window};
+
+/// How a run finds where it left off in a file input. Stream inputs
+/// ([`Runner::run_reader`]) always count lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SeekMode {
+    /// By byte offset, verified ([`Position::seek_offset`]). The default.
+    #[default]
+    Offset,
+    /// By counting lines, verified ([`Position::seek_lines`]).
+    Lines,
+    /// By the content of the last finished line ([`Position::seek_content`]),
+    /// for inputs whose finished lines may have been removed.
+    Content,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Report {
+    /// Lines whose task succeeded in this run.
+    pub done: u64,
+    /// Lines skipped because an earlier run finished (or failed) them.
+    pub skipped: u64,
+    /// Lines recorded as failed in this run.
+    pub failed: u64,
+    /// Attempts that were retries (not first attempts).
+    pub retried: u64,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// Whether the run stopped before the end: its stop token fired, or
+    /// the halt policy applied.
+    pub stopped: bool,
+    /// Whether the run stopped because of the halt policy
+    /// ([`Runner::halt_after_failures`]).
+    pub halted: bool,
+    /// Everything before this position is finished (and durable).
+    pub position: Position,
+    /// Lines recorded as failed in the checkpoint, from all runs.
+    pub failed_total: usize,
+    /// The checkpoint file.
+    pub checkpoint: PathBuf,
+}
+
+impl Report {
+    /// Whether every line is done: the run reached the end and no line is
+    /// recorded as failed.
+    #[must_use]
+    pub fn is_complete(&self) -> bool {
+        !self.stopped && self.failed_total == 0
+    }
+}
+
+/// Drives a [`Task`] over the lines of an input, resuming from a
+/// [`Checkpoint`].
+///
+/// - With one worker (the default) lines run strictly in order, on the
+///   calling thread.
+/// - With `n` workers, lines run on `n` threads and finish in any order. The
+///   checkpoint records the low watermark (everything before it is finished)
+///   plus the lines finished beyond it, so a restart skips exactly the
+///   finished lines. At most [`window`](Runner::window) lines are in flight
+///   or finished beyond the watermark; a stuck line holds new lines back once
+///   the window is full. No line is recorded as finished before its task
+///   returned.
+/// - A failing line is retried per the [`RetryPolicy`]; a line out of
+///   attempts, or whose error is not retryable, is recorded as failed with
+///   its error message, and the run goes on. A plain rerun does not redo
+///   failed lines; [`retry_failed`](Runner::retry_failed) reruns exactly
+///   them.
+/// - When the [`StopToken`] fires, no new line starts, lines in progress
+///   finish (a line whose attempt fails after the stop is left unrecorded,
+///   to be redone), the checkpoint is synced and the report says
+///   `stopped`.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Mutex;
+/// use linemark::{Line, Runner};
+///
+/// let dir = tempfile::tempdir()?;
+/// let input = dir.path().join("numbers.txt");
+/// std::fs::write(&input, "1\n2\n3\n")?;
+///
+/// let sum = Mutex::new(0u64);
+/// let task = |line: &Line<'_>| -> Result<(), std::num::ParseIntError> {
+///     let n: u64 = line.as_str().unwrap_or_default().parse()?;
+///     *sum.lock().unwrap() += n;
+///     Ok(())
+/// };
+/// let report = Runner::new().workers(2).run(&input, &task)?;
+/// assert_eq!((report.done, report.failed), (3, 0));
+/// assert_eq!(*sum.lock().unwrap(), 6);
+///
+/// // A rerun finds nothing to do.
+/// let again = Runner::new().run(&input, &task)?;
+/// assert_eq!((again.done, again.skipped), (0, 0));
+/// assert!(again.is_complete());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Runner {
+    checkpoint: Option<PathBuf>,
+    workers: usize,
+    window: usize,
+    durability: Durability,
+    retry: RetryPolicy,
+    stop: StopToken,
+    observer: Option<Arc<dyn Observer + Send>>,
+    halt_after: Option<u64>,
+    retry_failed: bool,
+    shard: Option<(u64, u64)>,
+    max_line_len: Option<usize>,
+    seek: SeekMode,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("checkpoint", &self.checkpoint)
+            .field("workers", &self.workers)
+            .field("window", &self.window)
+            .field("durability", &self.durability)
+            .field("retry", &self.retry)
+            .field("halt_after", &self.halt_after)
+            .field("retry_failed", &self.retry_failed)
+            .field("shard", &self.shard)
+            .field("max_line_len", &self.max_line_len)
+            .field("seek", &self.seek)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Runner {
+    fn default() -> Runner {
+        Runner::new()
+    }
+}
+
+/// How long the runner waits for a result before checking the stop token
+/// and the group-commit delay.
+const TICK: Duration = Duration::from_millis(20);
+
+impl Runner {
+    /// The default window: lines in flight or finished beyond the watermark.
+    pub const DEFAULT_WINDOW: usize = 1024;
+
+    /// One worker, default durability, retry policy and window, the
+    /// default checkpoint path.
+    #[must_use]
+    pub fn new() -> Runner {
+        Runner {
+            checkpoint: None,
+            workers: 1,
+            window: Runner::DEFAULT_WINDOW,
+            durability: Durability::default(),
+            retry: RetryPolicy::default(),
+            stop: StopToken::new(),
+            observer: None,
+            halt_after: None,
+            retry_failed: false,
+            shard: None,
+            max_line_len: None,
+            seek: SeekMode::default(),
+        }
+    }
+
+    /// The checkpoint file. Default for [`run`](Runner::run): see
+    /// [`default_checkpoint_path`](Runner::default_checkpoint_path).
+    pub fn checkpoint(&mut self, path: impl AsRef<Path>) -> &mut Runner {
+        self.checkpoint = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Number of worker threads (default 1: strictly in order, on the
+    /// calling thread).
+    pub fn workers(&mut self, workers: usize) -> &mut Runner {
+        self.workers = workers.max(1);
+        self
+    }
+
+    /// Most lines in flight or finished beyond the watermark (default
+    /// [`DEFAULT_WINDOW`](Runner::DEFAULT_WINDOW)); at least the number of
+    /// workers.
+    pub fn window(&mut self, lines: usize) -> &mut Runner {
+        self.window = lines.max(1);
+        self
+    }
+
+    /// When the checkpoint's records reach the disk.
+    pub fn durability(&mut self, durability: Durability) -> &mut Runner {
+        self.durability = durability;
+        self
+    }
+
+    /// How failed attempts are retried.
+    pub fn retry(&mut self, policy: RetryPolicy) -> &mut Runner {
+        self.retry = policy;
+        self
+    }
+
+    /// The token that stops the run gracefully.
+    pub fn stop_token(&mut self, token: StopToken) -> &mut Runner {
+        self.stop = token;
+        self
+    }
+
+    /// Receives progress [`Event`]s.
+    pub fn observer(&mut self, observer: impl Observer + Send + 'static) -> &mut Runner {
+        self.observer = Some(Arc::new(observer));
+        self
+    }
+
+    /// Stops the run (like the stop token) once `failures` lines have
+    /// failed in it. Default: failures never stop the run.
+    pub fn halt_after_failures(&mut self, failures: u64) -> &mut Runner {
+        self.halt_after = Some(failures.max(1));
+        self
+    }
+
+    /// Reruns exactly the lines recorded as failed, and nothing else, when
+    /// set. A line that succeeds is no longer failed; one that fails again
+    /// keeps its record with the new error.
+    pub fn retry_failed(&mut self, yes: bool) -> &mut Runner {
+        self.retry_failed = yes;
+        self
+    }
+
+    /// Processes only the lines whose 0-based index is `index` modulo
+    /// `count` (line numbers `index + 1`, `index + 1 + count`, ...), with a
+    /// checkpoint of its own. Shards `0..count` together cover every line
+    /// exactly once.
+    ///
+    /// # Panics
+    ///
+    /// When `index >= count`.
+    pub fn shard(&mut self, index: u64, count: u64) -> &mut Runner {
+        assert!(
+            index < count,
+            "shard index {index} must be below the count {count}"
+        );
+        self.shard = (count > 1).then_some((index, count));
+        self
+    }
+
+    /// Refuses lines longer than `bytes` with [`Error::LineTooLong`].
+    pub fn max_line_len(&mut self, bytes: usize) -> &mut Runner {
+        self.max_line_len = Some(bytes);
+        self
+    }
+
+    /// How a file input is sought to the resume point (default: by offset).
+    pub fn seek_mode(&mut self, mode: SeekMode) -> &mut Runner {
+        self.seek = mode;
+        self
+    }
+
+    /// The checkpoint path used for `input` when none is set: `INPUT.checkpoint`,
+    /// or `INPUT.shard-I-of-N.checkpoint` for a shard.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use linemark::Runner;
+    ///
+    /// let runner = Runner::new();
+    /// assert_eq!(runner.default_checkpoint_path("urls.txt"), Path::new("urls.txt.checkpoint"));
+    /// let mut sharded = Runner::new();
+    /// sharded.shard(2, 8);
+    /// assert_eq!(
+    ///     sharded.default_checkpoint_path("urls.txt"),
+    ///     Path::new("urls.txt.shard-2-of-8.checkpoint"),
+    /// );
+    /// ```
+    #[must_use]
+    pub fn default_checkpoint_path(&self, input: impl AsRef<Path>) -> PathBuf {
+        let mut name = OsString::from(input.as_ref().as_os_str());
+        if let Some((index, count)) = self.shard {
+            name.push(format!(".shard-{index}-of-{count}"));
+        }
+        name.push(".checkpoint");
+        PathBuf::from(name)
+    }
+
+    /// The checkpoint path a run on `input` uses.
+    #[must_use]
+    pub fn checkpoint_path(&self, input: impl AsRef<Path>) -> PathBuf {
+        self.checkpoint
+            .clone()
+            .unwrap_or_else(|| self.default_checkpoint_path(input))
+    }
+
+    /// Runs `task` over the lines of the file `input`, resuming from its
+    /// checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// linemark's own errors: the checkpoint cannot be opened or written
+    /// ([`Error::Locked`], [`Error::Corrupt`], [`Error::Io`], ...), the input
+    /// changed since the checkpoint ([`Error::InputChanged`]), a line is too
+    /// long. Progress recorded before the error is kept. The task's errors
+    /// are never returned: they make failed lines.
+    pub fn run<T: Task>(&self, input: impl AsRef<Path>, task: &T) -> Result<Report> {
+        let input = input.as_ref();
+        let in_err = |err| Error::io(Some(input), "opening the input", err);
+        let file = File::open(input).map_err(in_err)?;
+        let input_len = file.metadata().map_err(in_err)?.len();
+        let mut checkpoint = self.open_checkpoint(self.checkpoint_path(input))?;
+        let mut reader = BufReader::with_capacity(64 * 1024, file);
+        if self.retry_failed {
+            let failed: Vec<FailedLine> = checkpoint.failed().cloned().collect();
+            let source: FailedSource<'_, _, std::io::Empty> = FailedSource::Seek {
+                reader: &mut reader,
+                lines: failed.into(),
+                buf: Vec::new(),
+            };
+            return self
+                .drive_failed(&mut checkpoint, source, Some(input_len), task)
+                .map_err(|err| err.with_input_path(input));
+        }
+        let position = checkpoint.position();
+        let resumed = match self.seek {
+            SeekMode::Offset => position.seek_offset(&mut reader),
+            SeekMode::Lines => {
+                reader
+                    .rewind()
+                    .map_err(|err| Error::io(Some(input), "seeking the input", err))?;
+                position.seek_lines(&mut reader)
+            }
+            SeekMode::Content => position.seek_content(&mut reader),
+        }
+        .map_err(|err| err.with_input_path(input))?;
+        let lines = self.line_reader(reader, resumed).path(input);
+        self.drive(&mut checkpoint, lines, resumed, Some(input_len), task)
+            .map_err(|err| err.with_input_path(input))
+    }
+
+    /// Runs `task` over the lines of a stream that cannot seek (stdin, a
+    /// pipe, a decompressor), given from its first byte, with the checkpoint
+    /// at `checkpoint`. The finished lines are skipped by counting them
+    /// ([`Position::seek_lines`]); in [`retry_failed`](Runner::retry_failed)
+    /// mode the stream is scanned for the failed lines.
+    ///
+    /// # Errors
+    ///
+    /// As [`run`](Runner::run).
+    pub fn run_reader<R: BufRead, T: Task>(
+        &self,
+        mut reader: R,
+        checkpoint: impl AsRef<Path>,
+        task: &T,
+    ) -> Result<Report> {
+        let mut checkpoint = self.open_checkpoint(checkpoint.as_ref().to_path_buf())?;
+        if self.retry_failed {
+            let failed: Vec<FailedLine> = checkpoint.failed().cloned().collect();
+            let source: FailedSource<'_, std::io::Empty, R> = FailedSource::Scan {
+                lines: self.line_reader(reader, Position::start()),
+                failed: failed.into(),
+            };
+            return self.drive_failed(&mut checkpoint, source, None, task);
+        }
+        let resumed = checkpoint.position().seek_lines(&mut reader)?;
+        let lines = self.line_reader(reader, resumed);
+        self.drive(&mut checkpoint, lines, resumed, None, task)
+    }
+
+    fn open_checkpoint(&self, path: PathBuf) -> Result<Checkpoint> {
+        Checkpoint::builder().durability(self.durability).open(path)
+    }
+
+    fn line_reader<R: BufRead>(&self, reader: R, at: Position) -> LineReader<R> {
+        let lines = LineReader::resume(reader, at);
+        match self.max_line_len {
+            Some(limit) => lines.max_line_len(limit),
+            None => lines,
+        }
+    }
+
+    fn in_shard(&self, line: u64) -> bool {
+        match self.shard {
+            Some((index, count)) => (line - 1) % count == index,
+            None => true,
+        }
+    }
+
+    /// The normal run: every line after the resume point, in order of
+    /// reading, through the window.
+    fn drive<R: BufRead, T: Task>(
+        &self,
+        checkpoint: &mut Checkpoint,
+        mut lines: LineReader<R>,
+        resumed: Position,
+        input_len: Option<u64>,
+        task: &T,
+    ) -> Result<Report> {
+        let started = Instant::now();
+        let mut run = RunState::new(self, checkpoint, started);
+        run.emit(&Event::Begin {
+            input_len,
+            resumed_at: resumed,
+            failed_before: run.checkpoint.failed().len(),
+        });
+        let mut window = Window::new(resumed, self.window.max(self.workers));
+        let mut eof = false;
+        std::thread::scope(|scope| -> Result<()> {
+            let mut exec = Exec::new(self, task, &run.shared, scope);
+            loop {
+                run.check_stop();
+                while !run.stopping() && !eof && window.has_room() && exec.can_submit() {
+                    let Some(line) = lines.next_line()? else {
+                        eof = true;
+                        break;
+                    };
+                    let end = line.end_position();
+                    let number = line.number();
+                    window.start(end);
+                    if !self.in_shard(number) {
+                        run.finish(&mut window, number, false)?;
+                    } else if run.checkpoint.is_done(number) || run.checkpoint.is_failed(number) {
+                        run.skipped += 1;
+                        run.emit(&Event::Skipped {
+                            line: number,
+                            end_offset: end.offset(),
+                        });
+                        run.finish(&mut window, number, false)?;
+                    } else {
+                        exec.submit(&line, task, &run.shared);
+                    }
+                }
+                if exec.in_flight() == 0 && (eof || run.stopping()) {
+                    break;
+                }
+                match exec.next_result(TICK) {
+                    Some(result) => {
+                        let Some(end) = window.end_of(result.line) else {
+                            continue;
+                        };
+                        match result.outcome {
+                            Outcome::Done => {
+                                run.done += 1;
+                                run.emit(&Event::Done {
+                                    line: result.line,
+                                    end_offset: end.offset(),
+                                });
+                                run.finish(&mut window, result.line, true)?;
+                            }
+                            Outcome::Failed { attempts, error } => {
+                                run.record_failure(FailedLine::ending_at(end, attempts, error))?;
+                                run.finish(&mut window, result.line, false)?;
+                            }
+                            Outcome::Abandoned => {}
+                        }
+                    }
+                    None => run.checkpoint.flush_if_due()?,
+                }
+                run.note_sync();
+            }
+            Ok(())
+        })?;
+        run.finish_run()
+    }
+
+    /// The retry-failed run: exactly the lines recorded as failed.
+    fn drive_failed<S: BufRead + Seek, R: BufRead, T: Task>(
+        &self,
+        checkpoint: &mut Checkpoint,
+        mut source: FailedSource<'_, S, R>,
+        input_len: Option<u64>,
+        task: &T,
+    ) -> Result<Report> {
+        let started = Instant::now();
+        let mut run = RunState::new(self, checkpoint, started);
+        run.emit(&Event::Begin {
+            input_len,
+            resumed_at: run.checkpoint.position(),
+            failed_before: run.checkpoint.failed().len(),
+        });
+        let mut exhausted = false;
+        let mut in_flight = std::collections::HashMap::new();
+        std::thread::scope(|scope| -> Result<()> {
+            let mut exec = Exec::new(self, task, &run.shared, scope);
+            loop {
+                run.check_stop();
+                while !run.stopping() && !exhausted && exec.can_submit() {
+                    let Some((failed, line)) = source.next_line()? else {
+                        exhausted = true;
+                        break;
+                    };
+                    in_flight.insert(failed.line(), failed);
+                    exec.submit(&line, task, &run.shared);
+                }
+                if exec.in_flight() == 0 && (exhausted || run.stopping()) {
+                    break;
+                }
+                match exec.next_result(TICK) {
+                    Some(result) => {
+                        let Some(before) = in_flight.remove(&result.line) else {
+                            continue;
+                        };
+                        match result.outcome {
+                            Outcome::Done => {
+                                run.done += 1;
+                                run.emit(&Event::Done {
+                                    line: result.line,
+                                    end_offset: before.offset() + before.len(),
+                                });
+                                run.checkpoint.commit_resolved(result.line)?;
+                            }
+                            Outcome::Failed { attempts, error } => {
+                                let again = before.failed_again(attempts, error);
+                                run.record_failure(again)?;
+                            }
+                            Outcome::Abandoned => {}
+                        }
+                    }
+                    None => run.checkpoint.flush_if_due()?,
+                }
+                run.note_sync();
+            }
+            Ok(())
+        })?;
+        run.finish_run()
+    }
+}
+
+/// Where the lines of a retry-failed run come from.
+enum FailedSource<'a, S, R> {
+    /// A seekable input: each failed line is read at its offset.
+    Seek {
+        reader: &'a mut S,
+        lines: VecDeque<FailedLine>,
+        buf: Vec<u8>,
+    },
+    /// A stream: scanned for the failed lines' numbers.
+    Scan {
+        lines: LineReader<R>,
+        failed: VecDeque<FailedLine>,
+    },
+}
+
+impl<S: BufRead + Seek, R: BufRead> FailedSource<'_, S, R> {
+    fn next_line(&mut self) -> Result<Option<(FailedLine, Line<'_>)>> {
+        match self {
+            FailedSource::Seek { reader, lines, buf } => {
+                let Some(failed) = lines.pop_front() else {
+                    return Ok(None);
+                };
+                let line = failed.read_from(*reader, buf)?;
+                Ok(Some((failed, line)))
+            }
+            FailedSource::Scan { lines, failed } => {
+                let Some(wanted) = failed.pop_front() else {
+                    return Ok(None);
+                };
+                while lines.lines_before() + 1 < wanted.line() {
+                    if lines.next_line()?.is_none() {
+                        return Err(wanted.missing());
+                    }
+                }
+                let Some(line) = lines.next_line()? else {
+                    return Err(wanted.missing());
+                };
+                wanted.check(&line)?;
+                Ok(Some((wanted, line)))
+            }
+        }
+    }
+}
+
+/// Counters and the checkpoint of one run.
+struct RunState<'r, 'c> {
+    runner: &'r Runner,
+    checkpoint: &'c mut Checkpoint,
+    shared: Arc<Shared>,
+    started: Instant,
+    done: u64,
+    skipped: u64,
+    failed: u64,
+    stopped: bool,
+    halted: bool,
+    last_synced: Position,
+}
+
+impl<'r, 'c> RunState<'r, 'c> {
+    fn new(runner: &'r Runner, checkpoint: &'c mut Checkpoint, started: Instant) -> Self {
+        let last_synced = checkpoint.durable_position();
+        RunState {
+            shared: Arc::new(Shared {
+                observer: runner.observer.clone(),
+                user_stop: runner.stop.clone(),
+                run_stop: StopToken::new(),
+                retry: runner.retry.clone(),
+                retried: AtomicU64::new(0),
+            }),
+            runner,
+            checkpoint,
+            started,
+            done: 0,
+            skipped: 0,
+            failed: 0,
+            stopped: false,
+            halted: false,
+            last_synced,
+        }
+    }
+
+    fn emit(&self, event: &Event<'_>) {
+        self.shared.emit(event);
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopped || self.halted
+    }
+
+    /// Passes the user's stop on to the workers.
+    fn check_stop(&mut self) {
+        if !self.stopped && self.shared.user_stop.is_stopped() {
+            self.stopped = true;
+            self.shared.run_stop.stop();
+        }
+    }
+
+    /// A line is finished: move the watermark, or record the line as done
+    /// beyond it (`record_beyond`: lines skipped, failed or not in the shard
+    /// are known without a `done` record).
+    fn finish(&mut self, window: &mut Window, line: u64, record_beyond: bool) -> Result<()> {
+        match window.finish(line) {
+            Finished::Advanced(watermark) => self.checkpoint.commit(watermark),
+            Finished::Beyond if record_beyond => self.checkpoint.commit_done(line),
+            Finished::Beyond => Ok(()),
+        }
+    }
+
+    fn record_failure(&mut self, failed: FailedLine) -> Result<()> {
+        self.failed += 1;
+        self.emit(&Event::Failed {
+            line: failed.line(),
+            attempts: failed.attempts(),
+            error: failed.error(),
+        });
+        self.checkpoint.commit_failed(failed)?;
+        if self
+            .runner
+            .halt_after
+            .is_some_and(|limit| self.failed >= limit)
+        {
+            self.halted = true;
+            self.shared.run_stop.stop();
+        }
+        Ok(())
+    }
+
+    fn note_sync(&mut self) {
+        let durable = self.checkpoint.durable_position();
+        if durable != self.last_synced {
+            self.last_synced = durable;
+            self.emit(&Event::Synced { position: durable });
+        }
+    }
+
+    fn finish_run(mut self) -> Result<Report> {
+        self.checkpoint.sync()?;
+        self.note_sync();
+        let stopped = self.stopping() || self.shared.user_stop.is_stopped();
+        Ok(Report {
+            done: self.done,
+            skipped: self.skipped,
+            failed: self.failed,
+            retried: self.shared.retried.load(Ordering::Relaxed),
+            elapsed: self.started.elapsed(),
+            stopped,
+            halted: self.halted,
+            position: self.checkpoint.position(),
+            failed_total: self.checkpoint.failed().len(),
+            checkpoint: self.checkpoint.path().to_path_buf(),
+        })
+    }
+}
+
+/// What the workers share with the runner.
+struct Shared {
+    observer: Option<Arc<dyn Observer + Send>>,
+    user_stop: StopToken,
+    /// Fired by the runner when the user's token fires, the halt policy
+    /// applies or the run ends.
+    run_stop: StopToken,
+    retry: RetryPolicy,
+    retried: AtomicU64,
+}
+
+impl Shared {
+    fn emit(&self, event: &Event<'_>) {
+        if let Some(observer) = &self.observer {
+            observer.on_event(event);
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.run_stop.is_stopped() || self.user_stop.is_stopped()
+    }
+
+    /// Runs the task on a line until it succeeds, fails for good, or the
+    /// run stops. Backoff waits on `sleeper`, so a stop ends them at once.
+    fn attempt<T: Task>(&self, task: &T, line: &Line<'_>, sleeper: &StopToken) -> Outcome {
+        self.emit(&Event::Started {
+            line: line.number(),
+            offset: line.offset(),
+        });
+        let mut attempt = 1u32;
+        loop {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.run(line)));
+            let (message, retryable, hint) = match result {
+                Ok(Ok(())) => return Outcome::Done,
+                Ok(Err(err)) => (
+                    err.to_string(),
+                    task.is_retryable(&err),
+                    task.retry_after(&err),
+                ),
+                Err(panic) => (panic_message(panic.as_ref()), false, None),
+            };
+            if self.stopping() {
+                return Outcome::Abandoned;
+            }
+            if !retryable || attempt >= self.retry.get_max_attempts() {
+                return Outcome::Failed {
+                    attempts: attempt,
+                    error: message,
+                };
+            }
+            let delay = self.retry.delay(attempt, hint);
+            self.emit(&Event::Retrying {
+                line: line.number(),
+                attempt,
+                delay,
+                error: &message,
+            });
+            if sleeper.sleep(delay) {
+                return Outcome::Abandoned;
+            }
+            self.retried.fetch_add(1, Ordering::Relaxed);
+            attempt += 1;
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("non-string payload");
+    format!("task panicked: {text}")
+}
+
+/// How a line's task ended.
+#[derive(Debug)]
+enum Outcome {
+    Done,
+    Failed {
+        attempts: u32,
+        error: String,
+    },
+    /// The run stopped before the line finished: leave it unrecorded.
+    Abandoned,
+}
+
+struct JobResult {
+    line: u64,
+    outcome: Outcome,
+}
+
+struct Job {
+    bytes: Vec<u8>,
+    line: u64,
+    offset: u64,
+}
+
+/// Runs tasks: on the calling thread with one worker, on a pool otherwise.
+enum Exec<'a> {
+    Inline {
+        results: VecDeque<JobResult>,
+    },
+    Pool {
+        shared: Arc<Shared>,
+        jobs: Option<SyncSender<Job>>,
+        results: Receiver<JobResult>,
+        in_flight: usize,
+        limit: usize,
+        _scope: std::marker::PhantomData<&'a ()>,
+    },
+}
+
+impl<'a> Exec<'a> {
+    fn new<'scope, 'env, T: Task>(
+        runner: &Runner,
+        task: &'env T,
+        shared: &Arc<Shared>,
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+    ) -> Exec<'a> {
+        if runner.workers == 1 {
+            return Exec::Inline {
+                results: VecDeque::new(),
+            };
+        }
+        // Two jobs a worker keep every worker busy between results.
+        let limit = runner.workers * 2;
+        let (job_tx, job_rx) = mpsc::sync_channel::<Job>(limit);
+        let (result_tx, result_rx) = mpsc::channel();
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        for _ in 0..runner.workers {
+            let job_rx = Arc::clone(&job_rx);
+            let result_tx = result_tx.clone();
+            let shared = Arc::clone(shared);
+            scope.spawn(move || {
+                loop {
+                    let job = match job_rx.lock() {
+                        Ok(receiver) => receiver.recv(),
+                        Err(poisoned) => poisoned.into_inner().recv(),
+                    };
+                    let Ok(job) = job else { break };
+                    let outcome = if shared.stopping() {
+                        Outcome::Abandoned
+                    } else {
+                        let line = Line::new(&job.bytes, job.line, job.offset);
+                        shared.attempt(task, &line, &shared.run_stop)
+                    };
+                    let result = JobResult {
+                        line: job.line,
+                        outcome,
+                    };
+                    if result_tx.send(result).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Exec::Pool {
+            shared: Arc::clone(shared),
+            jobs: Some(job_tx),
+            results: result_rx,
+            in_flight: 0,
+            limit,
+            _scope: std::marker::PhantomData,
+        }
+    }
+
+    fn can_submit(&self) -> bool {
+        match self {
+            Exec::Inline { results, .. } => results.is_empty(),
+            Exec::Pool {
+                in_flight, limit, ..
+            } => in_flight < limit,
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        match self {
+            Exec::Inline { results, .. } => results.len(),
+            Exec::Pool { in_flight, .. } => *in_flight,
+        }
+    }
+
+    fn submit<T: Task>(&mut self, line: &Line<'_>, task: &T, shared: &Shared) {
+        match self {
+            Exec::Inline { results, .. } => {
+                let outcome = shared.attempt(task, line, &shared.user_stop);
+                results.push_back(JobResult {
+                    line: line.number(),
+                    outcome,
+                });
+            }
+            Exec::Pool {
+                jobs, in_flight, ..
+            } => {
+                let job = Job {
+                    bytes: line.raw().to_vec(),
+                    line: line.number(),
+                    offset: line.offset(),
+                };
+                // The channel holds `limit` jobs and no more are in flight,
+                // so this does not block; it fails only if every worker is
+                // gone, and then the line is simply not run.
+                if let Some(jobs) = jobs {
+                    if jobs.send(job).is_ok() {
+                        *in_flight += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn next_result(&mut self, timeout: Duration) -> Option<JobResult> {
+        match self {
+            Exec::Inline { results, .. } => results.pop_front(),
+            Exec::Pool {
+                results, in_flight, ..
+            } => match results.recv_timeout(timeout) {
+                Ok(result) => {
+                    *in_flight -= 1;
+                    Some(result)
+                }
+                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
+            },
+        }
+    }
+}
+
+impl Drop for Exec<'_> {
+    fn drop(&mut self) {
+        // Ends the workers: queued jobs are abandoned, backoff waits end,
+        // and the closed channel ends their loops.
+        match self {
+            Exec::Inline { .. } => {}
+            Exec::Pool { shared, jobs, .. } => {
+                shared.run_stop.stop();
+                jobs.take();
+            }
+        }
+    }
+}

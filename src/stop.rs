@@ -1,0 +1,98 @@
+//! A cloneable token to stop a run gracefully.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Asks a run to stop gracefully: no new line starts, lines in progress
+/// finish, the checkpoint is synced, and the report says the run stopped
+/// early. Clones share the same flag; fire it from a signal handler thread,
+/// another thread, or a task.
+///
+/// # Examples
+///
+/// ```
+/// use linemark::StopToken;
+///
+/// let token = StopToken::new();
+/// let for_handler = token.clone();
+/// assert!(!token.is_stopped());
+/// for_handler.stop();
+/// assert!(token.is_stopped());
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct StopToken {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    stopped: AtomicBool,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+impl StopToken {
+    /// A token that has not fired.
+    #[must_use]
+    pub fn new() -> StopToken {
+        StopToken::default()
+    }
+
+    /// Fires the token. Waits in progress (retry backoff) end at once.
+    pub fn stop(&self) {
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        // Taking the lock orders this with a waiter between its check and
+        // its wait, so the wake-up is not lost.
+        let _guard = self.inner.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.inner.wake.notify_all();
+    }
+
+    /// Whether the token has fired.
+    #[must_use]
+    pub fn is_stopped(&self) -> bool {
+        self.inner.stopped.load(Ordering::SeqCst)
+    }
+
+    /// Sleeps for `duration` or until the token fires, whichever comes
+    /// first. Returns whether it fired.
+    pub fn sleep(&self, duration: Duration) -> bool {
+        let deadline = Instant::now() + duration;
+        let mut guard = self.inner.lock.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if self.is_stopped() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            guard = match self.inner.wake.wait_timeout(guard, deadline - now) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_wakes_a_sleeper_early() {
+        let token = StopToken::new();
+        let sleeper = token.clone();
+        let started = Instant::now();
+        let handle = std::thread::spawn(move || sleeper.sleep(Duration::from_secs(60)));
+        token.stop();
+        assert!(handle.join().unwrap());
+        assert!(started.elapsed() < Duration::from_secs(30));
+    }
+
+    #[test]
+    fn sleep_without_stop_times_out() {
+        let token = StopToken::new();
+        assert!(!token.sleep(Duration::from_millis(1)));
+    }
+}
