@@ -585,6 +585,33 @@ impl Checkpoint {
         self.note_commit()
     }
 
+    /// Moves the position to where a seek found the input resumes, when
+    /// that differs from the recorded one (see [`Position::seek_content`]).
+    /// Lines recorded as done beyond the position keep their distance to
+    /// it; failed lines keep their records, which are checked against the
+    /// input when they are retried.
+    ///
+    /// # Durability
+    ///
+    /// The file is replaced atomically at the next write, which happens
+    /// before this returns with [`Durability::EveryCommit`].
+    ///
+    /// # Errors
+    ///
+    /// As [`commit`](Checkpoint::commit).
+    pub fn rebase(&mut self, position: Position) -> Result<()> {
+        let old = self.state.position.line();
+        let new = position.line();
+        self.state.done = std::mem::take(&mut self.state.done)
+            .into_iter()
+            .filter_map(|line| (line - old).checked_add(new))
+            .collect();
+        self.state.position = position;
+        self.needs_rewrite = true;
+        self.pending.position = true;
+        self.note_commit()
+    }
+
     fn note_commit(&mut self) -> Result<()> {
         self.pending.count += 1;
         if self.pending.since.is_none() {
@@ -1249,6 +1276,29 @@ mod tests {
         assert_eq!(failed, vec![(2, "bad \"x\"\n")]);
         assert!(reopened.is_done(1) && reopened.is_done(5) && !reopened.is_done(2));
         assert!(reopened.is_failed(2) && !reopened.is_done(6));
+    }
+
+    #[test]
+    fn rebase_shifts_done_lines_and_is_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c");
+        let all = positions(6);
+        let mut checkpoint = open_strict(&path);
+        checkpoint.commit(all[3]).unwrap();
+        checkpoint.commit_done(6).unwrap();
+        // The input lost its first two lines: line 4 is now line 2.
+        let moved = Position::from_parts(
+            all[3].offset() - all[1].offset(),
+            2,
+            all[3].last_len(),
+            all[3].last_digest(),
+        )
+        .unwrap();
+        checkpoint.rebase(moved).unwrap();
+        drop(checkpoint);
+        let reopened = open_strict(&path);
+        assert_eq!(reopened.position(), moved);
+        assert_eq!(reopened.done_beyond().collect::<Vec<_>>(), vec![4]);
     }
 
     #[test]

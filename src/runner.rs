@@ -43,8 +43,12 @@ pub enum SeekMode {
 pub struct Report {
     /// Lines whose task succeeded in this run.
     pub done: u64,
-    /// Lines skipped because an earlier run finished (or failed) them.
+    /// Lines after the resume point skipped because an earlier run
+    /// finished (or failed) them out of order.
     pub skipped: u64,
+    /// Where the run resumed: the lines before it were finished by earlier
+    /// runs and were not read at all.
+    pub resumed_at: Position,
     /// Lines recorded as failed in this run.
     pub failed: u64,
     /// Attempts that were retries (not first attempts).
@@ -419,6 +423,11 @@ impl Runner {
         task: &T,
     ) -> Result<Report> {
         let started = Instant::now();
+        if resumed != checkpoint.position() {
+            // Content seeking found the last line elsewhere, or a newline was
+            // appended to it: record where the input really resumes.
+            checkpoint.rebase(resumed)?;
+        }
         let mut run = RunState::new(self, checkpoint, started);
         run.emit(&Event::Begin {
             input_len,
@@ -598,6 +607,7 @@ struct RunState<'r, 'c> {
     checkpoint: &'c mut Checkpoint,
     shared: Arc<Shared>,
     started: Instant,
+    resumed_at: Position,
     done: u64,
     skipped: u64,
     failed: u64,
@@ -609,6 +619,7 @@ struct RunState<'r, 'c> {
 impl<'r, 'c> RunState<'r, 'c> {
     fn new(runner: &'r Runner, checkpoint: &'c mut Checkpoint, started: Instant) -> Self {
         let last_synced = checkpoint.durable_position();
+        let resumed_at = checkpoint.position();
         RunState {
             shared: Arc::new(Shared {
                 observer: runner.observer.clone(),
@@ -620,6 +631,7 @@ impl<'r, 'c> RunState<'r, 'c> {
             runner,
             checkpoint,
             started,
+            resumed_at,
             done: 0,
             skipped: 0,
             failed: 0,
@@ -690,6 +702,7 @@ impl<'r, 'c> RunState<'r, 'c> {
         Ok(Report {
             done: self.done,
             skipped: self.skipped,
+            resumed_at: self.resumed_at,
             failed: self.failed,
             retried: self.shared.retried.load(Ordering::Relaxed),
             elapsed: self.started.elapsed(),

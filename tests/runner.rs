@@ -462,3 +462,36 @@ fn an_input_changed_before_the_resume_point_is_refused() {
     let report = Runner::new().run(&input, &ok).unwrap();
     assert_eq!(report.done, 1);
 }
+
+#[test]
+fn content_seek_mode_resumes_after_finished_lines_were_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = input_with(dir.path(), 5);
+    let tally = Tally::default();
+    let record = |line: &Line<'_>| -> Result<(), Failure> {
+        tally.note(line.number());
+        Ok(())
+    };
+    Runner::new().run(&input, &record).unwrap();
+    // The user trims the finished lines and appends new work.
+    std::fs::write(&input, "item-4\nitem-5\nitem-6\nitem-7\n").unwrap();
+    let seen = Mutex::new(Vec::new());
+    let names = |line: &Line<'_>| -> Result<(), Failure> {
+        seen.lock()
+            .unwrap()
+            .push(line.as_str().unwrap().to_string());
+        Ok(())
+    };
+    // By offset the change is refused...
+    assert!(Runner::new().run(&input, &names).is_err());
+    // ...by content the run continues after "item-5", renumbered.
+    let report = Runner::new()
+        .seek_mode(linemark::SeekMode::Content)
+        .run(&input, &names)
+        .unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec!["item-6", "item-7"]);
+    assert_eq!((report.resumed_at.line(), report.position.line()), (2, 4));
+    // The rebased checkpoint now resumes by offset as usual.
+    let report = Runner::new().run(&input, &names).unwrap();
+    assert_eq!(report.done, 0);
+}
