@@ -12,6 +12,11 @@
 //!   (by byte offset, by counting lines, by the content of the last line).
 //! - [`LineReader`] and [`Line`]: lines as bytes with their number and
 //!   offset; [`Line::as_str`] gives a typed error for invalid UTF-8.
+//! - [`Task`] and [`Runner`]: drive any task over the lines with a
+//!   checkpoint, parallel [workers](Runner::workers), retries
+//!   ([`RetryPolicy`]), failed lines that can be
+//!   [rerun](Runner::retry_failed), graceful stop ([`StopToken`]), progress
+//!   events ([`Observer`]) and [sharding](Runner::shard).
 //!
 //! The guarantee is at least once: a line whose commit is durable is never
 //! redone; a line whose commit was not yet durable when the process died is
