@@ -1,0 +1,268 @@
+//! Fixtures shared by the integration tests: generated inputs in temporary
+//! directories, the positions a correct job reaches in them, and running
+//! this test binary again as a child process.
+
+// Each test binary compiles its own copy of this module and uses a part of it.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use linemark::Position;
+use tempfile::TempDir;
+
+/// The environment variable that makes a test act as a child process; its
+/// value names the role.
+pub const CHILD_ROLE: &str = "LINEMARK_TEST_CHILD";
+
+/// How long any child or condition may take before the test fails; generous,
+/// because only a hang should ever reach it.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// An input file in a temporary directory that is removed on drop.
+pub struct Input {
+    pub dir: TempDir,
+    pub path: PathBuf,
+    /// The raw lines, terminators included; their concatenation is the file.
+    pub lines: Vec<Vec<u8>>,
+}
+
+impl Input {
+    /// Writes `lines` to `input.txt` in a new temporary directory.
+    pub fn new(lines: Vec<Vec<u8>>) -> Input {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("input.txt");
+        fs::write(&path, lines.concat()).unwrap();
+        Input { dir, path, lines }
+    }
+
+    /// An input of `count` distinct generated lines.
+    pub fn generated(count: usize) -> Input {
+        Input::new(generated_lines(count))
+    }
+
+    /// A path for another file in the same directory.
+    pub fn sibling(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `positions()[k]` is where a job stands after finishing `k` lines.
+    pub fn positions(&self) -> Vec<Position> {
+        positions_after(&self.lines)
+    }
+}
+
+/// `count` distinct lines of varied lengths, each ending with `\n`.
+pub fn generated_lines(count: usize) -> Vec<Vec<u8>> {
+    (1..=count)
+        .map(|n| format!("line {n:06} {}\n", "x".repeat(n * 7 % 23)).into_bytes())
+        .collect()
+}
+
+/// The position after each prefix of `lines`, computed from the format's
+/// definition (offset, count, length, CRC-32 without the `\n`) rather than
+/// with the library's own helpers, so the tests do not check it against
+/// itself.
+pub fn positions_after(lines: &[Vec<u8>]) -> Vec<Position> {
+    let mut positions = vec![Position::start()];
+    let mut offset = 0u64;
+    for (index, line) in lines.iter().enumerate() {
+        offset += line.len() as u64;
+        let content = line.strip_suffix(b"\n").unwrap_or(line);
+        let position = Position::from_parts(
+            offset,
+            index as u64 + 1,
+            line.len() as u64,
+            crc32fast::hash(content),
+        )
+        .unwrap();
+        positions.push(position);
+    }
+    positions
+}
+
+/// The role this test process was started in, when it is a child.
+pub fn child_role() -> Option<String> {
+    std::env::var(CHILD_ROLE).ok()
+}
+
+/// A path handed to a child process through the environment variable `name`.
+pub fn env_path(name: &str) -> PathBuf {
+    std::env::var_os(name)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("{name} is not set"))
+}
+
+/// Runs the test `test_name` of this test binary again, alone, in a child
+/// process with [`CHILD_ROLE`] set to `role` and the extra `env`. Its
+/// stdin is a pipe, closed by [`ChildProcess::close_stdin`]; its stdout and
+/// stderr are collected.
+pub fn spawn_self(test_name: &str, role: &str, env: &[(&str, &OsStr)]) -> ChildProcess {
+    let exe = std::env::current_exe().unwrap();
+    let mut command = Command::new(exe);
+    command
+        .args(["--exact", test_name, "--nocapture", "--test-threads=1"])
+        .env(CHILD_ROLE, role)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut child = command.spawn().unwrap();
+    // Drained by threads so a chatty child never blocks on a full pipe.
+    let stdout = drain(child.stdout.take().unwrap());
+    let stderr = drain(child.stderr.take().unwrap());
+    ChildProcess {
+        stdin: child.stdin.take(),
+        child,
+        stdout: Some(stdout),
+        stderr: Some(stderr),
+        test_name: test_name.to_string(),
+    }
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
+
+/// A child started by [`spawn_self`]. Killed on drop if still running, so a
+/// failing test leaves no process behind.
+pub struct ChildProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Option<JoinHandle<String>>,
+    stderr: Option<JoinHandle<String>>,
+    test_name: String,
+}
+
+/// How a child process ended, with everything it printed.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    /// What the child printed after `prefix`, line by line. The prefix may
+    /// be in the middle of a line: the test harness prints the test's name
+    /// before the test's own output.
+    pub fn reports<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.stdout
+            .lines()
+            .filter_map(move |line| line.split_once(prefix).map(|(_, report)| report))
+    }
+}
+
+impl ChildProcess {
+    /// Closes the child's stdin, which a child can wait for as a signal.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Whether the child has exited (it is reaped if so).
+    pub fn has_exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
+    }
+
+    /// Waits for the child to exit by itself, at most `timeout`, and checks
+    /// that it ran its test and the test passed.
+    ///
+    /// # Panics
+    ///
+    /// When the child is still running at the deadline (it is killed first),
+    /// ran no test, or failed.
+    pub fn wait_success(mut self, timeout: Duration) -> Finished {
+        let deadline = Instant::now() + timeout;
+        while self.child.try_wait().unwrap().is_none() {
+            if Instant::now() >= deadline {
+                let finished = self.kill_and_wait();
+                panic!("child did not exit within {timeout:?}; it printed:\n{finished:?}");
+            }
+            thread::sleep(Duration::from_millis(1));
+        }
+        let finished = self.collect();
+        // A mistyped test name makes the child run nothing and still succeed.
+        assert!(
+            finished.stdout.contains("running 1 test"),
+            "child ran no test (is `{}` the test's name?):\n{finished:?}",
+            self.test_name
+        );
+        assert!(finished.status.success(), "child failed:\n{finished:?}");
+        finished
+    }
+
+    /// Kills the child with SIGKILL (on Unix) unless it has exited, and
+    /// reaps it.
+    pub fn kill_and_wait(&mut self) -> Finished {
+        // Fails only when the child has exited already, which is fine.
+        let _ = self.child.kill();
+        self.collect()
+    }
+
+    fn collect(&mut self) -> Finished {
+        self.stdin = None;
+        let status = self.child.wait().unwrap();
+        let join = |handle: Option<JoinHandle<String>>| {
+            handle.map(|h| h.join().unwrap()).unwrap_or_default()
+        };
+        Finished {
+            status,
+            stdout: join(self.stdout.take()),
+            stderr: join(self.stderr.take()),
+        }
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Polls `condition` until it holds.
+///
+/// # Panics
+///
+/// When it still does not hold after [`DEADLINE`].
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// The length of the file at `path`, 0 when it does not exist yet.
+pub fn file_len(path: &Path) -> u64 {
+    fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Runs the tests of one test binary one at a time: call it first in every
+/// test that opens checkpoints or spawns processes.
+///
+/// A process spawned by one thread holds copies of all the parent's file
+/// descriptors from `fork` until `exec` closes them, so a checkpoint lock
+/// dropped by another thread in that window stays held, and reopening it
+/// right away fails with `Error::Locked`. Tests that spawn processes while
+/// others drop and reopen checkpoints would fail now and then for that
+/// reason alone.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    // A test that panicked while holding it does not make the others fail.
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
