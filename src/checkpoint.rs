@@ -6,10 +6,14 @@ use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::failed::FailedLine;
+use crate::line::Line;
 use crate::position::Position;
 use crate::record::{MAGIC, Record, VERSION};
 
@@ -45,8 +49,10 @@ pub enum Durability {
     /// with the number of syncs, not of lines. A crash redoes at most the
     /// lines of one group plus those in progress.
     ///
-    /// The delay is checked on every commit and by
-    /// [`Checkpoint::flush_if_due`]; there is no background thread.
+    /// A timer thread (one per open checkpoint in this mode, asleep but for
+    /// one wake-up per `max_delay`) marks the delay as passed; the write
+    /// happens at the next commit or [`Checkpoint::flush_if_due`], so the
+    /// hot path reads no clock.
     #[non_exhaustive]
     Group {
         /// Commits per sync at most.
@@ -191,8 +197,13 @@ impl CheckpointBuilder {
             _lock: lock,
             file,
             durability: self.durability,
+            max_records: self.durability.batch().0,
+            max_delay: self.durability.batch().1,
             compact_at: self.compact_at,
             durable: loaded.state.position,
+            last_line: LastLine::default(),
+            timer: Timer::start(self.durability),
+            syncs: 0,
             state: loaded.state,
             pending: Pending::default(),
             abandoned: false,
@@ -298,6 +309,9 @@ pub struct Checkpoint {
     /// The checkpoint opened for appending; `None` until the file exists.
     file: Option<File>,
     durability: Durability,
+    /// The group limits of `durability`.
+    max_records: u32,
+    max_delay: Duration,
     compact_at: u64,
     state: State,
     pending: Pending,
@@ -311,6 +325,12 @@ pub struct Checkpoint {
     needs_rewrite: bool,
     /// The position known to be on disk (synced).
     durable: Position,
+    /// The line committed last by `commit_line`, digested when needed.
+    last_line: LastLine,
+    /// Marks the group-commit delay as passed.
+    timer: Option<Timer>,
+    /// Number of successful syncs.
+    syncs: u64,
     /// Set by tests that simulate a crash: drop writes nothing.
     abandoned: bool,
 }
@@ -373,6 +393,53 @@ impl State {
     }
 }
 
+/// The end of the last finished line, kept as the line's bytes so that its
+/// digest is computed only when the position is written or asked for.
+#[derive(Debug, Default)]
+struct LastLine {
+    active: bool,
+    raw: Vec<u8>,
+    number: u64,
+    offset: u64,
+}
+
+impl LastLine {
+    fn end_position(&self) -> Position {
+        Line::new(&self.raw, self.number, self.offset).end_position()
+    }
+}
+
+/// A thread that sets `due` every interval, so that checking the
+/// group-commit delay costs an atomic load instead of a clock read.
+#[derive(Debug)]
+struct Timer {
+    due: Arc<AtomicBool>,
+    /// Dropping it ends the thread.
+    _stop: mpsc::Sender<()>,
+}
+
+impl Timer {
+    fn start(durability: Durability) -> Option<Timer> {
+        let (_, interval) = durability.batch();
+        if matches!(durability, Durability::EveryCommit) || interval.is_zero() {
+            return None;
+        }
+        let due = Arc::new(AtomicBool::new(false));
+        let (stop, stopped) = mpsc::channel::<()>();
+        let flag = Arc::clone(&due);
+        std::thread::Builder::new()
+            .name("linemark-group-commit".into())
+            .spawn(move || {
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
+                    flag.store(true, Ordering::Relaxed);
+                }
+            })
+            // Without a thread, the delay is checked with the clock instead.
+            .ok()?;
+        Some(Timer { due, _stop: stop })
+    }
+}
+
 /// Commits not yet written.
 #[derive(Debug, Default)]
 struct Pending {
@@ -431,7 +498,36 @@ impl Checkpoint {
     /// Everything before this position is finished (the low watermark).
     #[must_use]
     pub fn position(&self) -> Position {
-        self.state.position
+        if self.last_line.active {
+            self.last_line.end_position()
+        } else {
+            self.state.position
+        }
+    }
+
+    /// Number of lines before the position, without computing a digest.
+    fn position_line(&self) -> u64 {
+        if self.last_line.active {
+            self.last_line.number
+        } else {
+            self.state.position.line()
+        }
+    }
+
+    /// Makes `state.position` exact, digesting the last committed line.
+    fn settle(&mut self) {
+        if self.last_line.active {
+            self.state.position = self.last_line.end_position();
+            self.last_line.active = false;
+        }
+    }
+
+    /// Number of syncs so far that made commits durable (for progress
+    /// displays: it changes whenever
+    /// [`durable_position`](Checkpoint::durable_position) may have).
+    #[must_use]
+    pub fn sync_count(&self) -> u64 {
+        self.syncs
     }
 
     /// The newest position known to be on disk: what a crash now would
@@ -486,8 +582,17 @@ impl Checkpoint {
     /// "finished" here; see [`is_failed`](Checkpoint::is_failed).
     #[must_use]
     pub fn is_done(&self, line: u64) -> bool {
-        (line <= self.state.position.line() && !self.state.failed.contains_key(&line))
+        (line <= self.position_line() && !self.state.failed.contains_key(&line))
             || self.state.done.contains(&line)
+    }
+
+    /// The highest line number recorded as done beyond the position or as
+    /// failed (0 if none): no line after it can be skipped.
+    #[must_use]
+    pub fn last_recorded_line(&self) -> u64 {
+        let done = self.state.done.last().copied().unwrap_or(0);
+        let failed = self.state.failed.keys().next_back().copied().unwrap_or(0);
+        done.max(failed)
     }
 
     /// Whether the line is recorded as failed.
@@ -528,7 +633,51 @@ impl Checkpoint {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn commit(&mut self, position: Position) -> Result<()> {
+        self.last_line.active = false;
         self.state.advance(position);
+        self.pending.position = true;
+        self.note_commit()
+    }
+
+    /// Records that everything up to and including `line` is finished: the
+    /// same as `commit(line.end_position())`, except that the line's digest
+    /// is computed only when the position is written (or asked for), so
+    /// committing every line of a fast job costs a copy of the line, not a
+    /// digest.
+    ///
+    /// # Durability
+    ///
+    /// As [`commit`](Checkpoint::commit).
+    ///
+    /// # Errors
+    ///
+    /// As [`commit`](Checkpoint::commit).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use linemark::{Checkpoint, LineReader};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let mut checkpoint = Checkpoint::open(dir.path().join("job.checkpoint"))?;
+    /// let mut lines = LineReader::new(&b"a\nb\n"[..]);
+    /// while let Some(line) = lines.next_line()? {
+    ///     checkpoint.commit_line(&line)?;
+    /// }
+    /// assert_eq!(checkpoint.position().offset(), 4);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[inline]
+    pub fn commit_line(&mut self, line: &Line<'_>) -> Result<()> {
+        if !self.state.done.is_empty() {
+            self.state.done = self.state.done.split_off(&(line.number() + 1));
+        }
+        let last = &mut self.last_line;
+        last.raw.clear();
+        last.raw.extend_from_slice(line.raw());
+        last.number = line.number();
+        last.offset = line.offset();
+        last.active = true;
         self.pending.position = true;
         self.note_commit()
     }
@@ -545,7 +694,7 @@ impl Checkpoint {
     ///
     /// As [`commit`](Checkpoint::commit).
     pub fn commit_done(&mut self, line: u64) -> Result<()> {
-        if line <= self.state.position.line() || !self.state.done.insert(line) {
+        if line <= self.position_line() || !self.state.done.insert(line) {
             return Ok(());
         }
         self.pending.done.push(line);
@@ -600,6 +749,7 @@ impl Checkpoint {
     ///
     /// As [`commit`](Checkpoint::commit).
     pub fn rebase(&mut self, position: Position) -> Result<()> {
+        self.settle();
         let old = self.state.position.line();
         let new = position.line();
         self.state.done = std::mem::take(&mut self.state.done)
@@ -612,9 +762,10 @@ impl Checkpoint {
         self.note_commit()
     }
 
+    #[inline]
     fn note_commit(&mut self) -> Result<()> {
         self.pending.count += 1;
-        if self.pending.since.is_none() {
+        if self.timer.is_none() && self.pending.since.is_none() {
             self.pending.since = Some(Instant::now());
         }
         self.flush_if_due()
@@ -631,16 +782,19 @@ impl Checkpoint {
     /// # Errors
     ///
     /// [`Error::Io`] when the write or sync fails.
+    #[inline]
     pub fn flush_if_due(&mut self) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let (max_records, max_delay) = self.durability.batch();
-        let due = self.pending.count >= max_records
-            || self
-                .pending
-                .since
-                .is_some_and(|since| since.elapsed() >= max_delay);
+        let due = self.pending.count >= self.max_records
+            || match &self.timer {
+                Some(timer) => timer.due.load(Ordering::Relaxed),
+                None => self
+                    .pending
+                    .since
+                    .is_some_and(|since| since.elapsed() >= self.max_delay),
+            };
         if due {
             self.write_pending(self.durability.syncs())?;
         }
@@ -680,6 +834,10 @@ impl Checkpoint {
     /// Appends the pending records, or rewrites the file when appending is
     /// not possible, then compacts if the file grew too large.
     fn write_pending(&mut self, sync: bool) -> Result<()> {
+        self.settle();
+        if let Some(timer) = &self.timer {
+            timer.due.store(false, Ordering::Relaxed);
+        }
         if self.needs_rewrite || self.file.is_none() {
             return self.rewrite();
         }
@@ -689,6 +847,8 @@ impl Checkpoint {
                 // durable too.
                 file.sync_data()
                     .map_err(|err| self.fail("syncing the checkpoint", err))?;
+                self.durable = self.state.position;
+                self.syncs += 1;
             }
             return Ok(());
         }
@@ -733,6 +893,7 @@ impl Checkpoint {
         self.pending = Pending::default();
         if sync {
             self.durable = self.state.position;
+            self.syncs += 1;
         }
         if self.file_len > self.compact_at.max(2 * self.snapshot_len) {
             self.rewrite()?;
@@ -754,6 +915,7 @@ impl Checkpoint {
     }
 
     fn rewrite_until(&mut self, stop: RewriteStep) -> Result<()> {
+        self.settle();
         let snapshot = self.state.snapshot();
         let dir = parent_dir(&self.path);
         let err = |action, err| Error::io(Some(&self.path), action, err);
@@ -787,6 +949,7 @@ impl Checkpoint {
         self.needs_rewrite = false;
         self.pending = Pending::default();
         self.durable = self.state.position;
+        self.syncs += 1;
         Ok(())
     }
 
@@ -1225,6 +1388,53 @@ mod tests {
         checkpoint.commit(positions(1)[0]).unwrap();
         checkpoint.crash();
         assert_eq!(open_strict(&path).position(), positions(1)[0]);
+    }
+
+    #[test]
+    fn the_timer_makes_a_small_group_due() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c");
+        let mut checkpoint = Checkpoint::builder()
+            .durability(Durability::group(1_000_000, Duration::from_millis(20)))
+            .open(&path)
+            .unwrap();
+        assert!(checkpoint.timer.is_some());
+        let pos = positions(1)[0];
+        checkpoint.commit(pos).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while checkpoint.durable_position() != pos {
+            assert!(
+                Instant::now() < deadline,
+                "the delay never made the group due"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+            checkpoint.flush_if_due().unwrap();
+        }
+        assert_eq!(checkpoint.sync_count(), 1);
+        checkpoint.crash();
+        assert_eq!(open_strict(&path).position(), pos);
+    }
+
+    #[test]
+    fn commit_line_is_commit_of_the_end_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c");
+        let input = b"one\ntwo\r\nthree";
+        let mut lines = crate::LineReader::new(&input[..]);
+        let mut checkpoint = Checkpoint::builder()
+            .durability(Durability::group(2, Duration::from_secs(3600)))
+            .open(&path)
+            .unwrap();
+        checkpoint.commit_done(3).unwrap();
+        let mut expected = Position::start();
+        while let Some(line) = lines.next_line().unwrap() {
+            expected = expected.after(line.raw());
+            checkpoint.commit_line(&line).unwrap();
+            assert_eq!(checkpoint.position(), expected);
+        }
+        assert!(checkpoint.done_beyond().next().is_none());
+        drop(checkpoint);
+        assert_eq!(open_strict(&path).position(), expected);
     }
 
     #[test]

@@ -120,8 +120,10 @@ impl<'a> Line<'a> {
 /// Reads lines from a [`BufRead`], keeping track of their numbers and
 /// offsets, with an optional limit on line length.
 ///
-/// The reader reuses one buffer, so reading a line costs no allocation once
-/// the buffer has grown to the longest line.
+/// A line that lies whole in the underlying reader's buffer is handed out
+/// in place, without a copy; one that spans buffer refills is copied into a
+/// reused buffer. Either way reading a line costs no allocation once that
+/// buffer has grown to the longest line.
 ///
 /// # Examples
 ///
@@ -145,6 +147,9 @@ impl<'a> Line<'a> {
 pub struct LineReader<R> {
     reader: R,
     buf: Vec<u8>,
+    /// Bytes of the line handed out last that are still in the reader's
+    /// buffer, consumed when the next line is read.
+    unconsumed: usize,
     next_offset: u64,
     next_number: u64,
     max_len: Option<usize>,
@@ -164,6 +169,7 @@ impl<R: BufRead> LineReader<R> {
         LineReader {
             reader,
             buf: Vec::new(),
+            unconsumed: 0,
             next_offset: position.offset(),
             next_number: position.line() + 1,
             max_len: None,
@@ -194,7 +200,39 @@ impl<R: BufRead> LineReader<R> {
     /// is set and the line exceeds it. After an error the reader is in the
     /// middle of a line; line numbers and offsets are no longer meaningful.
     pub fn next_line(&mut self) -> Result<Option<Line<'_>>> {
+        self.consume_last();
         self.buf.clear();
+        // Fast path: the whole line is in the reader's buffer. (Found in one
+        // borrow, handed out from a second one: `fill_buf` on a non-empty
+        // buffer returns the same bytes without reading.)
+        let in_place = loop {
+            match self.reader.fill_buf() {
+                Ok(available) => {
+                    break memchr::memchr(b'\n', available)
+                        .map(|at| at + 1)
+                        .filter(|&len| self.max_len.is_none_or(|limit| len <= limit));
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    return Err(Error::io(self.path.as_deref(), "reading the input", err));
+                }
+            }
+        };
+        if let Some(len) = in_place {
+            let available = self
+                .reader
+                .fill_buf()
+                .map_err(|err| Error::io(self.path.as_deref(), "reading the input", err))?;
+            let raw = available.get(..len).ok_or_else(|| {
+                let err = io::Error::other("the reader's buffer shrank between two fill_buf calls");
+                Error::io(self.path.as_deref(), "reading the input", err)
+            })?;
+            let line = Line::new(raw, self.next_number, self.next_offset);
+            self.unconsumed = len;
+            self.next_number += 1;
+            self.next_offset += len as u64;
+            return Ok(Some(line));
+        }
         loop {
             let available = match self.reader.fill_buf() {
                 Ok(available) => available,
@@ -235,6 +273,14 @@ impl<R: BufRead> LineReader<R> {
         Ok(Some(line))
     }
 
+    /// Consumes the line handed out last, if it was handed out in place.
+    fn consume_last(&mut self) {
+        if self.unconsumed > 0 {
+            self.reader.consume(self.unconsumed);
+            self.unconsumed = 0;
+        }
+    }
+
     /// Byte offset of the next line to be read.
     #[must_use]
     pub fn offset(&self) -> u64 {
@@ -247,13 +293,16 @@ impl<R: BufRead> LineReader<R> {
         self.next_number - 1
     }
 
-    /// The underlying reader.
+    /// The underlying reader, positioned after the last line read.
     pub fn get_mut(&mut self) -> &mut R {
+        self.consume_last();
         &mut self.reader
     }
 
-    /// Gives back the underlying reader.
-    pub fn into_inner(self) -> R {
+    /// Gives back the underlying reader, positioned after the last line
+    /// read.
+    pub fn into_inner(mut self) -> R {
+        self.consume_last();
         self.reader
     }
 }

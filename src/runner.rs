@@ -434,6 +434,10 @@ impl Runner {
             resumed_at: resumed,
             failed_before: run.checkpoint.failed().len(),
         });
+        if self.workers == 1 {
+            self.drive_in_order(&mut run, lines, task)?;
+            return run.finish_run();
+        }
         let mut window = Window::new(resumed, self.window.max(self.workers));
         let mut eof = false;
         std::thread::scope(|scope| -> Result<()> {
@@ -492,6 +496,69 @@ impl Runner {
             Ok(())
         })?;
         run.finish_run()
+    }
+
+    /// One worker: each line runs on this thread as soon as it is read, and
+    /// the checkpoint follows line by line, with no window to keep.
+    fn drive_in_order<R: BufRead, T: Task>(
+        &self,
+        run: &mut RunState<'_, '_>,
+        mut lines: LineReader<R>,
+        task: &T,
+    ) -> Result<()> {
+        // Lines at or below this one may be recorded as done or failed
+        // beyond the resume point; past it, none is.
+        let last_recorded = run.checkpoint.last_recorded_line();
+        let shared = Arc::clone(&run.shared);
+        while let Some(line) = lines.next_line()? {
+            if shared.user_stop.is_stopped() {
+                run.stopped = true;
+                break;
+            }
+            let number = line.number();
+            if !self.in_shard(number) {
+                run.checkpoint.commit_line(&line)?;
+                continue;
+            }
+            if number <= last_recorded
+                && (run.checkpoint.is_done(number) || run.checkpoint.is_failed(number))
+            {
+                run.skipped += 1;
+                let end_offset = line.offset() + line.raw().len() as u64;
+                run.emit(&Event::Skipped {
+                    line: number,
+                    end_offset,
+                });
+                run.checkpoint.commit_line(&line)?;
+                continue;
+            }
+            match shared.attempt(task, &line, &shared.user_stop) {
+                Outcome::Done => {
+                    run.done += 1;
+                    if shared.observer.is_some() {
+                        let end_offset = line.offset() + line.raw().len() as u64;
+                        run.emit(&Event::Done {
+                            line: number,
+                            end_offset,
+                        });
+                    }
+                    run.checkpoint.commit_line(&line)?;
+                }
+                Outcome::Failed { attempts, error } => {
+                    run.record_failure(FailedLine::new(&line, attempts, error))?;
+                    run.checkpoint.commit_line(&line)?;
+                    if run.halted {
+                        break;
+                    }
+                }
+                Outcome::Abandoned => {
+                    run.stopped = true;
+                    break;
+                }
+            }
+            run.note_sync();
+        }
+        Ok(())
     }
 
     /// The retry-failed run: exactly the lines recorded as failed.
@@ -614,6 +681,7 @@ struct RunState<'r, 'c> {
     stopped: bool,
     halted: bool,
     last_synced: Position,
+    syncs: u64,
 }
 
 impl<'r, 'c> RunState<'r, 'c> {
@@ -638,6 +706,7 @@ impl<'r, 'c> RunState<'r, 'c> {
             stopped: false,
             halted: false,
             last_synced,
+            syncs: 0,
         }
     }
 
@@ -687,11 +756,16 @@ impl<'r, 'c> RunState<'r, 'c> {
         Ok(())
     }
 
+    #[inline]
     fn note_sync(&mut self) {
-        let durable = self.checkpoint.durable_position();
-        if durable != self.last_synced {
-            self.last_synced = durable;
-            self.emit(&Event::Synced { position: durable });
+        let syncs = self.checkpoint.sync_count();
+        if syncs != self.syncs {
+            self.syncs = syncs;
+            let durable = self.checkpoint.durable_position();
+            if durable != self.last_synced {
+                self.last_synced = durable;
+                self.emit(&Event::Synced { position: durable });
+            }
         }
     }
 
