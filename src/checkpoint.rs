@@ -337,6 +337,19 @@ pub struct Checkpoint {
 
 /// The state recorded in a checkpoint file, as read by
 /// [`Checkpoint::inspect`].
+///
+/// # Examples
+///
+/// ```
+/// use linemark::Checkpoint;
+///
+/// let dir = tempfile::tempdir()?;
+/// // A missing checkpoint reads as a fresh start.
+/// let snapshot = Checkpoint::inspect(dir.path().join("none.checkpoint"))?;
+/// assert!(snapshot.position.is_start());
+/// assert!(snapshot.done_beyond.is_empty() && snapshot.failed.is_empty());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Snapshot {

@@ -7,6 +7,24 @@ use crate::position::Position;
 /// Something that happened during a run. Lines are 1-based numbers; byte
 /// offsets let a progress bar show progress through the input (`offset` out
 /// of [`Event::Begin`]'s `input_len`) without counting lines first.
+///
+/// # Examples
+///
+/// ```
+/// use linemark::Event;
+///
+/// fn describe(event: &Event<'_>) -> String {
+///     match event {
+///         Event::Retrying { line, attempt, delay, error } => {
+///             format!("line {line}: attempt {attempt} failed ({error}), retrying in {delay:?}")
+///         }
+///         Event::Failed { line, error, .. } => format!("line {line} failed: {error}"),
+///         _ => String::new(),
+///     }
+/// }
+/// let text = describe(&Event::Failed { line: 3, attempts: 1, error: "404" });
+/// assert_eq!(text, "line 3 failed: 404");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event<'a> {

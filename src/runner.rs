@@ -24,6 +24,16 @@ use crate::window::{Finished, Window};
 
 /// How a run finds where it left off in a file input. Stream inputs
 /// ([`Runner::run_reader`]) always count lines.
+///
+/// # Examples
+///
+/// ```
+/// use linemark::{Runner, SeekMode};
+///
+/// let mut runner = Runner::new();
+/// // The user removes finished lines from the top of the input now and then.
+/// runner.seek_mode(SeekMode::Content);
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SeekMode {
@@ -38,6 +48,21 @@ pub enum SeekMode {
 }
 
 /// What a run did.
+///
+/// # Examples
+///
+/// ```
+/// use linemark::{Line, Runner};
+///
+/// let dir = tempfile::tempdir()?;
+/// let input = dir.path().join("in.txt");
+/// std::fs::write(&input, "a\nb\n")?;
+/// let task = |_: &Line<'_>| -> Result<(), String> { Ok(()) };
+/// let report = Runner::new().run(&input, &task)?;
+/// assert_eq!((report.done, report.failed, report.position.line()), (2, 0, 2));
+/// assert!(report.is_complete() && !report.stopped);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Report {
