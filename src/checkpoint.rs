@@ -221,7 +221,9 @@ impl CheckpointBuilder {
 ///
 /// Only one `Checkpoint` at a time can have a given file open: an exclusive
 /// lock on the sidecar file `PATH.lock` is held while it lives, and a second
-/// opener, in this process or another, gets [`Error::Locked`] at once.
+/// opener, in this process or another, gets [`Error::Locked`] at once (after
+/// 50 ms of retries, which cover a lock just released while this process
+/// was starting a child process).
 ///
 /// # Guarantee
 ///
@@ -996,18 +998,37 @@ fn take_lock(path: &Path) -> Result<File> {
         .truncate(false)
         .open(&lock_path)
         .map_err(|err| Error::io(Some(&lock_path), "opening the checkpoint's lock file", err))?;
-    match fs2::FileExt::try_lock_exclusive(&lock) {
-        Ok(()) => Ok(lock),
-        Err(err) if err.kind() == fs2::lock_contended_error().kind() => Err(Error::Locked {
-            path: path.to_path_buf(),
-        }),
-        Err(err) => Err(Error::io(
-            Some(&lock_path),
-            "locking the checkpoint's lock file",
-            err,
-        )),
+    // A lock released a moment ago can still be held by a copy of its file
+    // descriptor in a child process this process is starting (between fork
+    // and exec). Such a copy goes away within milliseconds, so contention is
+    // retried briefly before it is reported: still an answer at once, not a
+    // wait for the other holder.
+    let mut retries = LOCK_RETRIES;
+    loop {
+        match fs2::FileExt::try_lock_exclusive(&lock) {
+            Ok(()) => return Ok(lock),
+            Err(err) if err.kind() == fs2::lock_contended_error().kind() => {
+                if retries == 0 {
+                    return Err(Error::Locked {
+                        path: path.to_path_buf(),
+                    });
+                }
+                retries -= 1;
+                std::thread::sleep(LOCK_RETRY_PAUSE);
+            }
+            Err(err) => {
+                return Err(Error::io(
+                    Some(&lock_path),
+                    "locking the checkpoint's lock file",
+                    err,
+                ));
+            }
+        }
     }
 }
+
+const LOCK_RETRIES: u32 = 10;
+const LOCK_RETRY_PAUSE: Duration = Duration::from_millis(5);
 
 fn parent_dir(path: &Path) -> &Path {
     match path.parent() {

@@ -89,7 +89,11 @@ fn a_full_disk_is_a_typed_error_and_loses_no_recorded_progress() {
     }
     let err = failure.expect("the disk never filled up");
     match &err {
-        Error::Io { path: Some(p), source, .. } => {
+        Error::Io {
+            path: Some(p),
+            source,
+            ..
+        } => {
             assert_eq!(p, &path);
             assert_eq!(source.kind(), ErrorKind::StorageFull, "{err}");
         }
