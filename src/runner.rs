@@ -442,7 +442,7 @@ impl Runner {
     fn drive<R: BufRead, T: Task>(
         &self,
         checkpoint: &mut Checkpoint,
-        mut lines: LineReader<R>,
+        lines: LineReader<R>,
         resumed: Position,
         input_len: Option<u64>,
         task: &T,
@@ -463,63 +463,12 @@ impl Runner {
             self.drive_in_order(&mut run, lines, task)?;
             return run.finish_run();
         }
-        let mut window = Window::new(resumed, self.window.max(self.workers));
-        let mut eof = false;
-        std::thread::scope(|scope| -> Result<()> {
-            let mut exec = Exec::new(self, task, &run.shared, scope);
-            loop {
-                run.check_stop();
-                while !run.stopping() && !eof && window.has_room() && exec.can_submit() {
-                    let Some(line) = lines.next_line()? else {
-                        eof = true;
-                        break;
-                    };
-                    let end = line.end_position();
-                    let number = line.number();
-                    window.start(end);
-                    if !self.in_shard(number) {
-                        run.finish(&mut window, number, false)?;
-                    } else if run.checkpoint.is_done(number) || run.checkpoint.is_failed(number) {
-                        run.skipped += 1;
-                        run.emit(&Event::Skipped {
-                            line: number,
-                            end_offset: end.offset(),
-                        });
-                        run.finish(&mut window, number, false)?;
-                    } else {
-                        exec.submit(&line, task, &run.shared);
-                    }
-                }
-                if exec.in_flight() == 0 && (eof || run.stopping()) {
-                    break;
-                }
-                match exec.next_result(TICK) {
-                    Some(result) => {
-                        let Some(end) = window.end_of(result.line) else {
-                            continue;
-                        };
-                        match result.outcome {
-                            Outcome::Done => {
-                                run.done += 1;
-                                run.emit(&Event::Done {
-                                    line: result.line,
-                                    end_offset: end.offset(),
-                                });
-                                run.finish(&mut window, result.line, true)?;
-                            }
-                            Outcome::Failed { attempts, error } => {
-                                run.record_failure(FailedLine::ending_at(end, attempts, error))?;
-                                run.finish(&mut window, result.line, false)?;
-                            }
-                            Outcome::Abandoned => {}
-                        }
-                    }
-                    None => run.checkpoint.flush_if_due()?,
-                }
-                run.note_sync();
-            }
-            Ok(())
-        })?;
+        let mut source = WindowedLines {
+            runner: self,
+            lines,
+            window: Window::new(resumed, self.window.max(self.workers)),
+        };
+        self.pump(&mut run, task, &mut source)?;
         run.finish_run()
     }
 
@@ -590,7 +539,7 @@ impl Runner {
     fn drive_failed<S: BufRead + Seek, R: BufRead, T: Task>(
         &self,
         checkpoint: &mut Checkpoint,
-        mut source: FailedSource<'_, S, R>,
+        source: FailedSource<'_, S, R>,
         input_len: Option<u64>,
         task: &T,
     ) -> Result<Report> {
@@ -601,51 +550,160 @@ impl Runner {
             resumed_at: run.checkpoint.position(),
             failed_before: run.checkpoint.failed().len(),
         });
+        let mut source = FailedLines {
+            source,
+            in_flight: std::collections::HashMap::new(),
+        };
+        self.pump(&mut run, task, &mut source)?;
+        run.finish_run()
+    }
+}
+
+/// Lines for a pool of workers, and what to do with their results.
+trait Feed {
+    /// Submits lines while the executor takes them. Returns whether there
+    /// are no more.
+    fn feed<T: Task>(
+        &mut self,
+        run: &mut RunState<'_, '_>,
+        exec: &mut Exec<'_>,
+        task: &T,
+    ) -> Result<bool>;
+
+    /// Records the result of one line.
+    fn settle(&mut self, run: &mut RunState<'_, '_>, result: JobResult) -> Result<()>;
+}
+
+impl Runner {
+    /// Feeds lines to the workers and settles their results until the
+    /// lines run out or the run stops, then waits for the lines in flight.
+    fn pump<T: Task, F: Feed>(
+        &self,
+        run: &mut RunState<'_, '_>,
+        task: &T,
+        source: &mut F,
+    ) -> Result<()> {
         let mut exhausted = false;
-        let mut in_flight = std::collections::HashMap::new();
         std::thread::scope(|scope| -> Result<()> {
             let mut exec = Exec::new(self, task, &run.shared, scope);
             loop {
                 run.check_stop();
-                while !run.stopping() && !exhausted && exec.can_submit() {
-                    let Some((failed, line)) = source.next_line()? else {
-                        exhausted = true;
-                        break;
-                    };
-                    in_flight.insert(failed.line(), failed);
-                    exec.submit(&line, task, &run.shared);
+                if !run.stopping() && !exhausted {
+                    exhausted = source.feed(run, &mut exec, task)?;
                 }
                 if exec.in_flight() == 0 && (exhausted || run.stopping()) {
-                    break;
+                    return Ok(());
                 }
                 match exec.next_result(TICK) {
-                    Some(result) => {
-                        let Some(before) = in_flight.remove(&result.line) else {
-                            continue;
-                        };
-                        match result.outcome {
-                            Outcome::Done => {
-                                run.done += 1;
-                                run.emit(&Event::Done {
-                                    line: result.line,
-                                    end_offset: before.offset() + before.len(),
-                                });
-                                run.checkpoint.commit_resolved(result.line)?;
-                            }
-                            Outcome::Failed { attempts, error } => {
-                                let again = before.failed_again(attempts, error);
-                                run.record_failure(again)?;
-                            }
-                            Outcome::Abandoned => {}
-                        }
-                    }
+                    Some(result) => source.settle(run, result)?,
                     None => run.checkpoint.flush_if_due()?,
                 }
                 run.note_sync();
             }
-            Ok(())
-        })?;
-        run.finish_run()
+        })
+    }
+}
+
+/// Every line after the resume point, through the window.
+struct WindowedLines<'r, R> {
+    runner: &'r Runner,
+    lines: LineReader<R>,
+    window: Window,
+}
+
+impl<R: BufRead> Feed for WindowedLines<'_, R> {
+    fn feed<T: Task>(
+        &mut self,
+        run: &mut RunState<'_, '_>,
+        exec: &mut Exec<'_>,
+        task: &T,
+    ) -> Result<bool> {
+        while self.window.has_room() && exec.can_submit() {
+            let Some(line) = self.lines.next_line()? else {
+                return Ok(true);
+            };
+            let end = line.end_position();
+            let number = line.number();
+            self.window.start(end);
+            if !self.runner.in_shard(number) {
+                run.finish(&mut self.window, number, false)?;
+            } else if run.checkpoint.is_done(number) || run.checkpoint.is_failed(number) {
+                run.skipped += 1;
+                run.emit(&Event::Skipped {
+                    line: number,
+                    end_offset: end.offset(),
+                });
+                run.finish(&mut self.window, number, false)?;
+            } else {
+                exec.submit(&line, task, &run.shared);
+            }
+        }
+        Ok(false)
+    }
+
+    fn settle(&mut self, run: &mut RunState<'_, '_>, result: JobResult) -> Result<()> {
+        let Some(end) = self.window.end_of(result.line) else {
+            return Ok(());
+        };
+        match result.outcome {
+            Outcome::Done => {
+                run.done += 1;
+                run.emit(&Event::Done {
+                    line: result.line,
+                    end_offset: end.offset(),
+                });
+                run.finish(&mut self.window, result.line, true)
+            }
+            Outcome::Failed { attempts, error } => {
+                run.record_failure(FailedLine::ending_at(end, attempts, error))?;
+                run.finish(&mut self.window, result.line, false)
+            }
+            Outcome::Abandoned => Ok(()),
+        }
+    }
+}
+
+/// The lines recorded as failed, for a retry-failed run.
+struct FailedLines<'a, S, R> {
+    source: FailedSource<'a, S, R>,
+    in_flight: std::collections::HashMap<u64, FailedLine>,
+}
+
+impl<S: BufRead + Seek, R: BufRead> Feed for FailedLines<'_, S, R> {
+    fn feed<T: Task>(
+        &mut self,
+        run: &mut RunState<'_, '_>,
+        exec: &mut Exec<'_>,
+        task: &T,
+    ) -> Result<bool> {
+        while exec.can_submit() {
+            let Some((failed, line)) = self.source.next_line()? else {
+                return Ok(true);
+            };
+            exec.submit(&line, task, &run.shared);
+            self.in_flight.insert(failed.line(), failed);
+        }
+        Ok(false)
+    }
+
+    fn settle(&mut self, run: &mut RunState<'_, '_>, result: JobResult) -> Result<()> {
+        let Some(before) = self.in_flight.remove(&result.line) else {
+            return Ok(());
+        };
+        match result.outcome {
+            Outcome::Done => {
+                run.done += 1;
+                run.emit(&Event::Done {
+                    line: result.line,
+                    end_offset: before.offset() + before.len(),
+                });
+                run.checkpoint.commit_resolved(result.line)
+            }
+            Outcome::Failed { attempts, error } => {
+                run.record_failure(before.failed_again(attempts, error))
+            }
+            Outcome::Abandoned => Ok(()),
+        }
     }
 }
 
