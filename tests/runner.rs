@@ -93,6 +93,16 @@ impl Task for Permanent<'_> {
     }
 }
 
+/// The failed lines recorded for `input`: number, attempts, error.
+fn failed_lines(input: &Path) -> Vec<(u64, u32, String)> {
+    let snapshot = Checkpoint::inspect(Runner::new().checkpoint_path(input)).unwrap();
+    snapshot
+        .failed
+        .iter()
+        .map(|f| (f.line(), f.attempts(), f.error().to_string()))
+        .collect()
+}
+
 #[test]
 fn permanent_failures_are_recorded_once_and_retry_failed_reruns_exactly_them() {
     let dir = tempfile::tempdir().unwrap();
@@ -108,14 +118,8 @@ fn permanent_failures_are_recorded_once_and_retry_failed_reruns_exactly_them() {
     let counts = ran.counts();
     assert_eq!((counts[&2], counts[&4], counts[&7]), (1, 3, 1));
 
-    let checkpoint = Checkpoint::inspect(Runner::new().checkpoint_path(&input)).unwrap();
-    let failed: Vec<_> = checkpoint
-        .failed
-        .iter()
-        .map(|f| (f.line(), f.attempts(), f.error().to_string()))
-        .collect();
     assert_eq!(
-        failed,
+        failed_lines(&input),
         vec![
             (2, 1, "404 for item-2".to_string()),
             (4, 3, "503, try later".to_string()),
@@ -151,14 +155,8 @@ fn permanent_failures_are_recorded_once_and_retry_failed_reruns_exactly_them() {
         retried.counts().keys().copied().collect::<Vec<_>>(),
         vec![2, 4, 7]
     );
-    let after = Checkpoint::inspect(Runner::new().checkpoint_path(&input)).unwrap();
-    let failed: Vec<_> = after
-        .failed
-        .iter()
-        .map(|f| (f.line(), f.attempts(), f.error().to_string()))
-        .collect();
     assert_eq!(
-        failed,
+        failed_lines(&input),
         vec![
             (2, 2, "still missing".to_string()),
             (7, 2, "still missing".to_string())
