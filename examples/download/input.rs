@@ -1,0 +1,302 @@
+//! The URL list: what a line asks for, the file name it gets, and a
+//! pre-pass that counts the work and settles name clashes.
+//!
+//! # Line format
+//!
+//! `URL [NAME]`: a URL, optionally followed by whitespace and an output file
+//! name. Blank lines and lines starting with `#` are skipped (and count as
+//! done). A URL without `scheme://` is relative to `--base-url`.
+//!
+//! # Output names
+//!
+//! The name is `NAME` when given, else the last segment of the URL's path,
+//! percent-decoded. Either way it is one file inside the output directory:
+//! `/`, `\` and control characters become `_`, an empty name, `.` and `..`
+//! become `index.html`, a name ending in `.part` or `.part.meta` (the
+//! suffixes of partial downloads) gets a `_` appended, and names are cut to
+//! 200 bytes.
+//!
+//! Two lines never share a file: a pre-pass over the whole list gives each
+//! name to the first line that claims it; a later line claiming a taken name
+//! gets its line number inserted before the extension (`report.pdf` on line
+//! 7 becomes `report.7.pdf`, again until the name is free). Because the
+//! pass always covers the whole list from its first line, a rerun maps every
+//! line to the same name; lines appended to the list later cannot change the
+//! names of earlier ones.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+
+use linemark::{LineReader, Snapshot};
+
+/// A line's request: the URL (as written) and the optional name.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Entry<'a> {
+    pub url: &'a str,
+    pub name: Option<&'a str>,
+}
+
+/// Parses a line's text. `Ok(None)` for a blank or comment line.
+pub fn parse_line(text: &str) -> Result<Option<Entry<'_>>, String> {
+    let text = text.trim();
+    if text.is_empty() || text.starts_with('#') {
+        return Ok(None);
+    }
+    let mut fields = text.split_whitespace();
+    let url = fields.next().unwrap_or_default();
+    let name = fields.next();
+    if fields.next().is_some() {
+        return Err(format!(
+            "expected a URL and an optional file name, found more: {text:?}"
+        ));
+    }
+    Ok(Some(Entry { url, name }))
+}
+
+/// The absolute URL for `url`: as it is when it has a scheme, else joined to
+/// `base` with one `/`.
+pub fn resolve_url(url: &str, base: Option<&str>) -> Result<String, String> {
+    let absolute = match url.split_once("://") {
+        Some(_) => url.to_string(),
+        None => match base {
+            Some(base) => format!(
+                "{}/{}",
+                base.trim_end_matches('/'),
+                url.trim_start_matches('/')
+            ),
+            None => {
+                return Err(format!(
+                    "not an absolute URL (use --base-url for relative ones): {url}"
+                ));
+            }
+        },
+    };
+    let Some((scheme, rest)) = absolute.split_once("://") else {
+        return Err(format!("bad URL: {absolute}"));
+    };
+    match scheme.to_ascii_lowercase().as_str() {
+        "http" => {}
+        "https" => {
+            return Err(format!(
+                "https is not supported by this build (plain HTTP only): {absolute}"
+            ));
+        }
+        _ => return Err(format!("unsupported URL scheme {scheme:?}: {absolute}")),
+    }
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if host.is_empty() {
+        return Err(format!("bad URL, no host: {absolute}"));
+    }
+    Ok(absolute)
+}
+
+/// The file name for a line, before clashes are settled.
+pub fn base_name(url: &str, explicit: Option<&str>) -> String {
+    match explicit {
+        Some(name) => sanitise(name),
+        None => {
+            let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+            let path = after_scheme
+                .split(['?', '#'])
+                .next()
+                .unwrap_or_default()
+                .split_once('/')
+                .map_or("", |(_, path)| path);
+            let last = path.rsplit('/').next().unwrap_or_default();
+            sanitise(&percent_decode(last))
+        }
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The longest name kept, in bytes; with a `.part.meta` suffix and a line
+/// number it stays within the usual 255-byte limit.
+const MAX_NAME: usize = 200;
+
+/// One safe file name: see the module docs.
+pub fn sanitise(name: &str) -> String {
+    let mut clean: String = name
+        .chars()
+        .map(|c| {
+            if c == '/' || c == '\\' || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    if clean.len() > MAX_NAME {
+        let mut cut = MAX_NAME;
+        while !clean.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        clean.truncate(cut);
+    }
+    if clean.is_empty() || clean == "." || clean == ".." {
+        return "index.html".to_string();
+    }
+    if clean.ends_with(".part") || clean.ends_with(".part.meta") {
+        clean.push('_');
+    }
+    clean
+}
+
+/// `name` with `.LINE` inserted before its extension.
+fn with_line(name: &str, line: u64) -> String {
+    match name.rfind('.') {
+        Some(dot) if dot > 0 => format!("{}.{line}{}", &name[..dot], &name[dot..]),
+        _ => format!("{name}.{line}"),
+    }
+}
+
+/// What the pre-pass found.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Lines whose name is not their base name (they clashed).
+    renamed: HashMap<u64, String>,
+    /// Lines with a URL.
+    pub url_lines: u64,
+    /// URL lines finished by earlier runs.
+    pub already_done: u64,
+    /// URL lines recorded as failed by earlier runs (left alone by a plain
+    /// run; the work of a retry-failed run).
+    pub failed_before: u64,
+    /// Input bytes this run goes through: its progress bar's length.
+    pub todo_bytes: u64,
+}
+
+impl Plan {
+    /// Reads the whole list once. `snapshot` is the checkpoint's state;
+    /// `retry_failed` says which lines this run will go through.
+    pub fn scan(
+        list: &Path,
+        base: Option<&str>,
+        snapshot: &Snapshot,
+        retry_failed: bool,
+    ) -> Result<Plan, Box<dyn std::error::Error>> {
+        let file = File::open(list).map_err(|err| format!("opening {}: {err}", list.display()))?;
+        let mut lines = LineReader::new(BufReader::with_capacity(64 * 1024, file)).path(list);
+        let done_beyond: HashSet<u64> = snapshot.done_beyond.iter().copied().collect();
+        let failed: HashSet<u64> = snapshot.failed.iter().map(|f| f.line()).collect();
+        let finished_up_to = snapshot.position.line();
+        // Names are compared by a 64-bit hash, so that a list of millions
+        // of lines costs little memory; a false clash (vanishingly rare)
+        // only gives a line the suffixed name, still distinct and stable.
+        let mut claimed: HashSet<u64> = HashSet::new();
+        let mut plan = Plan::default();
+        while let Some(line) = lines.next_line()? {
+            let number = line.number();
+            let is_failed = failed.contains(&number);
+            let finished = number <= finished_up_to || done_beyond.contains(&number);
+            let goes = if retry_failed {
+                is_failed
+            } else {
+                !is_failed && !finished
+            };
+            if goes {
+                plan.todo_bytes += line.raw().len() as u64;
+            }
+            let Ok(text) = line.as_str() else { continue };
+            let Ok(Some(entry)) = parse_line(text) else {
+                continue;
+            };
+            plan.url_lines += 1;
+            if is_failed {
+                plan.failed_before += 1;
+            } else if finished {
+                plan.already_done += 1;
+            }
+            let Ok(url) = resolve_url(entry.url, base) else {
+                continue;
+            };
+            let mut name = base_name(&url, entry.name);
+            let mut renamed = false;
+            while !claimed.insert(name_hash(&name)) {
+                name = with_line(&name, number);
+                renamed = true;
+            }
+            if renamed {
+                plan.renamed.insert(number, name);
+            }
+        }
+        Ok(plan)
+    }
+
+    /// The output name of the line `number` whose URL is `url`.
+    pub fn name_for(&self, number: u64, url: &str, explicit: Option<&str>) -> String {
+        match self.renamed.get(&number) {
+            Some(name) => name.clone(),
+            None => base_name(url, explicit),
+        }
+    }
+}
+
+fn name_hash(name: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &byte in name.as_bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_single_safe_components() {
+        assert_eq!(base_name("http://h/a/b/c.txt?x=1#y", None), "c.txt");
+        assert_eq!(base_name("http://h/a/%2e%2e", None), "index.html");
+        assert_eq!(base_name("http://h/a/..%2f..%2fetc", None), ".._.._etc");
+        assert_eq!(base_name("http://h/", None), "index.html");
+        assert_eq!(base_name("http://h", None), "index.html");
+        assert_eq!(base_name("http://h/x", Some("/etc/passwd")), "_etc_passwd");
+        assert_eq!(base_name("http://h/x", Some("..")), "index.html");
+        assert_eq!(base_name("http://h/a.part", None), "a.part_");
+        assert_eq!(base_name("http://h/a%20b", None), "a b");
+        assert_eq!(with_line("report.pdf", 7), "report.7.pdf");
+        assert_eq!(with_line(".profile", 7), ".profile.7");
+    }
+
+    #[test]
+    fn lines_parse() {
+        assert_eq!(parse_line("  # comment").unwrap(), None);
+        assert_eq!(parse_line("").unwrap(), None);
+        assert_eq!(
+            parse_line("http://h/x  y.bin").unwrap(),
+            Some(Entry {
+                url: "http://h/x",
+                name: Some("y.bin")
+            })
+        );
+        assert!(parse_line("a b c").is_err());
+        assert!(resolve_url("ftp://h/x", None).is_err());
+        assert!(resolve_url("x", None).is_err());
+        assert!(resolve_url("http:///x", None).is_err());
+        assert_eq!(
+            resolve_url("/files/a", Some("http://127.0.0.1:1/")).unwrap(),
+            "http://127.0.0.1:1/files/a"
+        );
+    }
+}

@@ -1,0 +1,309 @@
+//! A resumable bulk downloader on linemark.
+//!
+//! ```sh
+//! cargo run --release --example download -- --demo
+//! cargo run --release --example download -- -o downloads --jobs 16 urls.txt
+//! ```
+//!
+//! Each line of the list is `URL [NAME]`. The files are fetched in parallel
+//! over one connection pool, retried with backoff, and resumed by range;
+//! a line is finished in the checkpoint only once its file is whole on
+//! disk. Interrupt it (Ctrl-C, SIGTERM, SIGKILL, a reboot) and run the same
+//! command again: it goes on where it stopped.
+//!
+//! Exit codes: 0 every line done, 1 some lines failed (`--retry-failed`
+//! retries exactly them), 2 a usage error or linemark's own error (the
+//! checkpoint, the list changed, ...), 130 stopped by a signal.
+
+mod demo;
+mod fetch;
+mod input;
+mod progress;
+mod server;
+
+use std::error::Error;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use linemark::{Checkpoint, Event, FailedLine, Report, RetryPolicy, Runner, StopToken};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::fetch::{Fetcher, Stats};
+use crate::input::Plan;
+use crate::progress::{Progress, Tracked};
+
+/// Downloads every URL of a list into a directory, resumably.
+///
+/// Each line is a URL, optionally followed by whitespace and an output
+/// file name; blank lines and lines starting with `#` are skipped. Run the
+/// same command again after an interruption and it resumes.
+///
+/// Exit codes: 0 all lines done, 1 some lines failed, 2 usage or linemark
+/// error, 130 stopped by Ctrl-C or SIGTERM.
+#[derive(Parser, Debug)]
+#[command(name = "download", version)]
+struct Args {
+    /// The list of URLs.
+    #[arg(
+        required_unless_present_any = ["demo", "serve"],
+        conflicts_with_all = ["demo", "serve"],
+    )]
+    list: Option<PathBuf>,
+
+    /// Output directory (created if missing).
+    #[arg(short, long, value_name = "DIR", default_value = ".")]
+    output: PathBuf,
+
+    /// Downloads at once.
+    #[arg(short, long, value_name = "N", default_value_t = 8)]
+    jobs: usize,
+
+    /// Retries of a failing download (connection errors, timeouts, 5xx,
+    /// 429), with exponential backoff or the server's Retry-After.
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    retries: u32,
+
+    /// Connect and read timeout.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    timeout: f64,
+
+    /// Retry only the lines recorded as failed.
+    #[arg(long)]
+    retry_failed: bool,
+
+    /// Base for URLs written without `scheme://`.
+    #[arg(long, value_name = "URL")]
+    base_url: Option<String>,
+
+    /// The checkpoint file [default: LIST.checkpoint].
+    #[arg(long, value_name = "PATH")]
+    checkpoint: Option<PathBuf>,
+
+    /// No progress bar, no summary: only the exit code (and fatal errors).
+    #[arg(short, long)]
+    quiet: bool,
+
+    /// Download a few hundred generated files from a local faulty server
+    /// (no network needed) into --dir, and verify them.
+    #[arg(long)]
+    demo: bool,
+
+    /// The demo's folder.
+    #[arg(long, value_name = "DIR", default_value = "linemark-demo")]
+    dir: PathBuf,
+
+    /// Serve the files of DIR on 127.0.0.1 (no faults) until Ctrl-C, for
+    /// trying and measuring.
+    #[arg(long, value_name = "DIR", conflicts_with = "demo")]
+    serve: Option<PathBuf>,
+
+    /// Port for --serve (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = if let Some(dir) = &args.serve {
+        serve(dir, args.port)
+    } else if args.demo {
+        run_demo(&args)
+    } else {
+        match &args.list {
+            Some(list) => download(&args, list, &args.output, args.base_url.clone())
+                .map(|outcome| outcome.exit_code()),
+            None => Err("no list given".into()),
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("download: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// What a download run ended with.
+struct Outcome {
+    report: Report,
+    plan: Plan,
+}
+
+impl Outcome {
+    fn exit_code(&self) -> ExitCode {
+        if self.report.stopped {
+            ExitCode::from(130)
+        } else if self.report.failed_total > 0 {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn download(
+    args: &Args,
+    list: &Path,
+    out: &Path,
+    base_url: Option<String>,
+) -> Result<Outcome, Box<dyn Error>> {
+    std::fs::create_dir_all(out)
+        .map_err(|err| format!("creating the output directory {}: {err}", out.display()))?;
+    let mut runner = Runner::new();
+    if let Some(path) = &args.checkpoint {
+        runner.checkpoint(path);
+    }
+    let checkpoint = runner.checkpoint_path(list);
+    let snapshot = Checkpoint::inspect(&checkpoint)?;
+    let plan = Plan::scan(list, base_url.as_deref(), &snapshot, args.retry_failed)?;
+    let jobs = args.jobs.max(1);
+    let timeout = Duration::from_secs_f64(args.timeout.max(0.001));
+    let stop = StopToken::new();
+    let stats = Arc::new(Stats::default());
+    let progress = Arc::new(Progress::new(&plan, &stats, args.quiet));
+    watch_signals(&stop, args.quiet)?;
+
+    let fetcher = Fetcher::new(
+        fetch::agent(jobs, timeout),
+        out.to_path_buf(),
+        base_url,
+        plan,
+        stop.clone(),
+        Arc::clone(&stats),
+    );
+    let mut retry = RetryPolicy::new();
+    retry.max_attempts(args.retries.saturating_add(1));
+    let observer = Arc::clone(&progress);
+    runner
+        .workers(jobs)
+        .retry(retry)
+        .retry_failed(args.retry_failed)
+        .stop_token(stop)
+        .observer(move |event: &Event<'_>| observer.on_event(event));
+    let task = Tracked {
+        task: fetcher,
+        progress: &progress,
+    };
+    let result = runner.run(list, &task);
+    progress.finish();
+    let report = result?;
+    let plan = task.task.into_plan();
+    if !args.quiet {
+        let failed: Vec<FailedLine> = Checkpoint::inspect(&report.checkpoint)?.failed;
+        eprint!("{}", progress::summary(&report, &plan, &stats, &failed));
+        if report.stopped {
+            eprintln!(
+                "stopped. To resume, run the same command again:\n  {}",
+                command_line(&[])
+            );
+        } else if !failed.is_empty() {
+            let again = if args.retry_failed {
+                command_line(&[])
+            } else {
+                command_line(&["--retry-failed"])
+            };
+            eprintln!("to retry the failed lines:\n  {again}");
+        }
+    }
+    Ok(Outcome { report, plan })
+}
+
+fn run_demo(args: &Args) -> Result<ExitCode, Box<dyn Error>> {
+    let demo = demo::prepare(&args.dir)?;
+    if !args.quiet {
+        eprintln!(
+            "demo: serving generated files at {} with injected faults;\n\
+             downloading the list {} into {}. Press Ctrl-C, then run the same\n\
+             command again to see it resume.",
+            demo.base_url,
+            demo.list.display(),
+            demo.out.display()
+        );
+    }
+    let outcome = download(args, &demo.list, &demo.out, Some(demo.base_url.clone()))?;
+    if outcome.report.stopped {
+        return Ok(outcome.exit_code());
+    }
+    let (matched, wrong) = demo::verify(&demo, &outcome.plan)?;
+    if !args.quiet {
+        eprintln!("verified: {matched} files match the server's checksums");
+        for problem in &wrong {
+            eprintln!("  {problem}");
+        }
+    }
+    if wrong.is_empty() {
+        Ok(outcome.exit_code())
+    } else {
+        Ok(ExitCode::from(1))
+    }
+}
+
+/// Ctrl-C or SIGTERM stops the run gracefully: downloads in progress keep
+/// their partial files, the checkpoint is synced. A second one exits at once
+/// (the checkpoint is still valid: at worst a few lines are redone).
+fn watch_signals(stop: &StopToken, quiet: bool) -> Result<(), Box<dyn Error>> {
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    let stop = stop.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                if stop.is_stopped() {
+                    std::process::exit(130);
+                }
+                stop.stop();
+                if !quiet {
+                    eprintln!("\nstopping: keeping partial files, saving the checkpoint (again to quit at once)");
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// This process's command line, shell-quoted, with `extra` arguments.
+fn command_line(extra: &[&str]) -> String {
+    std::env::args()
+        .chain(extra.iter().map(|arg| arg.to_string()))
+        .map(|arg| shell_quote(&arg))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn shell_quote(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
+    if plain {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
+    }
+}
+
+/// `--serve DIR`: the test server, without faults, on the files of `dir`.
+fn serve(dir: &Path, port: u16) -> Result<ExitCode, Box<dyn Error>> {
+    let server = server::Server::start(port)?;
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            server.add_file(&format!("/{name}"), std::fs::read(entry.path())?);
+            count += 1;
+        }
+    }
+    println!(
+        "serving {count} files of {} at {} (Ctrl-C to stop)",
+        dir.display(),
+        server.url("/")
+    );
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    let _ = signals.forever().next();
+    Ok(ExitCode::SUCCESS)
+}

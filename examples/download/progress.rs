@@ -1,0 +1,226 @@
+//! The progress bar and the final summary.
+//!
+//! The bar advances by input bytes (each finished line's length), so its ETA
+//! needs no count of lines; files and bytes downloaded are drawn from the
+//! fetcher's counters at each redraw.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use indicatif::{HumanBytes, HumanDuration, ProgressBar, ProgressState, ProgressStyle};
+use linemark::{Event, FailedLine, Line, Report, Task};
+
+use crate::fetch::Stats;
+use crate::input::Plan;
+
+/// Receives the runner's events; draws the bar unless quiet.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    /// Lengths of the lines in progress, noted by [`Tracked`]: the
+    /// `Failed` event has no offsets to measure a line with.
+    lengths: Mutex<HashMap<u64, u64>>,
+    failed: Arc<AtomicU64>,
+    retries: Arc<AtomicU64>,
+}
+
+impl Progress {
+    pub fn new(plan: &Plan, stats: &Arc<Stats>, quiet: bool) -> Progress {
+        let failed = Arc::new(AtomicU64::new(0));
+        let retries = Arc::new(AtomicU64::new(0));
+        let bar = (!quiet).then(|| {
+            let started = Instant::now();
+            let files = {
+                let stats = Arc::clone(stats);
+                let (done_before, total) = (plan.already_done, plan.url_lines);
+                let failed = Arc::clone(&failed);
+                move |_: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let done = done_before
+                        + stats.downloaded.load(Ordering::Relaxed)
+                        + stats.present.load(Ordering::Relaxed);
+                    let _ = write!(w, "{done}/{total} files");
+                    let failed = failed.load(Ordering::Relaxed);
+                    if failed > 0 {
+                        let _ = write!(w, ", {failed} failed");
+                    }
+                }
+            };
+            let bytes = {
+                let stats = Arc::clone(stats);
+                move |_: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let bytes = stats.bytes.load(Ordering::Relaxed);
+                    let seconds = started.elapsed().as_secs_f64().max(0.001);
+                    let rate = (bytes as f64 / seconds) as u64;
+                    let _ = write!(w, "{} at {}/s", HumanBytes(bytes), HumanBytes(rate));
+                }
+            };
+            let retried = {
+                let retries = Arc::clone(&retries);
+                move |_: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let retries = retries.load(Ordering::Relaxed);
+                    if retries > 0 {
+                        let _ = write!(w, ", {retries} retries");
+                    }
+                }
+            };
+            let style = ProgressStyle::with_template(
+                "{spinner} {elapsed:>4} [{bar:30}] {percent:>3}% eta {eta:<4} {files}{retried}, {bytes}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .with_key("files", files)
+            .with_key("bytes", bytes)
+            .with_key("retried", retried)
+            .progress_chars("=> ");
+            let bar = ProgressBar::new(plan.todo_bytes).with_style(style);
+            bar.enable_steady_tick(Duration::from_millis(200));
+            bar
+        });
+        Progress {
+            bar,
+            lengths: Mutex::new(HashMap::new()),
+            failed,
+            retries,
+        }
+    }
+
+    pub fn on_event(&self, event: &Event<'_>) {
+        match *event {
+            Event::Done { line, .. } => self.advance(line),
+            Event::Failed {
+                line,
+                attempts,
+                error,
+            } => {
+                self.advance(line);
+                self.failed.fetch_add(1, Ordering::Relaxed);
+                self.note(&format!(
+                    "line {line}: failed after {attempts} attempt{}: {error}",
+                    if attempts == 1 { "" } else { "s" }
+                ));
+            }
+            Event::Retrying {
+                line,
+                attempt,
+                delay,
+                error,
+            } => {
+                self.retries.fetch_add(1, Ordering::Relaxed);
+                self.note(&format!(
+                    "line {line}: attempt {attempt} failed, retrying in {:.1} s: {error}",
+                    delay.as_secs_f64()
+                ));
+            }
+            _ => {}
+        }
+    }
+
+    fn lengths(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u64>> {
+        self.lengths.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A line is over: the bar moves by its length.
+    fn advance(&self, line: u64) {
+        let length = self.lengths().remove(&line);
+        if let (Some(bar), Some(length)) = (&self.bar, length) {
+            bar.inc(length);
+        }
+    }
+
+    /// A message above the bar (or on stderr when there is no bar to draw).
+    fn note(&self, text: &str) {
+        match &self.bar {
+            Some(bar) if !bar.is_hidden() => bar.println(text),
+            Some(_) => eprintln!("{text}"),
+            None => {}
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// A task that notes each line's length for the bar, then runs `task`.
+pub struct Tracked<'p, T> {
+    pub task: T,
+    pub progress: &'p Progress,
+}
+
+impl<T: Task> Task for Tracked<'_, T> {
+    type Error = T::Error;
+
+    fn run(&self, line: &Line<'_>) -> Result<(), T::Error> {
+        self.progress
+            .lengths()
+            .insert(line.number(), line.raw().len() as u64);
+        self.task.run(line)
+    }
+
+    fn is_retryable(&self, error: &T::Error) -> bool {
+        self.task.is_retryable(error)
+    }
+
+    fn retry_after(&self, error: &T::Error) -> Option<Duration> {
+        self.task.retry_after(error)
+    }
+}
+
+/// The end-of-run summary, for stderr.
+pub fn summary(report: &Report, plan: &Plan, stats: &Stats, failed: &[FailedLine]) -> String {
+    let mut out = String::new();
+    let downloaded = stats.downloaded.load(Ordering::Relaxed);
+    let present = stats.present.load(Ordering::Relaxed);
+    let bytes = stats.bytes.load(Ordering::Relaxed);
+    let _ = write!(
+        out,
+        "{downloaded} downloaded, {} already done",
+        plan.already_done + present
+    );
+    if present > 0 {
+        let _ = write!(out, " ({present} found on disk)");
+    }
+    let _ = writeln!(
+        out,
+        ", {} failed, of {} files",
+        failed.len(),
+        plan.url_lines
+    );
+    let resumed = stats.resumed.load(Ordering::Relaxed);
+    let restarted = stats.restarted.load(Ordering::Relaxed);
+    let seconds = report.elapsed.as_secs_f64().max(0.001);
+    let _ = writeln!(
+        out,
+        "{} in {} ({}/s, {:.0} files/s); {} retries, {resumed} resumed by range, {restarted} restarted from zero",
+        HumanBytes(bytes),
+        HumanDuration(report.elapsed),
+        HumanBytes((bytes as f64 / seconds) as u64),
+        downloaded as f64 / seconds,
+        report.retried,
+    );
+    const SHOWN: usize = 20;
+    if !failed.is_empty() {
+        let _ = writeln!(out, "failed lines:");
+        for line in failed.iter().take(SHOWN) {
+            let _ = writeln!(
+                out,
+                "  line {}: {} (after {} attempts)",
+                line.line(),
+                line.error(),
+                line.attempts()
+            );
+        }
+        if failed.len() > SHOWN {
+            let _ = writeln!(
+                out,
+                "  ... and {} more (all are in {})",
+                failed.len() - SHOWN,
+                report.checkpoint.display()
+            );
+        }
+    }
+    out
+}

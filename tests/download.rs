@@ -1,0 +1,539 @@
+//! The `download` example against its fault-injecting server on 127.0.0.1:
+//! one test per fault class, and a process test that SIGKILLs it at varied
+//! moments and reruns it until done.
+
+#[path = "../examples/download/server.rs"]
+mod server;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use linemark::Checkpoint;
+use server::{Fault, Logged, Server, generate};
+
+/// The example's binary, built once (a no-op when it is up to date) with
+/// the profile and target directory of this test.
+fn binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        // target/<profile>/deps/download-HASH
+        let profile_dir = exe.parent().unwrap().parent().unwrap();
+        let target_dir = profile_dir.parent().unwrap();
+        let release = profile_dir
+            .file_name()
+            .is_some_and(|name| name == "release");
+        let cargo = option_env!("CARGO").unwrap_or("cargo");
+        let mut build = Command::new(cargo);
+        build
+            .args(["build", "--quiet", "--example", "download"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("CARGO_TARGET_DIR", target_dir);
+        if release {
+            build.arg("--release");
+        }
+        let status = build.status().expect("running cargo build");
+        assert!(status.success(), "cargo build --example download failed");
+        let binary = profile_dir.join("examples").join("download");
+        assert!(binary.exists(), "{} missing", binary.display());
+        binary
+    })
+}
+
+/// A temporary folder with a list, an output directory and a server.
+struct Job {
+    dir: tempfile::TempDir,
+    server: Server,
+}
+
+/// How a run of the example ended.
+#[derive(Debug)]
+struct Ran {
+    code: Option<i32>,
+    stderr: String,
+    elapsed: Duration,
+}
+
+impl Job {
+    fn new() -> Job {
+        Job {
+            dir: tempfile::tempdir().unwrap(),
+            server: Server::start(0).unwrap(),
+        }
+    }
+
+    fn list(&self) -> PathBuf {
+        self.dir.path().join("urls.txt")
+    }
+
+    fn out(&self) -> PathBuf {
+        self.dir.path().join("out")
+    }
+
+    fn checkpoint(&self) -> PathBuf {
+        self.dir.path().join("urls.txt.checkpoint")
+    }
+
+    fn write_list(&self, lines: &[String]) {
+        let mut text = lines.join("\n");
+        text.push('\n');
+        std::fs::write(self.list(), text).unwrap();
+    }
+
+    /// Serves `content` at `/NAME` and returns its list line.
+    fn file(&self, name: &str, content: Vec<u8>) -> String {
+        let path = format!("/{name}");
+        self.server.add_file(&path, content);
+        self.server.url(&path)
+    }
+
+    fn command(&self, extra: &[&str]) -> Command {
+        let mut command = Command::new(binary());
+        command
+            .arg("-o")
+            .arg(self.out())
+            .arg(self.list())
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(self.dir.path().join("stderr.txt")).unwrap());
+        command
+    }
+
+    /// Runs the example to its end (within a minute).
+    fn run(&self, extra: &[&str]) -> Ran {
+        let started = Instant::now();
+        let mut child = self.command(extra).spawn().unwrap();
+        let deadline = started + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("download did not finish within a minute");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let stderr = std::fs::read_to_string(self.dir.path().join("stderr.txt")).unwrap();
+        Ran {
+            code: status.code(),
+            stderr,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.out().join(name)).unwrap_or_else(|err| panic!("{name}: {err}"))
+    }
+
+    /// Names in the output directory that are partial downloads.
+    fn leftovers(&self) -> Vec<String> {
+        names_in(&self.out())
+            .into_iter()
+            .filter(|name| name.contains(".part"))
+            .collect()
+    }
+}
+
+fn names_in(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+fn summary(requests: &[Logged]) -> Vec<(u16, Option<u64>)> {
+    requests.iter().map(|r| (r.status, r.range_start)).collect()
+}
+
+#[test]
+fn a_connection_dropped_mid_body_resumes_by_range() {
+    let job = Job::new();
+    let content = generate(1, 1 << 20);
+    job.write_list(&[job.file("big.bin", content.clone())]);
+    job.server
+        .add_faults("/big.bin", [Fault::DropAfter(300_000)]);
+    let ran = job.run(&[]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert_eq!(job.read("big.bin"), content);
+    let requests = job.server.requests_for("/big.bin");
+    // The retry asked for the rest only, validated by the ETag.
+    assert_eq!(summary(&requests), vec![(200, None), (206, Some(300_000))]);
+    assert_eq!(requests[1].if_range, job.server.etag("/big.bin"));
+    assert_eq!(job.server.full_responses("/big.bin"), 1);
+    assert!(job.leftovers().is_empty(), "{:?}", job.leftovers());
+}
+
+#[test]
+fn a_200_answer_to_a_range_request_restarts_from_zero() {
+    let job = Job::new();
+    let content = generate(2, 500_000);
+    job.write_list(&[job.file("f.bin", content.clone())]);
+    job.server
+        .add_faults("/f.bin", [Fault::DropAfter(123_456), Fault::IgnoreRange]);
+    let ran = job.run(&[]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert_eq!(job.read("f.bin"), content);
+    assert_eq!(
+        summary(&job.server.requests_for("/f.bin")),
+        vec![(200, None), (200, Some(123_456))]
+    );
+    assert!(job.leftovers().is_empty());
+}
+
+#[test]
+fn a_file_changed_on_the_server_restarts_from_zero_and_is_never_spliced() {
+    let job = Job::new();
+    let old = generate(3, 400_000);
+    let new = generate(4, 400_000);
+    job.server
+        .add_versions("/f.bin", vec![old.clone().into(), new.clone().into()]);
+    let old_etag = job.server.etag("/f.bin");
+    job.write_list(&[job.server.url("/f.bin")]);
+    job.server
+        .add_faults("/f.bin", [Fault::DropAfter(100_000), Fault::NewVersion]);
+    let ran = job.run(&[]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    let requests = job.server.requests_for("/f.bin");
+    // The retry offered the old ETag; the server had a new file and sent it
+    // whole.
+    assert_eq!(summary(&requests), vec![(200, None), (200, Some(100_000))]);
+    assert_eq!(requests[1].if_range, old_etag);
+    assert_ne!(job.server.etag("/f.bin"), old_etag);
+    let got = job.read("f.bin");
+    assert!(got == new, "the file is not the new content");
+    assert_ne!(&got[..100_000], &old[..100_000]);
+}
+
+#[test]
+fn a_416_on_a_complete_part_finishes_the_file() {
+    let job = Job::new();
+    let content = generate(5, 200_000);
+    job.write_list(&[job.file("f.bin", content.clone())]);
+    // The first answer promises 10 bytes more than the file has: the client
+    // holds the whole file in its part but waits for more, then asks for
+    // the rest and is told there is none.
+    job.server
+        .add_faults("/f.bin", [Fault::OverstateLength(10)]);
+    let ran = job.run(&[]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert_eq!(
+        summary(&job.server.requests_for("/f.bin")),
+        vec![(200, None), (416, Some(200_000))]
+    );
+    assert_eq!(job.read("f.bin"), content);
+    assert!(job.leftovers().is_empty());
+}
+
+#[test]
+fn a_short_body_keeps_its_partial_data_for_the_next_run() {
+    let job = Job::new();
+    let content = generate(6, 100_000);
+    job.write_list(&[job.file("f.bin", content.clone())]);
+    job.server.add_faults("/f.bin", [Fault::ShortBody(1000)]);
+    let ran = job.run(&["--retries", "0"]);
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    let failed = Checkpoint::inspect(job.checkpoint()).unwrap().failed;
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0].error().contains("cut short"), "{failed:?}");
+    let part = std::fs::metadata(job.out().join("f.bin.part")).unwrap();
+    assert_eq!(part.len(), 99_000);
+
+    let ran = job.run(&["--retry-failed"]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert_eq!(
+        summary(&job.server.requests_for("/f.bin")),
+        vec![(200, None), (206, Some(99_000))]
+    );
+    assert_eq!(job.read("f.bin"), content);
+    assert!(job.leftovers().is_empty());
+    assert!(
+        Checkpoint::inspect(job.checkpoint())
+            .unwrap()
+            .failed
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_500_is_retried_and_then_succeeds() {
+    let job = Job::new();
+    let content = generate(7, 10_000);
+    job.write_list(&[job.file("f.bin", content.clone())]);
+    job.server.add_faults(
+        "/f.bin",
+        [Fault::Status {
+            code: 500,
+            retry_after: None,
+        }],
+    );
+    let ran = job.run(&[]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert!(ran.stderr.contains("HTTP 500"), "{}", ran.stderr);
+    assert_eq!(
+        summary(&job.server.requests_for("/f.bin")),
+        vec![(500, None), (200, None)]
+    );
+    assert_eq!(job.read("f.bin"), content);
+}
+
+#[test]
+fn a_429_retry_waits_for_retry_after() {
+    let job = Job::new();
+    let content = generate(8, 10_000);
+    job.write_list(&[job.file("f.bin", content.clone())]);
+    job.server.add_faults(
+        "/f.bin",
+        [Fault::Status {
+            code: 429,
+            retry_after: Some(1),
+        }],
+    );
+    let ran = job.run(&[]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    let requests = job.server.requests_for("/f.bin");
+    assert_eq!(summary(&requests), vec![(429, None), (200, None)]);
+    // The default backoff is at most half a second: the wait is the hint.
+    let waited = requests[1].at - requests[0].at;
+    assert!(waited >= Duration::from_secs(1), "waited only {waited:?}");
+    assert_eq!(job.read("f.bin"), content);
+}
+
+#[test]
+fn a_404_and_bad_lines_are_failed_lines_with_their_reasons() {
+    let job = Job::new();
+    let refused = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/gone.bin", listener.local_addr().unwrap())
+    };
+    let content = generate(9, 5_000);
+    let lines = vec![
+        job.file("ok.bin", content.clone()),
+        job.server.url("/missing.bin"),
+        "ftp://127.0.0.1/x.bin".to_string(),
+        "not-a-url".to_string(),
+        refused.clone(),
+    ];
+    job.write_list(&lines);
+    let ran = job.run(&["--retries", "1"]);
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    assert_eq!(job.read("ok.bin"), content);
+    let failed = Checkpoint::inspect(job.checkpoint()).unwrap().failed;
+    let failed: Vec<_> = failed
+        .iter()
+        .map(|f| (f.line(), f.attempts(), f.error().to_string()))
+        .collect();
+    assert_eq!(failed.len(), 4, "{failed:?}");
+    // A 404 is permanent: recorded at once with its status and URL.
+    assert_eq!(failed[0].0, 2);
+    assert_eq!(failed[0].1, 1);
+    assert!(failed[0].2.contains("HTTP 404"), "{failed:?}");
+    assert!(failed[0].2.contains(&lines[1]), "{failed:?}");
+    assert_eq!((failed[1].0, failed[1].1), (3, 1));
+    assert!(failed[1].2.contains("scheme"), "{failed:?}");
+    assert_eq!((failed[2].0, failed[2].1), (4, 1));
+    assert!(failed[2].2.contains("not an absolute URL"), "{failed:?}");
+    // A refused connection is worth retrying.
+    assert_eq!((failed[3].0, failed[3].1), (5, 2));
+    assert!(failed[3].2.contains("refused"), "{failed:?}");
+    assert!(ran.stderr.contains("failed lines:"), "{}", ran.stderr);
+
+    // The missing file appears: --retry-failed fetches it and only the
+    // failed lines are tried again.
+    job.file("missing.bin", content.clone());
+    let ran = job.run(&["--retry-failed", "--retries", "0"]);
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    assert_eq!(job.read("missing.bin"), content);
+    assert_eq!(job.server.requests_for("/ok.bin").len(), 1);
+    let still: Vec<u64> = Checkpoint::inspect(job.checkpoint())
+        .unwrap()
+        .failed
+        .iter()
+        .map(|f| f.line())
+        .collect();
+    assert_eq!(still, vec![3, 4, 5]);
+}
+
+#[test]
+fn a_hanging_server_hits_the_timeout() {
+    let job = Job::new();
+    job.write_list(&[job.file("f.bin", generate(10, 1000))]);
+    job.server.add_faults("/f.bin", [Fault::Hang]);
+    let ran = job.run(&["--timeout", "0.5", "--retries", "0"]);
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    assert!(ran.elapsed < Duration::from_secs(20), "{ran:?}");
+    let failed = Checkpoint::inspect(job.checkpoint()).unwrap().failed;
+    assert!(failed[0].error().contains("timed out"), "{failed:?}");
+}
+
+#[test]
+fn names_are_distinct_stable_and_connections_are_reused() {
+    let job = Job::new();
+    let mut lines = vec!["# a comment".to_string(), String::new()];
+    let mut expected = Vec::new();
+    for i in 0..40u64 {
+        let content = generate(100 + i, 2_000 + i as usize);
+        lines.push(job.file(&format!("d{i}/same.bin"), content.clone()));
+        expected.push(content);
+    }
+    lines.push(format!(
+        "{} ../../escape.bin",
+        job.server.url("/d0/same.bin")
+    ));
+    job.write_list(&lines);
+    let ran = job.run(&["--jobs", "4"]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    // The first line claiming a name gets it; later ones get their line
+    // number before the extension.
+    assert_eq!(job.read("same.bin"), expected[0]);
+    for (i, content) in expected.iter().enumerate().skip(1) {
+        assert_eq!(&job.read(&format!("same.{}.bin", i + 3)), content);
+    }
+    assert_eq!(job.read(".._.._escape.bin"), expected[0]);
+    assert_eq!(names_in(&job.out()).len(), 41);
+    assert!(!job.dir.path().join("escape.bin").exists());
+    // Four workers, one pool: a handful of connections for 41 files.
+    assert!(
+        job.server.connections_accepted() <= 8,
+        "{} connections",
+        job.server.connections_accepted()
+    );
+}
+
+/// The on-disk state after a kill: partial files and finished files.
+struct AtKill {
+    /// Requests the server had seen when the process was dead.
+    log_len: usize,
+    parts: BTreeMap<String, u64>,
+    finished: BTreeSet<String>,
+}
+
+fn disk_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.metadata().ok())
+        .filter(|metadata| metadata.is_file())
+        .map(|metadata| metadata.len())
+        .sum()
+}
+
+fn kill_when(child: &mut Child, out: &Path, bytes: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while disk_bytes(out) < bytes {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the download ended before {bytes} bytes were on disk"
+        );
+        assert!(Instant::now() < deadline, "no progress to {bytes} bytes");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn sigkill_at_varied_moments_then_rerun_gives_every_file_whole_and_fetched_once() {
+    let job = Job::new();
+    let mut contents: Vec<(String, Arc<[u8]>)> = Vec::new();
+    let mut lines = Vec::new();
+    for i in 0..240u64 {
+        let size = (16 << 10) + (i as usize * 7919) % (240 << 10);
+        let name = format!("f{i:03}.bin");
+        let content: Arc<[u8]> = generate(1000 + i, size).into();
+        lines.push(job.file(&name, content.to_vec()));
+        contents.push((name, content));
+    }
+    job.write_list(&lines);
+    let total: u64 = contents.iter().map(|(_, c)| c.len() as u64).sum();
+    // Slow enough that every kill finds downloads in flight.
+    job.server.throttle(4 << 20);
+
+    let mut kills = Vec::new();
+    for percent in [3, 15, 35, 55, 75] {
+        let mut child = job.command(&["--jobs", "8"]).spawn().unwrap();
+        kill_when(&mut child, &job.out(), total * percent / 100);
+        // Requests that reached the server before the kill are logged once
+        // its connections are closed.
+        assert!(job.server.wait_idle(Duration::from_secs(10)));
+        let names = names_in(&job.out());
+        let parts = names
+            .iter()
+            .filter_map(|name| {
+                let file = name.strip_suffix(".part")?;
+                let len = std::fs::metadata(job.out().join(name)).ok()?.len();
+                (len > 0).then(|| (file.to_string(), len))
+            })
+            .collect();
+        let finished = names
+            .iter()
+            .filter(|name| name.ends_with(".bin"))
+            .cloned()
+            .collect();
+        kills.push(AtKill {
+            log_len: job.server.log().len(),
+            parts,
+            finished,
+        });
+    }
+    let ran = job.run(&["--jobs", "8"]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+
+    for (name, content) in &contents {
+        assert!(
+            job.read(name) == **content,
+            "{name} differs from the server's"
+        );
+    }
+    assert!(job.leftovers().is_empty(), "{:?}", job.leftovers());
+    let log = job.server.log();
+    let mut resumed = 0;
+    for (k, kill) in kills.iter().enumerate() {
+        // A partial file left by a kill is continued where it ends.
+        for (name, len) in &kill.parts {
+            let path = format!("/{name}");
+            let next = log[kill.log_len..]
+                .iter()
+                .find(|request| request.path == path)
+                .unwrap_or_else(|| panic!("kill {k}: {name} never asked for again"));
+            // A part killed between its last byte and its rename is whole:
+            // the server answers 416 to a range starting at its end.
+            let whole = contents
+                .iter()
+                .any(|(n, c)| n == name && c.len() as u64 == *len);
+            let expected = if whole { 416 } else { 206 };
+            assert_eq!(
+                (next.status, next.range_start),
+                (expected, Some(*len)),
+                "kill {k}: {name} was not resumed from its {len} bytes"
+            );
+            resumed += 1;
+        }
+    }
+    assert!(resumed > 0, "no kill caught a partial file");
+    // A path is fetched whole once, plus once for each kill that left
+    // nothing of it on disk after it had been asked for.
+    for (name, _) in &contents {
+        let path = format!("/{name}");
+        let allowed = 1 + kills
+            .iter()
+            .filter(|kill| {
+                log[..kill.log_len].iter().any(|r| r.path == path)
+                    && !kill.parts.contains_key(name)
+                    && !kill.finished.contains(name)
+            })
+            .count();
+        let full = job.server.full_responses(&path);
+        assert!(
+            full <= allowed,
+            "{name}: {full} whole fetches, {allowed} allowed"
+        );
+    }
+}
