@@ -1,0 +1,84 @@
+//! Inputs shared by the benchmarks: generated deterministically into
+//! temporary directories under Cargo's target directory, removed on drop and
+//! never committed.
+//!
+//! The temporary directories are on the same disk as the target directory,
+//! not on a possible tmpfs, so `fdatasync` costs what it costs on a real
+//! disk.
+
+// Each benchmark binary compiles its own copy of this module and uses a part
+// of it.
+#![allow(dead_code)]
+
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::Path;
+
+use linemark::{Position, digest};
+use tempfile::TempDir;
+
+/// Every generated line is this long, its `\n` included, so the position
+/// after any line is known without reading the input.
+pub const LINE_LEN: u64 = 60;
+
+/// Line `number` (1-based) of every generated input: the number, then a
+/// URL-like field that varies from line to line, so that all lines are
+/// distinct and a scan by content never finds a duplicate.
+///
+/// `benches/tally_memory.sh` generates the same bytes with awk.
+pub fn line(number: u64) -> String {
+    // A Lehmer generator step: cheap, deterministic, exact in awk's doubles.
+    let field = number * 48_271 % 2_147_483_647;
+    format!("{number:010} https://example.org/records/item-{field:010}.json\n")
+}
+
+/// Writes lines `1..=count` to `path`.
+pub fn generate(path: &Path, count: u64) {
+    let write = || -> io::Result<()> {
+        let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
+        for number in 1..=count {
+            out.write_all(line(number).as_bytes())?;
+        }
+        out.into_inner().map_err(io::IntoInnerError::into_error)?;
+        Ok(())
+    };
+    write().unwrap_or_else(|err| panic!("generating {}: {err}", path.display()));
+    assert_eq!(fs::metadata(path).unwrap().len(), count * LINE_LEN);
+}
+
+/// The position of a job that has finished lines `1..=done`.
+pub fn position_after(done: u64) -> Position {
+    if done == 0 {
+        return Position::start();
+    }
+    Position::from_parts(
+        done * LINE_LEN,
+        done,
+        LINE_LEN,
+        digest(line(done).as_bytes()),
+    )
+    .expect("a generated position is valid")
+}
+
+/// A new temporary directory under the target directory.
+pub fn bench_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("linemark-bench-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("creating a temporary directory under the target directory")
+}
+
+/// Removes a file that may not exist, so a run starts from a fresh
+/// checkpoint.
+pub fn remove_if_present(path: &Path) {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+        Err(err) => panic!("removing {}: {err}", path.display()),
+    }
+}
+
+/// A task that does nothing and never fails.
+pub fn no_op(_line: &linemark::Line<'_>) -> Result<(), std::convert::Infallible> {
+    Ok(())
+}

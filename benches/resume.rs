@@ -1,0 +1,90 @@
+//! Benchmark 3: resume latency on a 10,000,000-line input, with checkpoints
+//! recording positions at 1 %, 50 % and 99 % of it.
+//!
+//! Measured: `Checkpoint::open` (lock, read, recover) plus
+//! `position().seek_offset` on a freshly opened `BufReader<File>`, then the
+//! drop of both, which is what a restarted job does before its first line.
+//! For contrast, the classic way of resuming, scanning for the content of
+//! the last finished line (`Position::seek_content`), at the same points: it
+//! costs in proportion to the position, so it gets fewer samples.
+//!
+//! The input is in the page cache: this measures the library's work, not the
+//! disk's.
+
+mod common;
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use criterion::{
+    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
+use linemark::Checkpoint;
+
+const LINES: u64 = 10_000_000;
+
+/// (label, finished lines) of each prepared checkpoint.
+const POINTS: [(&str, u64); 3] = [
+    ("1pct", LINES / 100),
+    ("50pct", LINES / 2),
+    ("99pct", LINES / 100 * 99),
+];
+
+fn resume(c: &mut Criterion) {
+    let dir = common::bench_dir();
+    let input = dir.path().join("input.txt");
+    common::generate(&input, LINES);
+    let checkpoints: Vec<PathBuf> = POINTS
+        .iter()
+        .map(|&(_, done)| {
+            let path = dir.path().join(format!("input.txt.{done}.checkpoint"));
+            let mut checkpoint = Checkpoint::open(&path).unwrap();
+            checkpoint.commit(common::position_after(done)).unwrap();
+            checkpoint.close().unwrap();
+            path
+        })
+        .collect();
+
+    let mut group = c.benchmark_group("resume_seek_offset_10m_lines");
+    group
+        .sample_size(100)
+        .measurement_time(Duration::from_secs(3));
+    for (&(label, done), path) in POINTS.iter().zip(&checkpoints) {
+        let expected = common::position_after(done);
+        group.throughput(Throughput::Elements(done));
+        group.bench_with_input(BenchmarkId::from_parameter(label), path, |b, path| {
+            b.iter(|| {
+                let checkpoint = Checkpoint::open(path).unwrap();
+                let mut reader = BufReader::new(File::open(&input).unwrap());
+                let reached = checkpoint.position().seek_offset(&mut reader).unwrap();
+                assert_eq!(reached, expected);
+            });
+        });
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group("resume_seek_content_10m_lines");
+    group
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    for (&(label, done), path) in POINTS.iter().zip(&checkpoints) {
+        let expected = common::position_after(done);
+        group.throughput(Throughput::Elements(done));
+        group.bench_with_input(BenchmarkId::from_parameter(label), path, |b, path| {
+            b.iter(|| {
+                let checkpoint = Checkpoint::open(path).unwrap();
+                let mut reader = BufReader::new(File::open(&input).unwrap());
+                let reached = checkpoint.position().seek_content(&mut reader).unwrap();
+                assert_eq!(reached, expected);
+            });
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, resume);
+criterion_main!(benches);
