@@ -467,9 +467,13 @@ fn sigkill_at_varied_moments_then_rerun_gives_every_file_whole_and_fetched_once(
         let parts = names
             .iter()
             .filter_map(|name| {
+                // Resumable: bytes on disk and their validator beside them.
+                // (A small file is written whole just before its rename,
+                // with no meta: killed there, it restarts from zero.)
                 let file = name.strip_suffix(".part")?;
                 let len = std::fs::metadata(job.out().join(name)).ok()?.len();
-                (len > 0).then(|| (file.to_string(), len))
+                let meta = job.out().join(format!("{name}.meta")).exists();
+                (len > 0 && meta).then(|| (file.to_string(), len))
             })
             .collect();
         let finished = names
@@ -519,7 +523,7 @@ fn sigkill_at_varied_moments_then_rerun_gives_every_file_whole_and_fetched_once(
     }
     assert!(resumed > 0, "no kill caught a partial file");
     // A path is fetched whole once, plus once for each kill that left
-    // nothing of it on disk after it had been asked for.
+    // nothing resumable of it on disk after it had been asked for.
     for (name, _) in &contents {
         let path = format!("/{name}");
         let allowed = 1 + kills
