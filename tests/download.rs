@@ -406,6 +406,83 @@ fn names_are_distinct_stable_and_connections_are_reused() {
     );
 }
 
+#[test]
+fn sigterm_stops_gracefully_keeps_partial_files_and_says_how_to_resume() {
+    let job = Job::new();
+    let mut lines = Vec::new();
+    let mut contents = Vec::new();
+    for i in 0..20u64 {
+        let content = generate(300 + i, 512 << 10);
+        lines.push(job.file(&format!("f{i}.bin"), content.clone()));
+        contents.push(content);
+    }
+    job.write_list(&lines);
+    job.server.throttle(1 << 20);
+    let started = Instant::now();
+    let mut child = job.command(&["--jobs", "4"]).spawn().unwrap();
+    // Once some bytes are on disk, downloads are in flight.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while disk_bytes(&job.out()) < 300 << 10 {
+        assert!(Instant::now() < deadline, "no progress");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "SIGTERM did not stop the run");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(status.code(), Some(130));
+    // Far less than the 10 s the whole list takes at this rate.
+    assert!(started.elapsed() < Duration::from_secs(8));
+    let stderr = std::fs::read_to_string(job.dir.path().join("stderr.txt")).unwrap();
+    assert!(
+        stderr.contains("To resume, run the same command again"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&job.list().display().to_string()),
+        "{stderr}"
+    );
+    assert!(!job.leftovers().is_empty(), "no partial file kept");
+
+    job.server.throttle(0);
+    let ran = job.run(&["--jobs", "4"]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    for (i, content) in contents.iter().enumerate() {
+        assert!(
+            job.read(&format!("f{i}.bin")) == *content,
+            "f{i}.bin differs"
+        );
+    }
+    assert!(job.leftovers().is_empty());
+}
+
+#[test]
+fn a_list_changed_before_the_resume_point_is_refused_with_exit_2() {
+    let job = Job::new();
+    let first = job.file("a.bin", generate(20, 100));
+    let second = job.file("b.bin", generate(21, 100));
+    job.write_list(&[first.clone(), second.clone()]);
+    assert_eq!(job.run(&[]).code, Some(0));
+    // Appending is fine: only the new line runs.
+    let third = job.file("c.bin", generate(22, 100));
+    job.write_list(&[first.clone(), second.clone(), third.clone()]);
+    assert_eq!(job.run(&[]).code, Some(0));
+    assert_eq!(job.server.requests_for("/a.bin").len(), 1);
+    // Editing the last finished line is not (linemark checks that line).
+    job.write_list(&[first, second, job.server.url("/C.bin")]);
+    let ran = job.run(&[]);
+    assert_eq!(ran.code, Some(2), "{ran:?}");
+    assert!(ran.stderr.contains("input changed"), "{}", ran.stderr);
+}
+
 /// The on-disk state after a kill: partial files and finished files.
 struct AtKill {
     /// Requests the server had seen when the process was dead.
