@@ -1,0 +1,639 @@
+//! `each`: run a command for every line of a file, resumably.
+//!
+//! ```text
+//! cargo run --release --example each -- [OPTIONS] INPUT -- CMD [ARGS...]
+//! ```
+//!
+//! Runs `CMD` once per line of `INPUT`. Every `{}` in `CMD` and `ARGS` is
+//! replaced by the line (without its `\n`, and without a `\r` before it);
+//! when there is no `{}`, the line is appended as the last argument. A line
+//! that is not valid UTF-8 is passed as the raw bytes it is, an empty line as
+//! an empty argument. The command is started directly (no shell), with
+//! stdin from `/dev/null` and stdout inherited; its stderr is forwarded to
+//! ours and its last 500 bytes are kept as the error of a failed line.
+//!
+//! A command that exits with a non-zero status (or is killed by a signal)
+//! is a failed attempt. It is tried again `--retries` more times (default
+//! 0), with exponential backoff from 0.5 s, then recorded as failed in the
+//! checkpoint with its exit status and stderr tail, and the run goes on.
+//!
+//! Progress goes to a checkpoint file (default `INPUT.checkpoint`, or
+//! `INPUT.shard-I-of-N.checkpoint` with `--shard`). Run the same command
+//! again after a crash, a kill or Ctrl-C and it continues where it stopped:
+//! lines whose commit reached the disk are skipped, the others are run again
+//! (at least once; see `--durability`).
+//!
+//! Options:
+//!
+//! - `-j, --jobs N`: lines run in parallel (default 1: in order).
+//! - `--retries N`: extra attempts after the first (default 0).
+//! - `--checkpoint PATH`: the checkpoint file.
+//! - `--retry-failed`: run exactly the lines recorded as failed, nothing else.
+//! - `--shard I/N`: only lines whose 0-based index is `I` modulo `N`, with a
+//!   checkpoint of its own; shards `0/N` to `N-1/N` cover every line once.
+//! - `--status`: print the progress recorded in the checkpoint and the failed
+//!   lines with their errors, run nothing. Takes no lock, so it works while
+//!   a run is going on.
+//! - `--durability strict|group|none`: `strict` syncs every commit (a crash
+//!   redoes at most the lines in progress); `group` (default) syncs once
+//!   `--sync-records N` commits gathered (default 100000) or `--sync-ms T`
+//!   passed (default 200); `none` leaves syncing to the OS.
+//! - `-q, --quiet`: no progress bar, failure messages or summary.
+//!
+//! Ctrl-C or SIGTERM stops gracefully: no new line starts, the commands
+//! running finish, the checkpoint is synced, and the command to resume is
+//! printed. (In a terminal Ctrl-C reaches the commands too; one that dies of
+//! it is left unrecorded and runs again next time.) A second Ctrl-C exits at
+//! once (the lines in progress are redone next time). A command killed by
+//! SIGINT or SIGTERM stops the run the same way, as in a shell script.
+//!
+//! Exit status: 0 every line is done; 1 some lines are recorded as failed
+//! (in this run or an earlier one); 2 usage error or linemark error (the
+//! checkpoint is locked by another run, the input changed, ...); 130
+//! stopped by a signal.
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufReader, IsTerminal, Read, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use linemark::{Checkpoint, Durability, Event, Line, RetryPolicy, Runner, StopToken, Task};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+/// How much of a failed command's stderr is kept as its error.
+const STDERR_TAIL: usize = 500;
+
+/// Exit status when the run was stopped by a signal (128 + SIGINT).
+const EXIT_STOPPED: u8 = 130;
+
+/// Run a command for every line of a file, resumably.
+#[derive(Parser, Debug)]
+#[command(
+    name = "each",
+    version,
+    after_help = "Every {} in CMD and ARGS is replaced by the line; without {}, the line is the \
+                  last argument.\nExit status: 0 all lines done, 1 some lines failed, 2 usage or \
+                  checkpoint error, 130 stopped by a signal."
+)]
+struct Args {
+    /// The input: one job per line.
+    input: PathBuf,
+
+    /// The command and its arguments.
+    #[arg(
+        last = true,
+        value_name = "CMD",
+        required_unless_present = "status",
+        num_args = 1..,
+    )]
+    command: Vec<OsString>,
+
+    /// Lines run in parallel.
+    #[arg(short, long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: u16,
+
+    /// Extra attempts for a failing line, after the first.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    retries: u32,
+
+    /// The checkpoint file [default: INPUT.checkpoint].
+    #[arg(long, value_name = "PATH")]
+    checkpoint: Option<PathBuf>,
+
+    /// Run exactly the lines recorded as failed, and nothing else.
+    #[arg(long)]
+    retry_failed: bool,
+
+    /// Process only the lines whose 0-based index is I modulo N.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    shard: Option<(u64, u64)>,
+
+    /// Print the recorded progress and failed lines; run nothing.
+    #[arg(long, conflicts_with = "retry_failed")]
+    status: bool,
+
+    /// When the checkpoint's records reach the disk.
+    #[arg(long, value_enum, default_value_t = DurabilityArg::Group)]
+    durability: DurabilityArg,
+
+    /// With group durability: sync after this many commits [default: 100000].
+    #[arg(long, value_name = "N")]
+    sync_records: Option<u32>,
+
+    /// With group durability: sync this long after the first unsynced commit
+    /// [default: 200].
+    #[arg(long, value_name = "MS")]
+    sync_ms: Option<u64>,
+
+    /// No progress bar, failure messages or summary.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum DurabilityArg {
+    /// Sync every commit.
+    Strict,
+    /// Sync groups of commits.
+    Group,
+    /// Never sync explicitly.
+    None,
+}
+
+fn parse_shard(text: &str) -> Result<(u64, u64), String> {
+    let usage = || format!("expected I/N with I < N, like 0/4, not {text:?}");
+    let (index, count) = text.split_once('/').ok_or_else(usage)?;
+    let index: u64 = index.trim().parse().map_err(|_| usage())?;
+    let count: u64 = count.trim().parse().map_err(|_| usage())?;
+    if index >= count {
+        return Err(usage());
+    }
+    Ok((index, count))
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("each: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    let mut runner = Runner::new();
+    if let Some((index, count)) = args.shard {
+        runner.shard(index, count);
+    }
+    if let Some(path) = &args.checkpoint {
+        runner.checkpoint(path);
+    }
+    if args.status {
+        print_status(&args.input, &runner.checkpoint_path(&args.input))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let program = &args.command[0];
+    if !has_placeholder(program) && !is_runnable(program) {
+        return Err(format!("{}: command not found", program.to_string_lossy()).into());
+    }
+    let mut retry = RetryPolicy::new();
+    retry.max_attempts(args.retries.saturating_add(1));
+    runner
+        .workers(usize::from(args.jobs))
+        .retry(retry)
+        .durability(durability(args)?)
+        .retry_failed(args.retry_failed);
+
+    let stop = StopToken::new();
+    watch_signals(stop.clone(), args.quiet)?;
+    runner.stop_token(stop.clone());
+
+    // A bar only where it cannot be garbled by the commands' own output.
+    let show_bar = !args.quiet && io::stderr().is_terminal() && !io::stdout().is_terminal();
+    let bar = if show_bar {
+        ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {percent:>3}% {msg} [{elapsed_precise}, eta {eta}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    runner.observer(Progress::new(bar.clone(), args.quiet));
+
+    let task = RunCommand {
+        argv: args.command.clone(),
+        has_placeholder: args.command.iter().any(|arg| has_placeholder(arg)),
+        stop,
+        bar: bar.clone(),
+    };
+    let report = runner.run(&args.input, &task);
+    bar.finish_and_clear();
+    let report = report?;
+
+    if !args.quiet {
+        let secs = report.elapsed.as_secs_f64();
+        let ran = report.done + report.failed;
+        eprintln!(
+            "each: done {}, skipped {}, failed {}, retried {}, elapsed {:.2} s, {:.1} jobs/s",
+            report.done,
+            report.skipped,
+            report.failed,
+            report.retried,
+            secs,
+            if secs > 0.0 { ran as f64 / secs } else { 0.0 },
+        );
+    }
+    if report.stopped {
+        // Even with --quiet: the exit status alone does not say how to go on.
+        eprintln!(
+            "each: stopped, lines 1 to {} done; to resume, run the same command again:\n  {}",
+            report.position.line(),
+            shell_words(std::env::args_os()),
+        );
+        return Ok(ExitCode::from(EXIT_STOPPED));
+    }
+    if report.failed_total > 0 {
+        if !args.quiet {
+            eprintln!(
+                "each: {} line(s) recorded as failed; list them with --status, rerun them with \
+                 --retry-failed:\n  {}",
+                report.failed_total,
+                shell_words(with_flag(std::env::args_os(), "--retry-failed")),
+            );
+        }
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn durability(args: &Args) -> Result<Durability, String> {
+    if args.durability != DurabilityArg::Group
+        && (args.sync_records.is_some() || args.sync_ms.is_some())
+    {
+        return Err("--sync-records and --sync-ms apply to --durability group only".into());
+    }
+    Ok(match args.durability {
+        DurabilityArg::Strict => Durability::EveryCommit,
+        DurabilityArg::None => Durability::NoSync,
+        DurabilityArg::Group => Durability::group(
+            args.sync_records.unwrap_or(100_000),
+            Duration::from_millis(args.sync_ms.unwrap_or(200)),
+        ),
+    })
+}
+
+/// Fires `stop` on the first SIGINT or SIGTERM; exits at once on the second.
+fn watch_signals(stop: StopToken, quiet: bool) -> io::Result<()> {
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    std::thread::spawn(move || {
+        // Counted here rather than read from the token, which a command
+        // killed by SIGINT fires too.
+        let mut received = 0;
+        for _ in signals.forever() {
+            received += 1;
+            if received > 1 {
+                eprintln!("each: interrupted again, exiting now; lines in progress will be redone");
+                std::process::exit(i32::from(EXIT_STOPPED));
+            }
+            if !quiet {
+                eprintln!(
+                    "each: stopping once the commands running finish (Ctrl-C again to exit now)"
+                );
+            }
+            stop.stop();
+        }
+    });
+    Ok(())
+}
+
+/// The task: runs the command with the line in its arguments.
+struct RunCommand {
+    argv: Vec<OsString>,
+    has_placeholder: bool,
+    stop: StopToken,
+    bar: ProgressBar,
+}
+
+#[derive(Debug)]
+enum CommandError {
+    /// The command could not be started (or waited for).
+    Spawn { program: OsString, error: io::Error },
+    /// It ran and failed.
+    Failed { status: ExitStatus, stderr: String },
+}
+
+impl fmt::Display for CommandError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CommandError::Spawn { program, error } => {
+                write!(f, "cannot run {}: {error}", program.to_string_lossy())
+            }
+            CommandError::Failed { status, stderr } if stderr.is_empty() => write!(f, "{status}"),
+            CommandError::Failed { status, stderr } => write!(f, "{status}: {stderr}"),
+        }
+    }
+}
+
+impl Task for RunCommand {
+    type Error = CommandError;
+
+    fn run(&self, line: &Line<'_>) -> Result<(), CommandError> {
+        let content = line.as_bytes();
+        let content = content.strip_suffix(b"\r").unwrap_or(content);
+        let mut argv = self.argv.iter().map(|arg| substitute(arg, content));
+        let program = argv.next().unwrap_or_default();
+        let mut command = Command::new(&program);
+        command.args(argv);
+        if !self.has_placeholder {
+            command.arg(OsStr::from_bytes(content));
+        }
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|error| CommandError::Spawn {
+                program: program.clone(),
+                error,
+            })?;
+        let tail = match child.stderr.take() {
+            Some(stderr) => self.forward(stderr),
+            None => Vec::new(),
+        };
+        let status = child.wait().map_err(|error| CommandError::Spawn {
+            program: program.clone(),
+            error,
+        })?;
+        if status.success() {
+            return Ok(());
+        }
+        if matches!(status.signal(), Some(SIGINT | SIGTERM)) {
+            // Someone meant to stop the whole job (Ctrl-C reaches the whole
+            // process group), as a shell would assume. Firing the token before
+            // returning makes the runner leave this line unrecorded.
+            self.stop.stop();
+        }
+        Err(CommandError::Failed {
+            status,
+            stderr: tail_text(&tail),
+        })
+    }
+
+    fn is_retryable(&self, error: &CommandError) -> bool {
+        match error {
+            CommandError::Failed { .. } => true,
+            // Gone or not executable: trying again will not help. Out of
+            // processes or memory (EAGAIN, ENOMEM) may pass.
+            CommandError::Spawn { error, .. } => !matches!(
+                error.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
+            ),
+        }
+    }
+}
+
+impl RunCommand {
+    /// Copies the command's stderr to ours as it comes, keeping its tail.
+    fn forward(&self, mut stderr: impl Read) -> Vec<u8> {
+        let mut tail = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = match stderr.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            // Best effort: our stderr being closed must not fail the line.
+            self.bar
+                .suspend(|| io::stderr().lock().write_all(&buf[..n]).ok());
+            tail.extend_from_slice(&buf[..n]);
+            if tail.len() > 2 * STDERR_TAIL {
+                // One byte more than the tail shows, so it knows it was cut.
+                tail.drain(..tail.len() - STDERR_TAIL - 1);
+            }
+        }
+        tail
+    }
+}
+
+/// The last [`STDERR_TAIL`] bytes, from the start of a line when they hold
+/// several, lossy UTF-8, trimmed.
+fn tail_text(bytes: &[u8]) -> String {
+    let mut tail = &bytes[bytes.len().saturating_sub(STDERR_TAIL)..];
+    if tail.len() < bytes.len() {
+        let newline = tail[..tail.len().saturating_sub(1)]
+            .iter()
+            .position(|&b| b == b'\n');
+        match newline {
+            Some(at) => tail = &tail[at + 1..],
+            // A cut character would show as junk: skip its continuation bytes.
+            None => {
+                while tail.first().is_some_and(|&b| b & 0xC0 == 0x80) {
+                    tail = &tail[1..];
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(tail).trim().to_string()
+}
+
+fn has_placeholder(arg: &OsStr) -> bool {
+    arg.as_bytes().windows(2).any(|w| w == b"{}")
+}
+
+/// `arg` with every `{}` replaced by `line`.
+fn substitute(arg: &OsStr, line: &[u8]) -> OsString {
+    let bytes = arg.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len() + line.len());
+    let mut rest = bytes;
+    while let Some(at) = rest.windows(2).position(|w| w == b"{}") {
+        out.extend_from_slice(&rest[..at]);
+        out.extend_from_slice(line);
+        rest = &rest[at + 2..];
+    }
+    out.extend_from_slice(rest);
+    OsString::from_vec(out)
+}
+
+/// Whether `program` names an executable file, directly or through `PATH`,
+/// so a typo is one usage error instead of a failed line per line.
+fn is_runnable(program: &OsStr) -> bool {
+    let executable = |path: &Path| {
+        path.metadata()
+            .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+    };
+    if program.as_bytes().contains(&b'/') {
+        return executable(Path::new(program));
+    }
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| executable(&dir.join(program)))
+    })
+}
+
+/// Progress bar updates and failure messages.
+struct Progress {
+    bar: ProgressBar,
+    quiet: bool,
+    /// The furthest end of a finished line, for the bar.
+    furthest: AtomicU64,
+}
+
+impl Progress {
+    fn new(bar: ProgressBar, quiet: bool) -> Progress {
+        Progress {
+            bar,
+            quiet,
+            furthest: AtomicU64::new(0),
+        }
+    }
+
+    fn say(&self, message: String) {
+        if !self.quiet {
+            self.bar.suspend(|| eprintln!("{message}"));
+        }
+    }
+}
+
+impl linemark::Observer for Progress {
+    fn on_event(&self, event: &Event<'_>) {
+        match *event {
+            Event::Begin {
+                input_len,
+                resumed_at,
+                ..
+            } => {
+                if let Some(len) = input_len {
+                    self.bar.set_length(len);
+                }
+                self.furthest.store(resumed_at.offset(), Ordering::Relaxed);
+                self.bar.set_position(resumed_at.offset());
+                self.bar.reset_eta();
+            }
+            Event::Done { end_offset, .. } | Event::Skipped { end_offset, .. } => {
+                let furthest = self.furthest.fetch_max(end_offset, Ordering::Relaxed);
+                self.bar.set_position(furthest.max(end_offset));
+            }
+            Event::Retrying {
+                line,
+                attempt,
+                delay,
+                error,
+            } => self.say(format!(
+                "each: line {line}: attempt {attempt} failed, retrying in {:.1} s: {}",
+                delay.as_secs_f64(),
+                indent(error),
+            )),
+            Event::Failed {
+                line,
+                attempts,
+                error,
+            } => self.say(format!(
+                "each: line {line} failed after {attempts} attempt(s): {}",
+                indent(error),
+            )),
+            _ => {}
+        }
+    }
+}
+
+/// A multi-line error, its lines after the first indented.
+fn indent(error: &str) -> String {
+    error.replace('\n', "\n    ")
+}
+
+/// `--status`: what the checkpoint says, read without its lock.
+fn print_status(input: &Path, checkpoint: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let snapshot = Checkpoint::inspect(checkpoint)?;
+    let input_len = std::fs::metadata(input).map(|meta| meta.len()).ok();
+    let mut out = io::stdout().lock();
+    let exists = if checkpoint.exists() {
+        ""
+    } else {
+        " (none yet)"
+    };
+    writeln!(out, "checkpoint: {}{exists}", checkpoint.display())?;
+    let position = snapshot.position;
+    let of = match input_len {
+        Some(0) => " of 0 (100.0%)".to_string(),
+        Some(len) => format!(
+            " of {len} ({:.1}%)",
+            100.0 * position.offset() as f64 / len as f64
+        ),
+        None => " (input not found)".to_string(),
+    };
+    writeln!(
+        out,
+        "position: line {}, byte {}{of}",
+        position.line(),
+        position.offset()
+    )?;
+    if !snapshot.done_beyond.is_empty() {
+        writeln!(
+            out,
+            "done beyond the position: {} line(s)",
+            snapshot.done_beyond.len()
+        )?;
+    }
+    let complete = input_len == Some(position.offset())
+        && snapshot.done_beyond.is_empty()
+        && snapshot.failed.is_empty();
+    if complete {
+        writeln!(out, "complete")?;
+    }
+    writeln!(out, "failed: {} line(s)", snapshot.failed.len())?;
+    let mut reader = File::open(input).ok().map(BufReader::new);
+    let mut buf = Vec::new();
+    for failed in &snapshot.failed {
+        let content = match reader.as_mut().map(|r| failed.read_from(r, &mut buf)) {
+            Some(Ok(line)) => {
+                let text = String::from_utf8_lossy(line.as_bytes());
+                let text = text.trim_end_matches('\r');
+                let mut shown: String = text.chars().take(80).collect();
+                if shown.len() < text.len() {
+                    shown.push('…');
+                }
+                format!("{shown:?}")
+            }
+            Some(Err(_)) => "(changed in the input)".to_string(),
+            None => "(input not readable)".to_string(),
+        };
+        writeln!(
+            out,
+            "  line {} {content}, {} attempt(s): {}",
+            failed.line(),
+            failed.attempts(),
+            indent(failed.error()),
+        )?;
+    }
+    Ok(())
+}
+
+/// `args` with `flag` inserted after the program name, unless it is among
+/// the options already (before `--`).
+fn with_flag(args: impl Iterator<Item = OsString>, flag: &str) -> Vec<OsString> {
+    let mut args: Vec<OsString> = args.collect();
+    let options_end = args
+        .iter()
+        .position(|arg| arg == "--")
+        .unwrap_or(args.len());
+    if !args[..options_end].iter().any(|arg| arg == flag) {
+        args.insert(options_end.min(1), flag.into());
+    }
+    args
+}
+
+/// A command line to copy into a POSIX shell.
+fn shell_words(args: impl IntoIterator<Item = OsString>) -> String {
+    let quoted: Vec<String> = args
+        .into_iter()
+        .map(|arg| {
+            let text = arg.to_string_lossy();
+            let plain = !text.is_empty()
+                && text
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-./=:,+@%".contains(&b));
+            if plain {
+                text.into_owned()
+            } else {
+                format!("'{}'", text.replace('\'', r"'\''"))
+            }
+        })
+        .collect();
+    quoted.join(" ")
+}
