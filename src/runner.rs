@@ -108,7 +108,10 @@ impl Report {
 ///
 /// - With one worker (the default) lines run strictly in order, on the
 ///   calling thread.
-/// - With `n` workers, lines run on `n` threads and finish in any order. The
+/// - With `n` workers, lines run on `n` threads and finish in any order. Up
+///   to `2n` lines are handed to the workers at a time (running, queued, or
+///   finished with the result on its way back), so after a crash at most
+///   `2n` lines plus the unsynced group are done again. The
 ///   checkpoint records the low watermark (everything before it is finished)
 ///   plus the lines finished beyond it, so a restart skips exactly the
 ///   finished lines. At most [`window`](Runner::window) lines are in flight
