@@ -47,7 +47,8 @@ fn size_of(i: u64) -> usize {
 fn faults_of(i: u64, size: u64) -> Vec<Fault> {
     match i {
         13 => vec![Fault::DropAfter(size / 2), Fault::NewVersion],
-        17 => vec![Fault::Slow(48 << 10)],
+        // About 400 KiB at 96 KiB/s.
+        18 => vec![Fault::Slow(96 << 10)],
         _ if i % 31 == 11 => vec![Fault::DropAfter(size / 3), Fault::IgnoreRange],
         _ if i % 29 == 7 => vec![Fault::Status {
             code: 500,
