@@ -13,6 +13,7 @@
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
+use std::time::Duration;
 
 use linemark::{Position, digest};
 use tempfile::TempDir;
@@ -81,4 +82,49 @@ pub fn remove_if_present(path: &Path) {
 /// A task that does nothing and never fails.
 pub fn no_op(_line: &linemark::Line<'_>) -> Result<(), std::convert::Infallible> {
     Ok(())
+}
+
+/// Whether the binary runs as a benchmark (`cargo bench` passes `--bench`),
+/// not as a quick test (`cargo test --benches`).
+pub fn is_bench_run() -> bool {
+    std::env::args().any(|arg| arg == "--bench")
+}
+
+/// Times `baseline` and `candidate` alternately, `rounds` times each, and
+/// prints the median of each and the median of the per-round ratios
+/// `baseline / candidate` (the candidate's throughput as a fraction of the
+/// baseline's). Alternating cancels the slow drifts in machine load that
+/// measuring one benchmark after the other, as criterion does, cannot.
+/// Each closure returns the time of one run.
+pub fn paired(
+    label: &str,
+    rounds: usize,
+    mut baseline: impl FnMut() -> Duration,
+    mut candidate: impl FnMut() -> Duration,
+) {
+    if !is_bench_run() {
+        return;
+    }
+    let mut base = Vec::with_capacity(rounds);
+    let mut cand = Vec::with_capacity(rounds);
+    let mut ratios = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let b = baseline();
+        let c = candidate();
+        ratios.push(b.as_secs_f64() / c.as_secs_f64());
+        base.push(b);
+        cand.push(c);
+    }
+    println!(
+        "{label}: paired over {rounds} alternating rounds: baseline median {:?}, \
+         candidate median {:?}, median ratio baseline/candidate {:.3}",
+        median(&mut base),
+        median(&mut cand),
+        median(&mut ratios),
+    );
+}
+
+fn median<T: PartialOrd + Copy>(values: &mut [T]) -> T {
+    values.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    values[values.len() / 2]
 }
