@@ -523,6 +523,7 @@ impl linemark::Observer for Progress {
                 line,
                 attempts,
                 error,
+                ..
             } => self.say(format!(
                 "each: line {line} failed after {attempts} attempt(s): {}",
                 indent(error),

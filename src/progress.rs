@@ -22,7 +22,7 @@ use crate::position::Position;
 ///         _ => String::new(),
 ///     }
 /// }
-/// let text = describe(&Event::Failed { line: 3, attempts: 1, error: "404" });
+/// let text = describe(&Event::Failed { line: 3, end_offset: 90, attempts: 1, error: "404" });
 /// assert_eq!(text, "line 3 failed: 404");
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +73,8 @@ pub enum Event<'a> {
     Failed {
         /// Line number.
         line: u64,
+        /// Byte offset just after the line.
+        end_offset: u64,
         /// Attempts made.
         attempts: u32,
         /// The task's last error message.

@@ -827,6 +827,7 @@ impl<'r, 'c> RunState<'r, 'c> {
         self.failed += 1;
         self.emit(&Event::Failed {
             line: failed.line(),
+            end_offset: failed.offset() + failed.len(),
             attempts: failed.attempts(),
             error: failed.error(),
         });

@@ -92,6 +92,7 @@ impl Progress {
                 line,
                 attempts,
                 error,
+                ..
             } => {
                 self.advance(line);
                 self.failed.fetch_add(1, Ordering::Relaxed);
