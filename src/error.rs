@@ -169,6 +169,15 @@ pub enum Error {
         valid_up_to: usize,
     },
 
+    /// A shard index that is not below the shard count.
+    #[error("shard {index} of {count} does not exist: the index must be below the count")]
+    InvalidShard {
+        /// The index given.
+        index: u64,
+        /// The count given.
+        count: u64,
+    },
+
     /// A line is longer than the configured limit.
     #[error(
         "{}: line {line} (byte {offset}) is longer than the limit of {limit} bytes",
@@ -225,6 +234,7 @@ impl Error {
             | Error::AmbiguousLastLine { path, .. }
             | Error::InvalidUtf8 { path, .. }
             | Error::LineTooLong { path, .. } => path.as_deref(),
+            Error::InvalidShard { .. } => None,
             Error::Locked { path }
             | Error::Corrupt { path, .. }
             | Error::NotACheckpoint { path }
@@ -245,6 +255,7 @@ impl From<Error> for io::Error {
             | Error::NotACheckpoint { .. }
             | Error::UnsupportedVersion { .. }
             | Error::LineTooLong { .. } => io::ErrorKind::InvalidData,
+            Error::InvalidShard { .. } => io::ErrorKind::InvalidInput,
             Error::InputChanged { .. }
             | Error::LastLineNotFound { .. }
             | Error::AmbiguousLastLine { .. } => io::ErrorKind::InvalidInput,

@@ -285,17 +285,10 @@ impl Runner {
     /// Processes only the lines whose 0-based index is `index` modulo
     /// `count` (line numbers `index + 1`, `index + 1 + count`, ...), with a
     /// checkpoint of its own. Shards `0..count` together cover every line
-    /// exactly once.
-    ///
-    /// # Panics
-    ///
-    /// When `index >= count`.
+    /// exactly once. An `index` that is not below `count` makes the run
+    /// fail with [`Error::InvalidShard`].
     pub fn shard(&mut self, index: u64, count: u64) -> &mut Runner {
-        assert!(
-            index < count,
-            "shard index {index} must be below the count {count}"
-        );
-        self.shard = (count > 1).then_some((index, count));
+        self.shard = (count != 1 || index != 0).then_some((index, count));
         self
     }
 
@@ -422,6 +415,11 @@ impl Runner {
     }
 
     fn open_checkpoint(&self, path: PathBuf) -> Result<Checkpoint> {
+        if let Some((index, count)) = self.shard {
+            if index >= count {
+                return Err(Error::InvalidShard { index, count });
+            }
+        }
         Checkpoint::builder().durability(self.durability).open(path)
     }
 
@@ -698,7 +696,7 @@ impl<S: BufRead + Seek, R: BufRead> Feed for FailedLines<'_, S, R> {
                 run.done += 1;
                 run.emit(&Event::Done {
                     line: result.line,
-                    end_offset: before.offset() + before.len(),
+                    end_offset: before.offset().saturating_add(before.len()),
                 });
                 run.checkpoint.commit_resolved(result.line)
             }
@@ -827,7 +825,7 @@ impl<'r, 'c> RunState<'r, 'c> {
         self.failed += 1;
         self.emit(&Event::Failed {
             line: failed.line(),
-            end_offset: failed.offset() + failed.len(),
+            end_offset: failed.offset().saturating_add(failed.len()),
             attempts: failed.attempts(),
             error: failed.error(),
         });

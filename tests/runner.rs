@@ -493,3 +493,20 @@ fn content_seek_mode_resumes_after_finished_lines_were_removed() {
     let report = Runner::new().run(&input, &names).unwrap();
     assert_eq!(report.done, 0);
 }
+
+#[test]
+fn an_impossible_shard_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = input_with(dir.path(), 3);
+    let ok = |_: &Line<'_>| -> Result<(), Failure> { Ok(()) };
+    for (index, count) in [(3, 3), (0, 0), (7, 2)] {
+        let err = Runner::new()
+            .shard(index, count)
+            .run(&input, &ok)
+            .unwrap_err();
+        assert!(
+            matches!(err, linemark::Error::InvalidShard { index: i, count: c } if (i, c) == (index, count)),
+            "{err}"
+        );
+    }
+}
