@@ -686,7 +686,7 @@ impl Checkpoint {
     /// assert_eq!(checkpoint.position().offset(), 4);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    #[inline]
+    #[inline(always)]
     pub fn commit_line(&mut self, line: &Line<'_>) -> Result<()> {
         if !self.state.done.is_empty() {
             self.state.done = self.state.done.split_off(&(line.number() + 1));
@@ -781,7 +781,7 @@ impl Checkpoint {
         self.note_commit()
     }
 
-    #[inline]
+    #[inline(always)]
     fn note_commit(&mut self) -> Result<()> {
         self.pending.count += 1;
         if self.timer.is_none() && self.pending.since.is_none() {
@@ -801,7 +801,7 @@ impl Checkpoint {
     /// # Errors
     ///
     /// [`Error::Io`] when the write or sync fails.
-    #[inline]
+    #[inline(always)]
     pub fn flush_if_due(&mut self) -> Result<()> {
         if self.pending.is_empty() {
             return Ok(());
@@ -852,6 +852,8 @@ impl Checkpoint {
 
     /// Appends the pending records, or rewrites the file when appending is
     /// not possible, then compacts if the file grew too large.
+    #[cold]
+    #[inline(never)]
     fn write_pending(&mut self, sync: bool) -> Result<()> {
         self.settle();
         if let Some(timer) = &self.timer {

@@ -898,14 +898,33 @@ impl Shared {
 
     /// Runs the task on a line until it succeeds, fails for good, or the
     /// run stops. Backoff waits on `sleeper`, so a stop ends them at once.
+    #[inline]
     fn attempt<T: Task>(&self, task: &T, line: &Line<'_>, sleeper: &StopToken) -> Outcome {
-        self.emit(&Event::Started {
-            line: line.number(),
-            offset: line.offset(),
-        });
+        if self.observer.is_some() {
+            self.emit(&Event::Started {
+                line: line.number(),
+                offset: line.offset(),
+            });
+        }
+        match run_once(task, line) {
+            Ok(Ok(())) => Outcome::Done,
+            first => self.after_failure(task, line, sleeper, first),
+        }
+    }
+
+    /// The retries after a failed first attempt, kept out of the hot path.
+    #[cold]
+    #[inline(never)]
+    fn after_failure<T: Task>(
+        &self,
+        task: &T,
+        line: &Line<'_>,
+        sleeper: &StopToken,
+        first: std::thread::Result<Result<(), T::Error>>,
+    ) -> Outcome {
+        let mut result = first;
         let mut attempt = 1u32;
         loop {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.run(line)));
             let (message, retryable, hint) = match result {
                 Ok(Ok(())) => return Outcome::Done,
                 Ok(Err(err)) => (
@@ -936,8 +955,15 @@ impl Shared {
             }
             self.retried.fetch_add(1, Ordering::Relaxed);
             attempt += 1;
+            result = run_once(task, line);
         }
     }
+}
+
+/// One attempt; a panic in the task is caught and becomes a failure.
+#[inline]
+fn run_once<T: Task>(task: &T, line: &Line<'_>) -> std::thread::Result<Result<(), T::Error>> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.run(line)))
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

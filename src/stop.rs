@@ -50,6 +50,7 @@ impl StopToken {
 
     /// Whether the token has fired.
     #[must_use]
+    #[inline]
     pub fn is_stopped(&self) -> bool {
         self.inner.stopped.load(Ordering::SeqCst)
     }
