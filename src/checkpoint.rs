@@ -130,6 +130,18 @@ impl Default for Durability {
 pub struct CheckpointBuilder {
     durability: Durability,
     compact_at: u64,
+    before_write: Option<BeforeWrite>,
+}
+
+/// A hook run before records are written; see
+/// [`CheckpointBuilder::before_write`].
+#[derive(Clone)]
+pub(crate) struct BeforeWrite(pub(crate) Arc<dyn Fn() -> io::Result<()> + Send + Sync>);
+
+impl std::fmt::Debug for BeforeWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BeforeWrite(..)")
+    }
 }
 
 impl Default for CheckpointBuilder {
@@ -148,7 +160,57 @@ impl CheckpointBuilder {
         CheckpointBuilder {
             durability: Durability::default(),
             compact_at: CheckpointBuilder::DEFAULT_COMPACT_AT,
+            before_write: None,
         }
+    }
+
+    /// Runs `hook` before every write of records to the file, and writes
+    /// nothing if it fails. A job whose lines have effects that are not
+    /// durable yet when the line is committed makes them durable here, once
+    /// per write instead of once per line: a downloader that renames each
+    /// finished file syncs the output directory in the hook, so a line is
+    /// never recorded as finished before its file's name is on disk.
+    ///
+    /// # Errors
+    ///
+    /// A failing hook makes the write fail with [`Error::Io`]; the commits
+    /// stay in memory for the next write.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    /// use linemark::{Checkpoint, Durability, Position};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let calls = Arc::new(AtomicUsize::new(0));
+    /// let seen = Arc::clone(&calls);
+    /// let mut checkpoint = Checkpoint::builder()
+    ///     .durability(Durability::EveryCommit)
+    ///     .before_write(move || {
+    ///         seen.fetch_add(1, Ordering::SeqCst);
+    ///         Ok(())
+    ///     })
+    ///     .open(dir.path().join("job.checkpoint"))?;
+    /// checkpoint.commit(Position::start().after(b"a\n"))?;
+    /// assert_eq!(calls.load(Ordering::SeqCst), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn before_write(
+        &mut self,
+        hook: impl Fn() -> io::Result<()> + Send + Sync + 'static,
+    ) -> &mut CheckpointBuilder {
+        self.before_write = Some(BeforeWrite(Arc::new(hook)));
+        self
+    }
+
+    pub(crate) fn before_write_hook(
+        &mut self,
+        hook: Option<BeforeWrite>,
+    ) -> &mut CheckpointBuilder {
+        self.before_write = hook;
+        self
     }
 
     /// When commits reach the disk.
@@ -198,6 +260,7 @@ impl CheckpointBuilder {
             _lock: lock,
             file,
             durability: self.durability,
+            before_write: self.before_write.clone(),
             max_records: self.durability.batch().0,
             max_delay: self.durability.batch().1,
             compact_at: self.compact_at,
@@ -313,6 +376,7 @@ pub struct Checkpoint {
     /// The checkpoint opened for appending; `None` until the file exists.
     file: Option<File>,
     durability: Durability,
+    before_write: Option<BeforeWrite>,
     /// The group limits of `durability`.
     max_records: u32,
     max_delay: Duration,
@@ -862,6 +926,9 @@ impl Checkpoint {
         if self.needs_rewrite || self.file.is_none() {
             return self.rewrite();
         }
+        if !self.pending.is_empty() {
+            self.run_before_write()?;
+        }
         if self.pending.is_empty() && self.truncate_to.is_none() {
             if sync
                 && self.unsynced
@@ -927,6 +994,14 @@ impl Checkpoint {
         Ok(())
     }
 
+    fn run_before_write(&self) -> Result<()> {
+        match &self.before_write {
+            Some(hook) => (hook.0)()
+                .map_err(|err| Error::io(Some(&self.path), "running the before-write hook", err)),
+            None => Ok(()),
+        }
+    }
+
     /// After a failed write or sync the file's contents are uncertain, so
     /// the next write replaces it whole.
     fn fail(&mut self, action: &'static str, err: io::Error) -> Error {
@@ -942,6 +1017,7 @@ impl Checkpoint {
 
     fn rewrite_until(&mut self, stop: RewriteStep) -> Result<()> {
         self.settle();
+        self.run_before_write()?;
         let snapshot = self.state.snapshot();
         let dir = parent_dir(&self.path);
         let err = |action, err| Error::io(Some(&self.path), action, err);

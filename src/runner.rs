@@ -11,7 +11,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::checkpoint::{Checkpoint, Durability};
+use crate::checkpoint::{BeforeWrite, Checkpoint, Durability};
 use crate::error::{Error, Result};
 use crate::failed::FailedLine;
 use crate::line::{Line, LineReader};
@@ -168,6 +168,7 @@ pub struct Runner {
     shard: Option<(u64, u64)>,
     max_line_len: Option<usize>,
     seek: SeekMode,
+    before_write: Option<BeforeWrite>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -183,6 +184,7 @@ impl std::fmt::Debug for Runner {
             .field("shard", &self.shard)
             .field("max_line_len", &self.max_line_len)
             .field("seek", &self.seek)
+            .field("before_write", &self.before_write.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -218,6 +220,7 @@ impl Runner {
             shard: None,
             max_line_len: None,
             seek: SeekMode::default(),
+            before_write: None,
         }
     }
 
@@ -295,6 +298,18 @@ impl Runner {
     /// Refuses lines longer than `bytes` with [`Error::LineTooLong`].
     pub fn max_line_len(&mut self, bytes: usize) -> &mut Runner {
         self.max_line_len = Some(bytes);
+        self
+    }
+
+    /// Runs `hook` before every write of the checkpoint, so that effects
+    /// of finished lines that are not durable yet can be made durable once
+    /// per write rather than once per line. See
+    /// [`CheckpointBuilder::before_write`](crate::CheckpointBuilder::before_write).
+    pub fn before_checkpoint_write(
+        &mut self,
+        hook: impl Fn() -> std::io::Result<()> + Send + Sync + 'static,
+    ) -> &mut Runner {
+        self.before_write = Some(BeforeWrite(Arc::new(hook)));
         self
     }
 
@@ -420,7 +435,10 @@ impl Runner {
                 return Err(Error::InvalidShard { index, count });
             }
         }
-        Checkpoint::builder().durability(self.durability).open(path)
+        Checkpoint::builder()
+            .durability(self.durability)
+            .before_write_hook(self.before_write.clone())
+            .open(path)
     }
 
     fn line_reader<R: BufRead>(&self, reader: R, at: Position) -> LineReader<R> {

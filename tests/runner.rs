@@ -510,3 +510,61 @@ fn an_impossible_shard_is_an_error_not_a_panic() {
         );
     }
 }
+
+#[test]
+fn the_before_write_hook_runs_before_every_checkpoint_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = input_with(dir.path(), 50);
+    // Effects of finished lines become "durable" only in the hook.
+    let pending = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let durable = std::sync::Arc::new(Mutex::new(Vec::<u64>::new()));
+    let task = {
+        let pending = std::sync::Arc::clone(&pending);
+        move |line: &Line<'_>| -> Result<(), Failure> {
+            pending.lock().unwrap().push(line.number());
+            Ok(())
+        }
+    };
+    let (from, to) = (
+        std::sync::Arc::clone(&pending),
+        std::sync::Arc::clone(&durable),
+    );
+    let checkpoint_path = dir.path().join("hooked.checkpoint");
+    let watched = checkpoint_path.clone();
+    let report = Runner::new()
+        .checkpoint(&checkpoint_path)
+        .workers(4)
+        .durability(Durability::group(7, Duration::from_secs(3600)))
+        .before_checkpoint_write(move || {
+            // Whatever the file recorded so far must already be durable.
+            let recorded = Checkpoint::inspect(&watched).unwrap().position.line();
+            let mut made = to.lock().unwrap();
+            assert!(
+                (1..=recorded).all(|n| made.contains(&n)),
+                "the checkpoint recorded line {recorded} before its effect was durable"
+            );
+            made.append(&mut from.lock().unwrap());
+            Ok(())
+        })
+        .run(&input, &task)
+        .unwrap();
+    assert!(report.is_complete());
+    let mut made = durable.lock().unwrap().clone();
+    made.sort_unstable();
+    assert_eq!(made, (1..=50).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_failing_before_write_hook_fails_the_run_and_records_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = input_with(dir.path(), 5);
+    let ok = |_: &Line<'_>| -> Result<(), Failure> { Ok(()) };
+    let err = Runner::new()
+        .durability(Durability::EveryCommit)
+        .before_checkpoint_write(|| Err(std::io::Error::other("output directory gone")))
+        .run(&input, &ok)
+        .unwrap_err();
+    assert!(err.to_string().contains("output directory gone"), "{err}");
+    let snapshot = Checkpoint::inspect(Runner::new().checkpoint_path(&input)).unwrap();
+    assert!(snapshot.position.is_start());
+}
