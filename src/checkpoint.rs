@@ -930,10 +930,8 @@ impl Checkpoint {
             self.run_before_write()?;
         }
         if self.pending.is_empty() && self.truncate_to.is_none() {
-            if sync
-                && self.unsynced
-                && let Some(file) = &self.file
-            {
+            let file = self.file.as_ref().filter(|_| sync && self.unsynced);
+            if let Some(file) = file {
                 // Records written earlier without a sync (NoSync) are made
                 // durable now.
                 file.sync_data()
