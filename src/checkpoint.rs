@@ -1,7 +1,7 @@
 //! The checkpoint file: an append-and-fsync log of progress records,
 //! recovered on open and compacted by atomic rewrite.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -57,7 +57,9 @@ pub enum Durability {
     Group {
         /// Commits per sync at most.
         max_records: u32,
-        /// Time from the first unsynced commit to its sync at most.
+        /// Time from the first unsynced commit to its sync at most, as long as
+        /// commits keep coming (the delay is acted on at the next commit or
+        /// [`Checkpoint::flush_if_due`]).
         max_delay: Duration,
     },
     /// Records are written on the group schedule but never explicitly
@@ -301,7 +303,8 @@ impl CheckpointBuilder {
 /// Commits reach the disk according to the [`Durability`] chosen when
 /// opening. [`sync`](Checkpoint::sync) and [`close`](Checkpoint::close) make
 /// everything committed durable and report errors; dropping a `Checkpoint`
-/// does the same on a best-effort basis, ignoring errors. After a failed
+/// writes what is pending on a best-effort basis, ignoring errors, and syncs
+/// it unless the durability is [`Durability::NoSync`]. After a failed
 /// write or sync (a full disk, say), the state in memory is kept and the next
 /// write replaces the whole file atomically, so no recorded progress is lost.
 ///
@@ -316,7 +319,8 @@ impl CheckpointBuilder {
 /// linemark-checkpoint version=1 crc=…                    header, always first
 /// pos offset=O line=N len=L digest=D crc=…               lines 1..=N are finished; the next starts at byte O;
 ///                                                        line N is L bytes long (newline included), digest D
-/// done line=N crc=…                                      line N (after the last pos) is finished too
+/// done line=N offset=O len=L digest=D crc=…              line N (after the last pos), starting at byte O,
+///                                                        L bytes long, digest D, is finished too
 /// failed line=N offset=O len=L digest=D attempts=A error="…" crc=…
 ///                                                        line N failed for good after A attempts
 /// resolved line=N crc=…                                  line N, failed before, is now finished
@@ -326,7 +330,10 @@ impl CheckpointBuilder {
 /// with `\\`, `\"`, `\n`, `\r`, `\t` and `\u{…}` escapes. The state is the
 /// result of applying the records in order; a `pos` drops the `done` lines it
 /// covers. Compaction rewrites the file as the header, one `pos`, and the
-/// `done` and `failed` records still in force.
+/// `done` and `failed` records still in force. `done` and `failed` records
+/// carry the line's offset, length and digest so that a later run checks the
+/// line is still the same before skipping or retrying it
+/// ([`Checkpoint::is_recorded`]).
 ///
 /// Recovery: a damaged or incomplete record that is followed only by other
 /// damaged or incomplete data is the torn end of an interrupted write; it is
@@ -434,7 +441,8 @@ pub struct Snapshot {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct State {
     position: Position,
-    done: BTreeSet<u64>,
+    /// Lines finished beyond the position: the position just after each.
+    done: BTreeMap<u64, Position>,
     failed: BTreeMap<u64, FailedLine>,
 }
 
@@ -443,9 +451,9 @@ impl State {
         match record {
             Record::Header { .. } => {}
             Record::Position(position) => self.advance(position),
-            Record::Done { line } => {
-                if line > self.position.line() {
-                    self.done.insert(line);
+            Record::Done(end) => {
+                if end.line() > self.position.line() {
+                    self.done.insert(end.line(), end);
                 }
             }
             Record::Failed(failed) => {
@@ -466,8 +474,8 @@ impl State {
         let mut out = String::new();
         Record::Header { version: VERSION }.encode(&mut out);
         Record::Position(self.position).encode(&mut out);
-        for &line in &self.done {
-            Record::Done { line }.encode(&mut out);
+        for &end in self.done.values() {
+            Record::Done(end).encode(&mut out);
         }
         for failed in self.failed.values() {
             Record::Failed(failed.clone()).encode(&mut out);
@@ -649,7 +657,7 @@ impl Checkpoint {
         let loaded = load(path.as_ref())?;
         Ok(Snapshot {
             position: loaded.state.position,
-            done_beyond: loaded.state.done.into_iter().collect(),
+            done_beyond: loaded.state.done.into_keys().collect(),
             failed: loaded.state.failed.into_values().collect(),
         })
     }
@@ -657,7 +665,45 @@ impl Checkpoint {
     /// Lines after [`position`](Checkpoint::position) that are finished too,
     /// in increasing order.
     pub fn done_beyond(&self) -> impl Iterator<Item = u64> + '_ {
-        self.state.done.iter().copied()
+        self.state.done.keys().copied()
+    }
+
+    /// Whether `line`, beyond the position, is already dealt with: recorded
+    /// as done or as failed. A recorded line is checked against the line
+    /// read now (offset, length and digest), so lines that moved are never
+    /// skipped by mistake.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InputChanged`] when the input holds another line under that
+    /// number than the one recorded.
+    pub fn is_recorded(&self, line: &Line<'_>) -> Result<bool> {
+        let number = line.number();
+        if let Some(end) = self.state.done.get(&number) {
+            let raw = line.raw();
+            let same = line.offset() + raw.len() as u64 == end.offset()
+                && raw.len() as u64 == end.last_len()
+                && crate::position::digest(raw) == end.last_digest();
+            if !same {
+                return Err(Error::InputChanged {
+                    path: None,
+                    line: number,
+                    offset: line.offset(),
+                    expected: crate::line::describe(end.last_len(), end.last_digest(), None),
+                    found: crate::line::describe(
+                        raw.len() as u64,
+                        crate::position::digest(raw),
+                        Some(&raw[..raw.len().min(40)]),
+                    ),
+                });
+            }
+            return Ok(true);
+        }
+        if let Some(failed) = self.state.failed.get(&number) {
+            failed.check(line)?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 
     /// Whether the line with this 1-based number is finished (before the
@@ -666,14 +712,14 @@ impl Checkpoint {
     #[must_use]
     pub fn is_done(&self, line: u64) -> bool {
         (line <= self.position_line() && !self.state.failed.contains_key(&line))
-            || self.state.done.contains(&line)
+            || self.state.done.contains_key(&line)
     }
 
     /// The highest line number recorded as done beyond the position or as
     /// failed (0 if none): no line after it can be skipped.
     #[must_use]
     pub fn last_recorded_line(&self) -> u64 {
-        let done = self.state.done.last().copied().unwrap_or(0);
+        let done = self.state.done.keys().next_back().copied().unwrap_or(0);
         let failed = self.state.failed.keys().next_back().copied().unwrap_or(0);
         done.max(failed)
     }
@@ -691,6 +737,9 @@ impl Checkpoint {
 
     /// Records that everything before `position` is finished.
     ///
+    /// Positions normally only move forward. A position before the current
+    /// one is recorded as given: the lines after it will be done again.
+    ///
     /// # Durability
     ///
     /// Durable when this returns with [`Durability::EveryCommit`]; otherwise
@@ -699,8 +748,12 @@ impl Checkpoint {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] when a write or sync due now fails. The commit is kept
-    /// in memory and written by the next successful write.
+    /// [`Error::InvalidPosition`] for a position no input can have (lines
+    /// are numbered from 1 and are at least one byte long); nothing is
+    /// recorded. [`Error::Io`] when a write, sync or compaction due now
+    /// fails. The commit is kept in memory and written again by the next
+    /// successful write (it may already be on disk, if only the compaction
+    /// after it failed).
     ///
     /// # Examples
     ///
@@ -716,6 +769,7 @@ impl Checkpoint {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn commit(&mut self, position: Position) -> Result<()> {
+        check_position(position)?;
         self.last_line.active = false;
         self.state.advance(position);
         self.pending.position = true;
@@ -752,6 +806,13 @@ impl Checkpoint {
     /// ```
     #[inline(always)]
     pub fn commit_line(&mut self, line: &Line<'_>) -> Result<()> {
+        let (number, len) = (line.number(), line.raw().len() as u64);
+        if number == 0 || len == 0 || number > line.offset().saturating_add(len) {
+            return Err(Error::InvalidPosition {
+                line: number,
+                offset: line.offset(),
+            });
+        }
         if !self.state.done.is_empty() {
             self.state.done = self.state.done.split_off(&(line.number() + 1));
         }
@@ -765,9 +826,11 @@ impl Checkpoint {
         self.note_commit()
     }
 
-    /// Records that the line with this 1-based number, beyond the current
-    /// position, is finished (for lines that finish out of order). Ignored
-    /// for a line the position already covers.
+    /// Records that a line beyond the current position is finished (for
+    /// lines that finish out of order), given as the position just after it
+    /// ([`Line::end_position`]), so a later run can check it is still the
+    /// same line before skipping it. Ignored for a line the position already
+    /// covers.
     ///
     /// # Durability
     ///
@@ -776,8 +839,10 @@ impl Checkpoint {
     /// # Errors
     ///
     /// As [`commit`](Checkpoint::commit).
-    pub fn commit_done(&mut self, line: u64) -> Result<()> {
-        if line <= self.position_line() || !self.state.done.insert(line) {
+    pub fn commit_done(&mut self, end: Position) -> Result<()> {
+        check_position(end)?;
+        let line = end.line();
+        if line <= self.position_line() || self.state.done.insert(line, end).is_some() {
             return Ok(());
         }
         self.pending.done.push(line);
@@ -795,6 +860,12 @@ impl Checkpoint {
     ///
     /// As [`commit`](Checkpoint::commit).
     pub fn commit_failed(&mut self, failed: FailedLine) -> Result<()> {
+        if failed.line() == 0 || failed.len() == 0 {
+            return Err(Error::InvalidPosition {
+                line: failed.line(),
+                offset: failed.offset(),
+            });
+        }
         self.state.failed.insert(failed.line(), failed.clone());
         self.pending.failed.push(Record::Failed(failed));
         self.note_commit()
@@ -833,11 +904,41 @@ impl Checkpoint {
     /// As [`commit`](Checkpoint::commit).
     pub fn rebase(&mut self, position: Position) -> Result<()> {
         self.settle();
-        let old = self.state.position.line();
-        let new = position.line();
+        let old = self.state.position;
+        // Lines and bytes move by the same amount as the position did; a
+        // record that would move before the start of the input is dropped
+        // (its line was removed). Every moved record is checked against the
+        // input before it is relied on.
+        let shift = |line: u64, offset: u64| -> Option<(u64, u64)> {
+            let line = line.checked_sub(old.line())?.checked_add(position.line())?;
+            let offset = (i128::from(offset) - i128::from(old.offset())
+                + i128::from(position.offset()))
+            .try_into()
+            .ok()?;
+            Some((line, offset))
+        };
         self.state.done = std::mem::take(&mut self.state.done)
-            .into_iter()
-            .filter_map(|line| (line - old).checked_add(new))
+            .into_values()
+            .filter_map(|end| {
+                let (line, offset) = shift(end.line(), end.offset())?;
+                let end = Position::from_parts(offset, line, end.last_len(), end.last_digest())?;
+                Some((line, end))
+            })
+            .collect();
+        self.state.failed = std::mem::take(&mut self.state.failed)
+            .into_values()
+            .filter_map(|failed| {
+                let line = (i128::from(failed.line()) - i128::from(old.line())
+                    + i128::from(position.line()))
+                .try_into()
+                .ok()
+                .filter(|&line: &u64| line > 0)?;
+                let offset = (i128::from(failed.offset()) - i128::from(old.offset())
+                    + i128::from(position.offset()))
+                .try_into()
+                .ok()?;
+                Some((line, failed.moved(line, offset)))
+            })
             .collect();
         self.state.position = position;
         self.needs_rewrite = true;
@@ -860,7 +961,8 @@ impl Checkpoint {
     ///
     /// # Durability
     ///
-    /// Pending commits are durable when this returns if they were due.
+    /// Pending commits that were due are durable when this returns, except
+    /// with [`Durability::NoSync`], where they are only written.
     ///
     /// # Errors
     ///
@@ -949,9 +1051,9 @@ impl Checkpoint {
         if self.pending.position {
             Record::Position(self.state.position).encode(&mut out);
         }
-        for &line in &self.pending.done {
-            if self.state.done.contains(&line) {
-                Record::Done { line }.encode(&mut out);
+        for line in &self.pending.done {
+            if let Some(&end) = self.state.done.get(line) {
+                Record::Done(end).encode(&mut out);
             }
         }
         let Some(file) = self.file.as_mut() else {
@@ -1069,6 +1171,22 @@ impl Drop for Checkpoint {
     }
 }
 
+/// Refuses a position that no input can have, before it reaches the file
+/// (where it would make the next open fail).
+fn check_position(position: Position) -> Result<()> {
+    Position::from_parts(
+        position.offset(),
+        position.line(),
+        position.last_len(),
+        position.last_digest(),
+    )
+    .map(|_| ())
+    .ok_or(Error::InvalidPosition {
+        line: position.line(),
+        offset: position.offset(),
+    })
+}
+
 fn lock_path(path: &Path) -> PathBuf {
     let mut name = OsString::from(path.as_os_str());
     name.push(".lock");
@@ -1123,10 +1241,12 @@ fn parent_dir(path: &Path) -> &Path {
     }
 }
 
+/// `.NAME.linemark-tmp.`: the marker keeps the leftovers of checkpoint
+/// `a` apart from those of a checkpoint named `a.b` in the same directory.
 fn temp_prefix(path: &Path) -> OsString {
     let mut prefix = OsString::from(".");
     prefix.push(path.file_name().unwrap_or_default());
-    prefix.push(".");
+    prefix.push(".linemark-tmp.");
     prefix
 }
 
@@ -1282,6 +1402,11 @@ mod tests {
             .unwrap()
     }
 
+    /// The position after line `n` of the input `positions` describes.
+    fn done(n: u64) -> Position {
+        positions(n as usize)[n as usize - 1]
+    }
+
     fn positions(n: usize) -> Vec<Position> {
         let mut pos = Position::start();
         (0..n)
@@ -1425,7 +1550,7 @@ mod tests {
             let all = positions(3);
             let mut checkpoint = open_strict(&path);
             checkpoint.commit(all[0]).unwrap();
-            checkpoint.commit_done(3).unwrap();
+            checkpoint.commit_done(done(3)).unwrap();
             checkpoint.commit(all[1]).unwrap();
             // The state being compacted is (line 2, done 3).
             checkpoint.rewrite_until(step).unwrap();
@@ -1457,11 +1582,11 @@ mod tests {
         for (i, pos) in all.iter().enumerate() {
             checkpoint.commit(*pos).unwrap();
             if i % 7 == 0 {
-                checkpoint.commit_done(pos.line() + 2).unwrap();
+                checkpoint.commit_done(done(pos.line() + 2)).unwrap();
             }
             max_len = max_len.max(fs::metadata(&path).unwrap().len());
         }
-        checkpoint.commit_done(502).unwrap();
+        checkpoint.commit_done(done(502)).unwrap();
         let failed = FailedLine::from_parts(9, 100, 10, 1, 3, "gone".into());
         checkpoint.commit_failed(failed.clone()).unwrap();
         checkpoint.close().unwrap();
@@ -1545,7 +1670,7 @@ mod tests {
             .durability(Durability::group(2, Duration::from_secs(3600)))
             .open(&path)
             .unwrap();
-        checkpoint.commit_done(3).unwrap();
+        checkpoint.commit_done(done(3)).unwrap();
         let mut expected = Position::start();
         while let Some(line) = lines.next_line().unwrap() {
             expected = expected.after(line.raw());
@@ -1580,8 +1705,8 @@ mod tests {
         let path = dir.path().join("c");
         let all = positions(6);
         let mut checkpoint = open_strict(&path);
-        checkpoint.commit_done(3).unwrap();
-        checkpoint.commit_done(5).unwrap();
+        checkpoint.commit_done(done(3)).unwrap();
+        checkpoint.commit_done(done(5)).unwrap();
         checkpoint.commit(all[0]).unwrap();
         checkpoint
             .commit_failed(FailedLine::from_parts(
@@ -1615,7 +1740,7 @@ mod tests {
         let all = positions(6);
         let mut checkpoint = open_strict(&path);
         checkpoint.commit(all[3]).unwrap();
-        checkpoint.commit_done(6).unwrap();
+        checkpoint.commit_done(done(6)).unwrap();
         // The input lost its first two lines: line 4 is now line 2.
         let moved = Position::from_parts(
             all[3].offset() - all[1].offset(),
@@ -1629,6 +1754,52 @@ mod tests {
         let reopened = open_strict(&path);
         assert_eq!(reopened.position(), moved);
         assert_eq!(reopened.done_beyond().collect::<Vec<_>>(), vec![4]);
+    }
+
+    #[test]
+    fn impossible_positions_are_refused_before_they_reach_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c");
+        let mut checkpoint = open_strict(&path);
+        for line in [
+            Line::new(b"a\n", 0, 0),
+            Line::new(b"", 1, 0),
+            Line::new(b"a\n", 9, 0),
+        ] {
+            assert!(matches!(
+                checkpoint.commit_line(&line),
+                Err(Error::InvalidPosition { .. })
+            ));
+        }
+        let bad = Position::from_parts_unchecked(1, 0, 1, 0);
+        assert!(matches!(
+            checkpoint.commit(bad),
+            Err(Error::InvalidPosition { .. })
+        ));
+        assert!(matches!(
+            checkpoint.commit_done(bad),
+            Err(Error::InvalidPosition { .. })
+        ));
+        let empty = FailedLine::from_parts(1, 0, 0, 0, 1, "x".into());
+        assert!(matches!(
+            checkpoint.commit_failed(empty),
+            Err(Error::InvalidPosition { .. })
+        ));
+        checkpoint.commit_line(&Line::new(b"a\n", 1, 0)).unwrap();
+        drop(checkpoint);
+        assert_eq!(open_strict(&path).position().line(), 1);
+    }
+
+    #[test]
+    fn opening_leaves_the_temp_files_of_a_similarly_named_checkpoint_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join(".a.b.linemark-tmp.XYZ123.tmp");
+        let own = dir.path().join(".a.linemark-tmp.XYZ123.tmp");
+        fs::write(&other, "in progress").unwrap();
+        fs::write(&own, "left by a crash").unwrap();
+        let _checkpoint = open_strict(&dir.path().join("a"));
+        assert!(other.exists());
+        assert!(!own.exists());
     }
 
     #[test]

@@ -169,6 +169,19 @@ pub enum Error {
         valid_up_to: usize,
     },
 
+    /// A commit of a position that no input can have: a line numbered 0, a
+    /// line of no bytes, or more lines than bytes. It is refused before it
+    /// reaches the checkpoint file.
+    #[error(
+        "cannot commit line {line} at byte {offset}: lines are numbered from 1 and each is at least one byte long"
+    )]
+    InvalidPosition {
+        /// The line number given.
+        line: u64,
+        /// The byte offset given.
+        offset: u64,
+    },
+
     /// A shard index that is not below the shard count.
     #[error("shard {index} of {count} does not exist: the index must be below the count")]
     InvalidShard {
@@ -234,7 +247,7 @@ impl Error {
             | Error::AmbiguousLastLine { path, .. }
             | Error::InvalidUtf8 { path, .. }
             | Error::LineTooLong { path, .. } => path.as_deref(),
-            Error::InvalidShard { .. } => None,
+            Error::InvalidShard { .. } | Error::InvalidPosition { .. } => None,
             Error::Locked { path }
             | Error::Corrupt { path, .. }
             | Error::NotACheckpoint { path }
@@ -255,7 +268,9 @@ impl From<Error> for io::Error {
             | Error::NotACheckpoint { .. }
             | Error::UnsupportedVersion { .. }
             | Error::LineTooLong { .. } => io::ErrorKind::InvalidData,
-            Error::InvalidShard { .. } => io::ErrorKind::InvalidInput,
+            Error::InvalidShard { .. } | Error::InvalidPosition { .. } => {
+                io::ErrorKind::InvalidInput
+            }
             Error::InputChanged { .. }
             | Error::LastLineNotFound { .. }
             | Error::AmbiguousLastLine { .. } => io::ErrorKind::InvalidInput,

@@ -63,6 +63,15 @@ impl FailedLine {
         }
     }
 
+    /// The same record for a line that moved to another number and offset.
+    pub(crate) fn moved(&self, line: u64, offset: u64) -> FailedLine {
+        FailedLine {
+            line,
+            offset,
+            ..self.clone()
+        }
+    }
+
     /// The record after failing again in a retry-failed run.
     pub(crate) fn failed_again(&self, attempts: u32, error: String) -> FailedLine {
         FailedLine {
@@ -171,30 +180,42 @@ impl FailedLine {
         buf: &'b mut Vec<u8>,
     ) -> Result<Line<'b>> {
         let io_err = |err| Error::io(None, "reading a failed line", err);
-        reader.seek(SeekFrom::Start(self.offset)).map_err(io_err)?;
+        // Read one byte before the line (it must end the line before) and
+        // one after (an unterminated last line must not have grown longer),
+        // the same checks as `Position::seek_offset`.
+        let before = u64::from(self.offset > 0);
+        reader
+            .seek(SeekFrom::Start(self.offset - before))
+            .map_err(io_err)?;
         buf.clear();
         reader
             .by_ref()
-            .take(self.len)
+            .take(before + self.len.saturating_add(1))
             .read_to_end(buf)
             .map_err(io_err)?;
-        let is_line = match buf.iter().position(|&b| b == b'\n') {
-            Some(at) => at + 1 == buf.len(),
-            None => true,
+        let start = before as usize;
+        let starts_a_line = before == 0 || buf.first() == Some(&b'\n');
+        let raw = buf
+            .get(start..)
+            .map(|rest| {
+                &rest[..rest
+                    .len()
+                    .min(usize::try_from(self.len).unwrap_or(usize::MAX))]
+            })
+            .unwrap_or_default();
+        let after = buf.get(start + raw.len()).copied();
+        let is_line = match raw.iter().position(|&b| b == b'\n') {
+            Some(at) => at + 1 == raw.len(),
+            None => matches!(after, None | Some(b'\n')),
         };
-        if buf.len() as u64 != self.len || !is_line || digest(buf) != self.digest {
-            return Err(Error::InputChanged {
-                path: None,
-                line: self.line,
-                offset: self.offset,
-                expected: describe(self.len, self.digest, None),
-                found: describe(
-                    buf.len() as u64,
-                    digest(buf),
-                    Some(&buf[..buf.len().min(40)]),
-                ),
-            });
+        if !starts_a_line || raw.len() as u64 != self.len || !is_line || digest(raw) != self.digest
+        {
+            let shown = &raw[..raw.len().min(40)];
+            return Err(self.changed(describe(raw.len() as u64, digest(raw), Some(shown))));
         }
+        let end = start + raw.len();
+        buf.truncate(end);
+        buf.drain(..start);
         Ok(Line::new(buf, self.line, self.offset))
     }
 }

@@ -219,6 +219,9 @@ impl<R: BufRead> LineReader<R> {
             }
         };
         if let Some(len) = in_place {
+            // The buffer holds the line already, so this reads nothing (an
+            // `Interrupted` error here would come from a reader that reads
+            // although its buffer is not empty, and is returned as is).
             let available = self
                 .reader
                 .fill_buf()

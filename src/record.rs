@@ -17,11 +17,16 @@ const CRC_FIELD: &str = " crc=";
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Record {
-    Header { version: u32 },
+    Header {
+        version: u32,
+    },
     Position(Position),
-    Done { line: u64 },
+    /// A line finished beyond the position, as the position just after it.
+    Done(Position),
     Failed(FailedLine),
-    Resolved { line: u64 },
+    Resolved {
+        line: u64,
+    },
 }
 
 impl Record {
@@ -39,7 +44,14 @@ impl Record {
                 pos.last_len(),
                 pos.last_digest()
             ),
-            Record::Done { line } => write!(out, "done line={line}"),
+            Record::Done(end) => write!(
+                out,
+                "done line={} offset={} len={} digest={:08x}",
+                end.line(),
+                end.offset() - end.last_len(),
+                end.last_len(),
+                end.last_digest()
+            ),
             Record::Failed(failed) => {
                 let _ = write!(
                     out,
@@ -85,9 +97,18 @@ impl Record {
                         .ok_or_else(|| "impossible position".to_string())?,
                 )
             }
-            "done" => Record::Done {
-                line: fields.number("line")?,
-            },
+            "done" => {
+                let line = fields.number("line")?;
+                let offset: u64 = fields.number("offset")?;
+                let len = fields.number("len")?;
+                let digest = fields.hex("digest")?;
+                let end = offset
+                    .checked_add(len)
+                    .and_then(|end| Position::from_parts(end, line, len, digest))
+                    .filter(|end| end.line() > 0)
+                    .ok_or_else(|| "impossible done line".to_string())?;
+                Record::Done(end)
+            }
             "failed" => {
                 let line = fields.number("line")?;
                 let offset = fields.number("offset")?;
@@ -241,7 +262,7 @@ mod tests {
         round_trip(Record::Position(
             Position::start().after(b"x\n").after(b"yy\r\n"),
         ));
-        round_trip(Record::Done { line: 42 });
+        round_trip(Record::Done(Position::start().after(b"a\n").after(b"bb\n")));
         round_trip(Record::Resolved { line: 7 });
         round_trip(Record::Failed(FailedLine::from_parts(
             3,
@@ -307,8 +328,10 @@ mod tests {
         for body in [
             "pos offset=1 line=2 len=1 digest=00000000",
             "pos offset=x line=1 len=1 digest=00000000",
-            "done line=+1",
-            "done line=1 extra=2",
+            "done line=+1 offset=0 len=1 digest=00000000",
+            "done line=1 offset=0 len=1 digest=00000000 extra=2",
+            "done line=0 offset=0 len=0 digest=00000000",
+            "done line=1 offset=18446744073709551615 len=1 digest=00000000",
             "what line=1",
             "failed line=1 offset=0 len=1 digest=00000000 attempts=1 error=\"a\"b\"",
             "failed line=1 offset=0 len=1 digest=00000000 attempts=1 error=\"\\q\"",

@@ -107,7 +107,10 @@ impl Report {
 /// [`Checkpoint`].
 ///
 /// - With one worker (the default) lines run strictly in order, on the
-///   calling thread.
+///   calling thread. The group-commit delay is then checked between lines:
+///   a line that runs longer than the delay holds back the sync of the
+///   lines before it until it ends. For lines that slow, syncing every
+///   commit ([`Durability::EveryCommit`]) costs next to nothing.
 /// - With `n` workers, lines run on `n` threads and finish in any order. Up
 ///   to `2n` lines are handed to the workers at a time (running, queued, or
 ///   finished with the result on its way back), so after a crash at most
@@ -503,7 +506,11 @@ impl Runner {
         // beyond the resume point; past it, none is.
         let last_recorded = run.checkpoint.last_recorded_line();
         let shared = Arc::clone(&run.shared);
-        while let Some(line) = lines.next_line()? {
+        loop {
+            let Some(line) = lines.next_line()? else {
+                run.reached_end = true;
+                break;
+            };
             if shared.user_stop.is_stopped() {
                 run.stopped = true;
                 break;
@@ -513,9 +520,7 @@ impl Runner {
                 run.checkpoint.commit_line(&line)?;
                 continue;
             }
-            if number <= last_recorded
-                && (run.checkpoint.is_done(number) || run.checkpoint.is_failed(number))
-            {
+            if number <= last_recorded && run.checkpoint.is_recorded(&line)? {
                 run.skipped += 1;
                 let end_offset = line.offset() + line.raw().len() as u64;
                 run.emit(&Event::Skipped {
@@ -572,6 +577,7 @@ impl Runner {
         let mut source = FailedLines {
             source,
             in_flight: std::collections::HashMap::new(),
+            abandoned: false,
         };
         self.pump(&mut run, task, &mut source)?;
         run.finish_run()
@@ -591,6 +597,10 @@ trait Feed {
 
     /// Records the result of one line.
     fn settle(&mut self, run: &mut RunState<'_, '_>, result: JobResult) -> Result<()>;
+
+    /// Whether every line fed was settled as done or failed (none was
+    /// abandoned by a stop).
+    fn all_settled(&self) -> bool;
 }
 
 impl Runner {
@@ -611,6 +621,7 @@ impl Runner {
                     exhausted = source.feed(run, &mut exec, task)?;
                 }
                 if exec.in_flight() == 0 && (exhausted || run.stopping()) {
+                    run.reached_end = exhausted && source.all_settled();
                     return Ok(());
                 }
                 match exec.next_result(TICK) {
@@ -645,14 +656,14 @@ impl<R: BufRead> Feed for WindowedLines<'_, R> {
             let number = line.number();
             self.window.start(end);
             if !self.runner.in_shard(number) {
-                run.finish(&mut self.window, number, false)?;
-            } else if run.checkpoint.is_done(number) || run.checkpoint.is_failed(number) {
+                run.finish(&mut self.window, end, false)?;
+            } else if run.checkpoint.is_recorded(&line)? {
                 run.skipped += 1;
                 run.emit(&Event::Skipped {
                     line: number,
                     end_offset: end.offset(),
                 });
-                run.finish(&mut self.window, number, false)?;
+                run.finish(&mut self.window, end, false)?;
             } else {
                 exec.submit(&line, task, &run.shared);
             }
@@ -671,14 +682,18 @@ impl<R: BufRead> Feed for WindowedLines<'_, R> {
                     line: result.line,
                     end_offset: end.offset(),
                 });
-                run.finish(&mut self.window, result.line, true)
+                run.finish(&mut self.window, end, true)
             }
             Outcome::Failed { attempts, error } => {
                 run.record_failure(FailedLine::ending_at(end, attempts, error))?;
-                run.finish(&mut self.window, result.line, false)
+                run.finish(&mut self.window, end, false)
             }
             Outcome::Abandoned => Ok(()),
         }
+    }
+
+    fn all_settled(&self) -> bool {
+        self.window.is_empty()
     }
 }
 
@@ -686,6 +701,7 @@ impl<R: BufRead> Feed for WindowedLines<'_, R> {
 struct FailedLines<'a, S, R> {
     source: FailedSource<'a, S, R>,
     in_flight: std::collections::HashMap<u64, FailedLine>,
+    abandoned: bool,
 }
 
 impl<S: BufRead + Seek, R: BufRead> Feed for FailedLines<'_, S, R> {
@@ -721,8 +737,15 @@ impl<S: BufRead + Seek, R: BufRead> Feed for FailedLines<'_, S, R> {
             Outcome::Failed { attempts, error } => {
                 run.record_failure(before.failed_again(attempts, error))
             }
-            Outcome::Abandoned => Ok(()),
+            Outcome::Abandoned => {
+                self.abandoned = true;
+                Ok(())
+            }
         }
+    }
+
+    fn all_settled(&self) -> bool {
+        !self.abandoned
     }
 }
 
@@ -782,6 +805,8 @@ struct RunState<'r, 'c> {
     failed: u64,
     stopped: bool,
     halted: bool,
+    /// Every line was dealt with: the run did not stop early.
+    reached_end: bool,
     last_synced: Position,
     syncs: u64,
 }
@@ -807,6 +832,7 @@ impl<'r, 'c> RunState<'r, 'c> {
             failed: 0,
             stopped: false,
             halted: false,
+            reached_end: false,
             last_synced,
             syncs: 0,
         }
@@ -831,10 +857,10 @@ impl<'r, 'c> RunState<'r, 'c> {
     /// A line is finished: move the watermark, or record the line as done
     /// beyond it (`record_beyond`: lines skipped, failed or not in the shard
     /// are known without a `done` record).
-    fn finish(&mut self, window: &mut Window, line: u64, record_beyond: bool) -> Result<()> {
-        match window.finish(line) {
+    fn finish(&mut self, window: &mut Window, end: Position, record_beyond: bool) -> Result<()> {
+        match window.finish(end.line()) {
             Finished::Advanced(watermark) => self.checkpoint.commit(watermark),
-            Finished::Beyond if record_beyond => self.checkpoint.commit_done(line),
+            Finished::Beyond if record_beyond => self.checkpoint.commit_done(end),
             Finished::Beyond => Ok(()),
         }
     }
@@ -875,7 +901,7 @@ impl<'r, 'c> RunState<'r, 'c> {
     fn finish_run(mut self) -> Result<Report> {
         self.checkpoint.sync()?;
         self.note_sync();
-        let stopped = self.stopping() || self.shared.user_stop.is_stopped();
+        let stopped = !self.reached_end;
         Ok(Report {
             done: self.done,
             skipped: self.skipped,
@@ -1062,8 +1088,17 @@ impl<'a> Exec<'a> {
                     let outcome = if shared.stopping() {
                         Outcome::Abandoned
                     } else {
+                        // A panic outside the task itself (an observer, an
+                        // error's Display) must still produce a result, or
+                        // the runner would wait for this line forever.
                         let line = Line::new(&job.bytes, job.line, job.offset);
-                        shared.attempt(task, &line, &shared.run_stop)
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                            shared.attempt(task, &line, &shared.run_stop)
+                        }))
+                        .unwrap_or_else(|panic| Outcome::Failed {
+                            attempts: 1,
+                            error: panic_message(panic.as_ref()),
+                        })
                     };
                     let result = JobResult {
                         line: job.line,
@@ -1140,7 +1175,13 @@ impl<'a> Exec<'a> {
                     *in_flight -= 1;
                     Some(result)
                 }
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => {
+                    // No worker is left to answer: the lines in flight stay
+                    // unrecorded, to be done again.
+                    *in_flight = 0;
+                    None
+                }
             },
         }
     }

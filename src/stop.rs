@@ -58,17 +58,24 @@ impl StopToken {
     /// Sleeps for `duration` or until the token fires, whichever comes
     /// first. Returns whether it fired.
     pub fn sleep(&self, duration: Duration) -> bool {
-        let deadline = Instant::now() + duration;
+        // A duration too long for the clock is a wait for the stop alone.
+        let deadline = Instant::now().checked_add(duration);
         let mut guard = self.inner.lock.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if self.is_stopped() {
                 return true;
             }
-            let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            guard = match self.inner.wake.wait_timeout(guard, deadline - now) {
+            let left = match deadline {
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return false;
+                    }
+                    deadline - now
+                }
+                None => Duration::from_secs(3600),
+            };
+            guard = match self.inner.wake.wait_timeout(guard, left) {
                 Ok((guard, _)) => guard,
                 Err(poisoned) => poisoned.into_inner().0,
             };

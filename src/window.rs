@@ -41,7 +41,6 @@ impl Window {
         self.slots.len() < self.capacity
     }
 
-    #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {
         self.slots.is_empty()
     }

@@ -751,8 +751,8 @@ fn group_writer_child() {
     type Step<'a> = Box<dyn Fn(&mut Checkpoint) -> linemark::Result<()> + 'a>;
     let steps: Vec<Step> = vec![
         Box::new(|c| c.commit(pos[3])),
-        Box::new(|c| c.commit_done(5)),
-        Box::new(|c| c.commit_done(7)),
+        Box::new(|c| c.commit_done(pos[4])),
+        Box::new(|c| c.commit_done(pos[6])),
         Box::new(|c| c.commit_failed(failed(9, 3, "timed out after 30 s"))),
         Box::new(|c| c.commit(pos[6])),
         Box::new(|c| {
@@ -764,7 +764,7 @@ fn group_writer_child() {
         }),
         Box::new(|c| c.commit_resolved(9)),
         Box::new(|c| c.commit(pos[10])),
-        Box::new(|c| c.commit_done(14)),
+        Box::new(|c| c.commit_done(pos[13])),
         Box::new(|c| c.commit_failed(failed(16, 7, &"a long error message ".repeat(8)))),
         Box::new(|c| c.commit_resolved(12)),
     ];
@@ -825,7 +825,8 @@ fn a_torn_end_at_every_byte_recovers_the_last_complete_record() {
             done.push(1000);
             let failed: Vec<FailedLine> = reopened.failed().cloned().collect();
             let expected_again = format_state(reopened.position(), &done, &failed);
-            reopened.commit_done(1000).unwrap();
+            let far = Position::from_parts(100_000, 1000, 10, 0x1234_5678).unwrap();
+            reopened.commit_done(far).unwrap();
             reopened.sync().unwrap();
             drop(reopened);
             let again = Checkpoint::open(&path)

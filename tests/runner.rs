@@ -568,3 +568,129 @@ fn a_failing_before_write_hook_fails_the_run_and_records_nothing() {
     let snapshot = Checkpoint::inspect(Runner::new().checkpoint_path(&input)).unwrap();
     assert!(snapshot.position.is_start());
 }
+
+#[test]
+fn after_a_content_seek_failed_records_move_with_their_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.txt");
+    let numbered = |range: std::ops::RangeInclusive<u32>| -> String {
+        range.map(|n| format!("l{n}\n")).collect()
+    };
+    std::fs::write(&input, numbered(1..=10)).unwrap();
+    let fail_l5 = |line: &Line<'_>| -> Result<(), Failure> {
+        if line.as_bytes() == b"l5" {
+            Err(Failure("no".into()))
+        } else {
+            Ok(())
+        }
+    };
+    let report = Runner::new()
+        .retry(RetryPolicy::never())
+        .run(&input, &fail_l5)
+        .unwrap();
+    assert_eq!(report.failed, 1);
+    // The finished lines l1..l6 are removed and new work appended.
+    std::fs::write(&input, numbered(7..=14)).unwrap();
+    let seen = Mutex::new(Vec::new());
+    let record = |line: &Line<'_>| -> Result<(), Failure> {
+        seen.lock()
+            .unwrap()
+            .push(line.as_str().unwrap().to_string());
+        Ok(())
+    };
+    let report = Runner::new()
+        .seek_mode(linemark::SeekMode::Content)
+        .run(&input, &record)
+        .unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec!["l11", "l12", "l13", "l14"]);
+    assert_eq!(report.skipped, 0);
+}
+
+#[test]
+fn a_line_recorded_done_beyond_the_position_is_checked_before_it_is_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = input_with(dir.path(), 10);
+    let text = std::fs::read(&input).unwrap();
+    let ends: Vec<linemark::Position> = text
+        .split_inclusive(|&b| b == b'\n')
+        .scan(linemark::Position::start(), |pos, line| {
+            *pos = pos.after(line);
+            Some(*pos)
+        })
+        .collect();
+    // As a parallel run leaves it: lines 1-5 finished, and line 8.
+    let mut checkpoint = Checkpoint::open(Runner::new().checkpoint_path(&input)).unwrap();
+    checkpoint.commit(ends[4]).unwrap();
+    checkpoint.commit_done(ends[7]).unwrap();
+    checkpoint.close().unwrap();
+    // An unfinished line before it is removed: line 8 is now "item-9".
+    let edited: String = (1..=10)
+        .filter(|&n| n != 7)
+        .map(|n| format!("item-{n}\n"))
+        .collect();
+    std::fs::write(&input, edited).unwrap();
+    let ok = |_: &Line<'_>| -> Result<(), Failure> { Ok(()) };
+    for workers in [1, 3] {
+        let err = Runner::new().workers(workers).run(&input, &ok).unwrap_err();
+        assert!(
+            matches!(err, linemark::Error::InputChanged { line: 8, .. }),
+            "workers {workers}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_panicking_observer_fails_the_line_instead_of_hanging_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = input_with(dir.path(), 6);
+    let ok = |_: &Line<'_>| -> Result<(), Failure> { Ok(()) };
+    let (done, result) = std::sync::mpsc::channel();
+    let run_input = input.clone();
+    std::thread::spawn(move || {
+        let report = Runner::new()
+            .workers(2)
+            .observer(|event: &Event<'_>| {
+                if let Event::Started { line: 3, .. } = event {
+                    panic!("observer bug");
+                }
+            })
+            .run(&run_input, &ok);
+        let _ = done.send(report.map(|r| (r.done, r.failed)));
+    });
+    let outcome = result
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the run hung");
+    assert_eq!(outcome.unwrap(), (5, 1));
+}
+
+#[test]
+fn retry_failed_refuses_an_unterminated_failed_line_that_grew() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.txt");
+    std::fs::write(&input, "a\nb").unwrap();
+    let fail_b = |line: &Line<'_>| -> Result<(), Failure> {
+        if line.as_bytes() == b"b" {
+            Err(Failure("no".into()))
+        } else {
+            Ok(())
+        }
+    };
+    Runner::new()
+        .retry(RetryPolicy::never())
+        .run(&input, &fail_b)
+        .unwrap();
+    std::fs::write(&input, "a\nbc\n").unwrap();
+    let err = Runner::new()
+        .retry_failed(true)
+        .run(&input, &fail_b)
+        .unwrap_err();
+    assert!(
+        matches!(err, linemark::Error::InputChanged { line: 2, .. }),
+        "{err}"
+    );
+    // A newline appended to it is growth, not a change.
+    std::fs::write(&input, "a\nb\nc\n").unwrap();
+    let ok = |_: &Line<'_>| -> Result<(), Failure> { Ok(()) };
+    let report = Runner::new().retry_failed(true).run(&input, &ok).unwrap();
+    assert_eq!((report.done, report.failed_total), (1, 0));
+}
