@@ -18,14 +18,52 @@
 //! VALIDATOR`, so a file that changed on the server comes back whole (200)
 //! and restarts from zero instead of being spliced. A part without a
 //! validator, or whose meta is missing or for another URL, restarts from
-//! zero. When the body is complete the part is synced, renamed to `NAME`,
-//! the directory synced and the meta removed, and only then does the task
-//! return: a line is finished in the checkpoint only once its file is whole
-//! on disk. A body of at most 64 KiB is read into memory first and needs no
+//! zero. When the body is complete the part's data is synced, the part is
+//! renamed to `NAME` and the meta removed, and only then does the task
+//! return. A body of at most 64 KiB is read into memory first and needs no
 //! meta when it arrives whole (a part without a meta, left by a crash just
-//! before its rename, restarts from zero). A file already present under `NAME` (and no part of it) counts
-//! as done without a request, like `wget -nc`; this is also what a line
-//! redone after a crash between the rename and the checkpoint finds.
+//! before its rename, restarts from zero). A file already present under
+//! `NAME` (and no part of it) counts as done without a request, like `wget
+//! -nc`; this is also what a line redone after a crash between the rename
+//! and the checkpoint finds.
+//!
+//! # Durability: one directory sync per checkpoint write
+//!
+//! The promise: a line is never recorded as finished in the checkpoint
+//! before its file is durable under its final name. Per file, the data is
+//! `fsync`ed and the part renamed, but the directory is not synced: the
+//! runner's `before_checkpoint_write` hook ([`DirectorySync`]) syncs the
+//! output directory once before each write of checkpoint records. A line is
+//! committed only after its task returned, so its rename was done before the
+//! hook's sync, which makes it durable before the record that finishes the
+//! line is written; if the sync fails, nothing is written. One directory
+//! sync covers every file finished since the last checkpoint write (200 ms
+//! apart by default), instead of one per file.
+//!
+//! What a crash (power loss) can leave, and what a rerun does with it; none
+//! of these lines is recorded as finished, so the rerun goes through them:
+//!
+//! - The rename was lost (the directory was not synced yet): the whole
+//!   `NAME.part` is still there, its data synced. With its meta (a body
+//!   over 64 KiB) the rerun asks for the range after its end, the server
+//!   answers 416 with the same length, and the part is synced and renamed
+//!   without its body being sent again; if the file changed on the server,
+//!   `If-Range` brings the new one whole. Without a meta (a small body) it
+//!   is fetched again, at most 64 KiB. Had the part's own directory entry
+//!   been lost too, the line simply starts from zero.
+//! - The rename survived but the meta's removal did not: `NAME` is present
+//!   and no part, so the line counts as done and the stale meta is removed.
+//! - The rename survived: `NAME` counts as done without a request. That is
+//!   safe only because a part's data is synced before its rename, so a file
+//!   under its final name is always whole (with `--no-fsync` it may be
+//!   empty or short, and is still taken as done: that mode is for throwaway
+//!   output). The checkpoint write that records the line syncs the
+//!   directory first, so the name is durable by then even when it came from
+//!   an earlier run that crashed before its own sync.
+//!
+//! A meta is never left describing other bytes than its part's: a fresh
+//! body empties the part before its meta is replaced, and a small body
+//! removes any stale meta before its part is created.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -128,6 +166,9 @@ pub struct Fetcher {
     plan: Plan,
     stop: StopToken,
     stats: std::sync::Arc<Stats>,
+    /// Whether a finished file's data is synced before its rename (off with
+    /// `--no-fsync`).
+    sync_files: bool,
 }
 
 impl Fetcher {
@@ -138,6 +179,7 @@ impl Fetcher {
         plan: Plan,
         stop: StopToken,
         stats: std::sync::Arc<Stats>,
+        sync_files: bool,
     ) -> Fetcher {
         Fetcher {
             agent,
@@ -146,6 +188,7 @@ impl Fetcher {
             plan,
             stop,
             stats,
+            sync_files,
         }
     }
 }
@@ -155,6 +198,63 @@ impl Fetcher {
     pub fn into_plan(self) -> Plan {
         self.plan
     }
+}
+
+/// Syncs the output directory, so that the renames of the files finished
+/// so far are durable: the runner's hook before each checkpoint write (see
+/// the module docs).
+pub struct DirectorySync {
+    path: PathBuf,
+    dir: File,
+}
+
+impl DirectorySync {
+    /// Opens the output directory, creating it (and its missing parents)
+    /// first if need be. Each directory created is made durable in its
+    /// parent, or files recorded as done could vanish with it.
+    pub fn create(path: &Path) -> io::Result<DirectorySync> {
+        let context = |err: io::Error| {
+            io::Error::new(
+                err.kind(),
+                format!("creating the output directory {}: {err}", path.display()),
+            )
+        };
+        create_dir_durably(path).map_err(context)?;
+        let dir = File::open(path).map_err(context)?;
+        Ok(DirectorySync {
+            path: path.to_path_buf(),
+            dir,
+        })
+    }
+
+    pub fn sync(&self) -> io::Result<()> {
+        self.dir.sync_all().map_err(|err| {
+            io::Error::new(
+                err.kind(),
+                format!(
+                    "syncing the output directory {}: {err}",
+                    self.path.display()
+                ),
+            )
+        })
+    }
+}
+
+fn create_dir_durably(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let parent = match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    create_dir_durably(parent)?;
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(err) if err.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+        Err(err) => return Err(err),
+    }
+    File::open(parent)?.sync_all()
 }
 
 /// The agent all workers share: one connection pool, so connections are
@@ -292,11 +392,13 @@ impl Fetcher {
         }
         // A part whose validator does not fit gets one restart from zero in
         // the same attempt; more would mean a server that keeps changing.
+        let mut have = part_len.unwrap_or(0);
         for _ in 0..2 {
-            match self.attempt(url, &paths)? {
+            match self.attempt(url, &paths, have)? {
                 Some(()) => return Ok(()),
                 None => self.stats.restarted.fetch_add(1, Ordering::Relaxed),
             };
+            have = 0;
         }
         Err(FetchError::Changed {
             url: url.to_string(),
@@ -304,12 +406,12 @@ impl Fetcher {
         })
     }
 
-    /// One request. `Ok(None)`: the part was thrown away, ask again.
-    fn attempt(&self, url: &str, paths: &Paths) -> Result<Option<()>, FetchError> {
+    /// One request, for a part of `have` bytes. `Ok(None)`: the part was
+    /// thrown away, ask again.
+    fn attempt(&self, url: &str, paths: &Paths, have: u64) -> Result<Option<()>, FetchError> {
         if self.stop.is_stopped() {
             return Err(FetchError::Stopped);
         }
-        let have = fs::metadata(&paths.part).map_or(0, |m| m.len());
         let meta = if have > 0 {
             Meta::read(&paths.meta).filter(|meta| meta.url == url)
         } else {
@@ -325,24 +427,27 @@ impl Fetcher {
                 .header("If-Range", validator);
         }
         let response = request.call().map_err(|err| request_error(url, err))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
+        // Owning the head, rather than cloning its headers, saves a map
+        // allocation per file.
+        let (head, body) = response.into_parts();
+        let status = head.status.as_u16();
+        let headers = &head.headers;
         match status {
             200 => {
                 if have > 0 {
                     self.stats.restarted.fetch_add(1, Ordering::Relaxed);
                 }
-                let length = header(&headers, "content-length").and_then(|v| v.parse().ok());
+                let length = header(headers, "content-length").and_then(|v| v.parse().ok());
                 let new_meta = Meta {
                     url: url.to_string(),
-                    if_range: validator(&headers),
+                    if_range: validator(headers),
                     length,
                 };
                 match length {
                     Some(length) if length <= SMALL => {
-                        self.receive_small(url, response, paths, &new_meta, length)?;
+                        self.receive_small(url, body, paths, &new_meta, length)?;
                     }
-                    _ => self.receive(url, response, paths, Start::Fresh, &new_meta, length)?,
+                    _ => self.receive(url, body, paths, Start::Fresh, &new_meta, length)?,
                 }
                 Ok(Some(()))
             }
@@ -351,7 +456,7 @@ impl Fetcher {
                     self.discard(paths)?;
                     return Ok(None);
                 };
-                let range = header(&headers, "content-range").and_then(parse_content_range);
+                let range = header(headers, "content-range").and_then(parse_content_range);
                 let Some(ContentRange {
                     start,
                     total: Some(total),
@@ -363,7 +468,7 @@ impl Fetcher {
                 // A server that ignores If-Range but sends a new ETag, or a
                 // range that does not start where the part ends: never splice.
                 let etag_changed = matches!(
-                    (header(&headers, "etag"), meta.if_range.as_deref()),
+                    (header(headers, "etag"), meta.if_range.as_deref()),
                     (Some(now), Some(before)) if before.starts_with('"') && now != before
                 );
                 if start != from || etag_changed {
@@ -371,18 +476,18 @@ impl Fetcher {
                     return Ok(None);
                 }
                 self.stats.resumed.fetch_add(1, Ordering::Relaxed);
-                self.receive(url, response, paths, Start::Append(from), meta, Some(total))?;
+                self.receive(url, body, paths, Start::Append(from), meta, Some(total))?;
                 Ok(Some(()))
             }
             416 if resume.is_some() => {
                 // The part may already be whole (a crash before the rename,
                 // or a server that over-stated the length).
-                let total = header(&headers, "content-range")
+                let total = header(headers, "content-range")
                     .and_then(parse_content_range)
                     .and_then(|range| range.total)
                     .or(meta.as_ref().and_then(|meta| meta.length));
                 if total == Some(have) {
-                    self.finish(paths, None)?;
+                    self.finish(paths, None, true)?;
                     self.stats.downloaded.fetch_add(1, Ordering::Relaxed);
                     return Ok(Some(()));
                 }
@@ -391,15 +496,11 @@ impl Fetcher {
             }
             _ => {
                 // Reading a short error body lets the connection be reused.
-                let _ = response
-                    .into_body()
-                    .into_with_config()
-                    .limit(64 * 1024)
-                    .read_to_vec();
+                let _ = body.into_with_config().limit(64 * 1024).read_to_vec();
                 Err(FetchError::Status {
                     url: url.to_string(),
                     code: status,
-                    retry_after: header(&headers, "retry-after")
+                    retry_after: header(headers, "retry-after")
                         .and_then(|v| v.trim().parse::<u64>().ok())
                         .map(Duration::from_secs),
                 })
@@ -411,7 +512,7 @@ impl Fetcher {
     fn receive(
         &self,
         url: &str,
-        response: ureq::http::Response<ureq::Body>,
+        body: ureq::Body,
         paths: &Paths,
         start: Start,
         meta: &Meta,
@@ -442,7 +543,7 @@ impl Fetcher {
         };
         let remaining = expected_total.map(|total| total.saturating_sub(written));
         let mut buf = vec![0u8; remaining.map_or(256 * 1024, |r| r.clamp(1, 256 * 1024) as usize)];
-        let mut body = response.into_body().into_reader();
+        let mut body = body.into_reader();
         loop {
             if self.stop.is_stopped() {
                 return Err(FetchError::Stopped);
@@ -475,7 +576,7 @@ impl Fetcher {
                 });
             }
         }
-        self.finish(paths, Some(file))?;
+        self.finish(paths, Some(file), true)?;
         self.stats.downloaded.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -487,15 +588,15 @@ impl Fetcher {
     fn receive_small(
         &self,
         url: &str,
-        response: ureq::http::Response<ureq::Body>,
+        body: ureq::Body,
         paths: &Paths,
         meta: &Meta,
         length: u64,
     ) -> Result<(), FetchError> {
-        let mut body = Vec::with_capacity(length as usize);
         // Read to ureq's own end of the body (it stops at Content-Length), so
         // the connection goes back to the pool.
-        let mut reader = response.into_body().into_reader();
+        let mut reader = body.into_reader();
+        let mut body = Vec::with_capacity(length as usize);
         let mut chunk = [0u8; 16 * 1024];
         let failure = loop {
             if self.stop.is_stopped() {
@@ -549,25 +650,28 @@ impl Fetcher {
         let mut file = create_part()?;
         file.write_all(&body)
             .map_err(|err| disk(&paths.part, err))?;
-        self.finish(paths, Some(file))?;
+        self.finish(paths, Some(file), false)?;
         self.stats.downloaded.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Makes the part the final file, durably: sync, rename, sync the
-    /// directory, then drop the meta.
-    fn finish(&self, paths: &Paths, file: Option<File>) -> Result<(), FetchError> {
-        let file = match file {
-            Some(file) => file,
-            None => File::open(&paths.part).map_err(|err| disk(&paths.part, err))?,
-        };
-        file.sync_all().map_err(|err| disk(&paths.part, err))?;
-        drop(file);
+    /// Makes the part the final file: sync its data, rename it, drop the
+    /// meta (`has_meta`: whether one may exist). The directory is not
+    /// synced here but before the checkpoint records the line (see the
+    /// module docs).
+    fn finish(&self, paths: &Paths, file: Option<File>, has_meta: bool) -> Result<(), FetchError> {
+        if self.sync_files {
+            let file = match file {
+                Some(file) => file,
+                None => File::open(&paths.part).map_err(|err| disk(&paths.part, err))?,
+            };
+            file.sync_all().map_err(|err| disk(&paths.part, err))?;
+        }
         fs::rename(&paths.part, &paths.target).map_err(|err| disk(&paths.target, err))?;
-        File::open(&self.dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|err| disk(&self.dir, err))?;
-        remove_if_present(&paths.meta)
+        if has_meta {
+            remove_if_present(&paths.meta)?;
+        }
+        Ok(())
     }
 
     /// Throws a part away (and its meta), to start again from zero.

@@ -32,7 +32,7 @@ use linemark::{Checkpoint, Event, FailedLine, Report, RetryPolicy, Runner, StopT
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::fetch::{Fetcher, Stats};
+use crate::fetch::{DirectorySync, Fetcher, Stats};
 use crate::input::Plan;
 use crate::progress::{Progress, Tracked};
 
@@ -86,6 +86,11 @@ struct Args {
     /// No progress bar, no summary: only the exit code (and fatal errors).
     #[arg(short, long)]
     quiet: bool,
+
+    /// Do not sync files or the output directory. After a power loss a file
+    /// recorded as done may be empty or short: only for throwaway output.
+    #[arg(long)]
+    no_fsync: bool,
 
     /// Download a few hundred generated files from a local faulty server
     /// (no network needed) into --dir, and verify them.
@@ -152,8 +157,15 @@ fn download(
     out: &Path,
     base_url: Option<String>,
 ) -> Result<Outcome, Box<dyn Error>> {
-    std::fs::create_dir_all(out)
-        .map_err(|err| format!("creating the output directory {}: {err}", out.display()))?;
+    // Finished files are renamed without a directory sync; `directory`
+    // makes their names durable before the checkpoint records them.
+    let directory = if args.no_fsync {
+        std::fs::create_dir_all(out)
+            .map_err(|err| format!("creating the output directory {}: {err}", out.display()))?;
+        None
+    } else {
+        Some(DirectorySync::create(out)?)
+    };
     let mut runner = Runner::new();
     if let Some(path) = &args.checkpoint {
         runner.checkpoint(path);
@@ -175,16 +187,23 @@ fn download(
         plan,
         stop.clone(),
         Arc::clone(&stats),
+        !args.no_fsync,
     );
     let mut retry = RetryPolicy::new();
     retry.max_attempts(args.retries.saturating_add(1));
-    let observer = Arc::clone(&progress);
     runner
         .workers(jobs)
         .retry(retry)
         .retry_failed(args.retry_failed)
-        .stop_token(stop)
-        .observer(move |event: &Event<'_>| observer.on_event(event));
+        .stop_token(stop);
+    if !args.quiet {
+        // Quiet, the events would feed nothing: no observer, no event.
+        let observer = Arc::clone(&progress);
+        runner.observer(move |event: &Event<'_>| observer.on_event(event));
+    }
+    if let Some(directory) = directory {
+        runner.before_checkpoint_write(move || directory.sync());
+    }
     let task = Tracked {
         task: fetcher,
         progress: &progress,

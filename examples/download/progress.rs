@@ -155,9 +155,11 @@ impl<T: Task> Task for Tracked<'_, T> {
     type Error = T::Error;
 
     fn run(&self, line: &Line<'_>) -> Result<(), T::Error> {
-        self.progress
-            .lengths()
-            .insert(line.number(), line.raw().len() as u64);
+        if self.progress.bar.is_some() {
+            self.progress
+                .lengths()
+                .insert(line.number(), line.raw().len() as u64);
+        }
         self.task.run(line)
     }
 
