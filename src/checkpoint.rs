@@ -813,6 +813,13 @@ impl Checkpoint {
                 offset: line.offset(),
             });
         }
+        self.commit_read_line(line)
+    }
+
+    /// [`commit_line`](Checkpoint::commit_line) for a line from a
+    /// [`LineReader`](crate::LineReader), which is valid by construction.
+    #[inline(always)]
+    pub(crate) fn commit_read_line(&mut self, line: &Line<'_>) -> Result<()> {
         if !self.state.done.is_empty() {
             self.state.done = self.state.done.split_off(&(line.number() + 1));
         }

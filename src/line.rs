@@ -199,43 +199,90 @@ impl<R: BufRead> LineReader<R> {
     /// [`Error::Io`] when reading fails, [`Error::LineTooLong`] when a limit
     /// is set and the line exceeds it. After an error the reader is in the
     /// middle of a line; line numbers and offsets are no longer meaningful.
+    #[inline]
     pub fn next_line(&mut self) -> Result<Option<Line<'_>>> {
         self.consume_last();
-        self.buf.clear();
-        // Fast path: the whole line is in the reader's buffer. (Found in one
-        // borrow, handed out from a second one: `fill_buf` on a non-empty
-        // buffer returns the same bytes without reading.)
-        let in_place = loop {
+        // Fast path: the whole line is in the reader's buffer (found in one
+        // borrow, handed out from a second one).
+        match self.line_in_place() {
+            Ok(Some(len)) => self.hand_out(len).map(Some),
+            Ok(None) => self.next_line_copied(),
+            Err(err) => Err(read_error(self.path.as_deref(), err)),
+        }
+    }
+
+    /// Hands out the next `len` bytes of the reader's buffer as a line, in
+    /// place (`fill_buf` on a non-empty buffer returns the same bytes
+    /// without reading).
+    #[inline(always)]
+    fn hand_out(&mut self, len: usize) -> Result<Line<'_>> {
+        let available = self
+            .reader
+            .fill_buf()
+            .map_err(|err| read_error(self.path.as_deref(), err))?;
+        let Some(raw) = available.get(..len) else {
+            let err = io::Error::other("the reader's buffer shrank between two fill_buf calls");
+            return Err(read_error(self.path.as_deref(), err));
+        };
+        let line = Line::new(raw, self.next_number, self.next_offset);
+        self.unconsumed = len;
+        self.next_number += 1;
+        self.next_offset += len as u64;
+        Ok(line)
+    }
+
+    /// Calls `f` on every remaining line until it returns `Ok(false)` or an
+    /// error, or the input ends; returns whether the input ended. The same
+    /// lines as [`next_line`](LineReader::next_line), without a `Result` to
+    /// pass back per line, which keeps the runner's hot loop in registers.
+    #[inline(always)]
+    pub(crate) fn for_each_line<F>(&mut self, mut f: F) -> Result<bool>
+    where
+        F: FnMut(&Line<'_>) -> Result<bool>,
+    {
+        loop {
+            self.consume_last();
+            match self.line_in_place() {
+                Ok(Some(len)) => {
+                    let line = self.hand_out(len)?;
+                    if !f(&line)? {
+                        return Ok(false);
+                    }
+                }
+                Ok(None) => match self.next_line_copied()? {
+                    Some(line) => {
+                        if !f(&line)? {
+                            return Ok(false);
+                        }
+                    }
+                    None => return Ok(true),
+                },
+                Err(err) => return Err(read_error(self.path.as_deref(), err)),
+            }
+        }
+    }
+
+    /// The length of the next line if it lies whole in the reader's buffer.
+    #[inline]
+    fn line_in_place(&mut self) -> io::Result<Option<usize>> {
+        loop {
             match self.reader.fill_buf() {
                 Ok(available) => {
-                    break memchr::memchr(b'\n', available)
+                    return Ok(memchr::memchr(b'\n', available)
                         .map(|at| at + 1)
-                        .filter(|&len| self.max_len.is_none_or(|limit| len <= limit));
+                        .filter(|&len| self.max_len.is_none_or(|limit| len <= limit)));
                 }
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => {
-                    return Err(Error::io(self.path.as_deref(), "reading the input", err));
-                }
+                Err(err) => return Err(err),
             }
-        };
-        if let Some(len) = in_place {
-            // The buffer holds the line already, so this reads nothing (an
-            // `Interrupted` error here would come from a reader that reads
-            // although its buffer is not empty, and is returned as is).
-            let available = self
-                .reader
-                .fill_buf()
-                .map_err(|err| Error::io(self.path.as_deref(), "reading the input", err))?;
-            let raw = available.get(..len).ok_or_else(|| {
-                let err = io::Error::other("the reader's buffer shrank between two fill_buf calls");
-                Error::io(self.path.as_deref(), "reading the input", err)
-            })?;
-            let line = Line::new(raw, self.next_number, self.next_offset);
-            self.unconsumed = len;
-            self.next_number += 1;
-            self.next_offset += len as u64;
-            return Ok(Some(line));
         }
+    }
+
+    /// The slow path: a line that spans buffer refills (or the last line,
+    /// or one over the length limit) is copied into the reused buffer.
+    #[inline(never)]
+    fn next_line_copied(&mut self) -> Result<Option<Line<'_>>> {
+        self.buf.clear();
         loop {
             let available = match self.reader.fill_buf() {
                 Ok(available) => available,
@@ -308,6 +355,11 @@ impl<R: BufRead> LineReader<R> {
         self.consume_last();
         self.reader
     }
+}
+
+#[cold]
+fn read_error(path: Option<&Path>, err: io::Error) -> Error {
+    Error::io(path, "reading the input", err)
 }
 
 /// What a streaming pass over one line found: its length, whether it ends

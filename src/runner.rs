@@ -506,31 +506,29 @@ impl Runner {
         // beyond the resume point; past it, none is.
         let last_recorded = run.checkpoint.last_recorded_line();
         let shared = Arc::clone(&run.shared);
-        loop {
-            let Some(line) = lines.next_line()? else {
-                run.reached_end = true;
-                break;
-            };
-            if shared.user_stop.is_stopped() {
+        let stop = shared.user_stop.clone();
+        // Returns whether to go on with the next line.
+        let mut one_line = |line: &Line<'_>| -> Result<bool> {
+            if stop.is_stopped() {
                 run.stopped = true;
-                break;
+                return Ok(false);
             }
             let number = line.number();
             if !self.in_shard(number) {
-                run.checkpoint.commit_line(&line)?;
-                continue;
+                run.checkpoint.commit_read_line(line)?;
+                return Ok(true);
             }
-            if number <= last_recorded && run.checkpoint.is_recorded(&line)? {
+            if number <= last_recorded && is_recorded(run.checkpoint, line)? {
                 run.skipped += 1;
                 let end_offset = line.offset() + line.raw().len() as u64;
                 run.emit(&Event::Skipped {
                     line: number,
                     end_offset,
                 });
-                run.checkpoint.commit_line(&line)?;
-                continue;
+                run.checkpoint.commit_read_line(line)?;
+                return Ok(true);
             }
-            match shared.attempt(task, &line, &shared.user_stop) {
+            match shared.attempt(task, line, &shared.user_stop) {
                 Outcome::Done => {
                     run.done += 1;
                     if shared.observer.is_some() {
@@ -540,22 +538,25 @@ impl Runner {
                             end_offset,
                         });
                     }
-                    run.checkpoint.commit_line(&line)?;
+                    run.checkpoint.commit_read_line(line)?;
                 }
                 Outcome::Failed { attempts, error } => {
-                    run.record_failure(FailedLine::new(&line, attempts, error))?;
-                    run.checkpoint.commit_line(&line)?;
+                    run.record_failure(FailedLine::new(line, attempts, error))?;
+                    run.checkpoint.commit_read_line(line)?;
                     if run.halted {
-                        break;
+                        return Ok(false);
                     }
                 }
                 Outcome::Abandoned => {
                     run.stopped = true;
-                    break;
+                    return Ok(false);
                 }
             }
             run.note_sync();
-        }
+            Ok(true)
+        };
+        let ended = lines.for_each_line(&mut one_line)?;
+        run.reached_end = ended;
         Ok(())
     }
 
@@ -1002,6 +1003,14 @@ impl Shared {
             result = run_once(task, line);
         }
     }
+}
+
+/// Whether a line is recorded as done or failed beyond the resume point;
+/// out of line, as only restarted runs with such records get here.
+#[cold]
+#[inline(never)]
+fn is_recorded(checkpoint: &Checkpoint, line: &Line<'_>) -> Result<bool> {
+    checkpoint.is_recorded(line)
 }
 
 /// One attempt; a panic in the task is caught and becomes a failure.
