@@ -530,14 +530,7 @@ impl Runner {
             }
             match shared.attempt(task, line, &shared.user_stop) {
                 Outcome::Done => {
-                    run.done += 1;
-                    if shared.observer.is_some() {
-                        let end_offset = line.offset() + line.raw().len() as u64;
-                        run.emit(&Event::Done {
-                            line: number,
-                            end_offset,
-                        });
-                    }
+                    run.note_done(number, line.offset() + line.raw().len() as u64);
                     run.checkpoint.commit_read_line(line)?;
                 }
                 Outcome::Failed { attempts, error } => {
@@ -678,11 +671,7 @@ impl<R: BufRead> Feed for WindowedLines<'_, R> {
         };
         match result.outcome {
             Outcome::Done => {
-                run.done += 1;
-                run.emit(&Event::Done {
-                    line: result.line,
-                    end_offset: end.offset(),
-                });
+                run.note_done(result.line, end.offset());
                 run.finish(&mut self.window, end, true)
             }
             Outcome::Failed { attempts, error } => {
@@ -728,11 +717,7 @@ impl<S: BufRead + Seek, R: BufRead> Feed for FailedLines<'_, S, R> {
         };
         match result.outcome {
             Outcome::Done => {
-                run.done += 1;
-                run.emit(&Event::Done {
-                    line: result.line,
-                    end_offset: before.offset().saturating_add(before.len()),
-                });
+                run.note_done(result.line, before.offset().saturating_add(before.len()));
                 run.checkpoint.commit_resolved(result.line)
             }
             Outcome::Failed { attempts, error } => {
@@ -863,6 +848,14 @@ impl<'r, 'c> RunState<'r, 'c> {
             Finished::Advanced(watermark) => self.checkpoint.commit(watermark),
             Finished::Beyond if record_beyond => self.checkpoint.commit_done(end),
             Finished::Beyond => Ok(()),
+        }
+    }
+
+    #[inline(always)]
+    fn note_done(&mut self, line: u64, end_offset: u64) {
+        self.done += 1;
+        if self.shared.observer.is_some() {
+            self.emit(&Event::Done { line, end_offset });
         }
     }
 
