@@ -42,7 +42,7 @@
 //!     let url = line.as_str()?;
 //!     // ... do the work for `url` ...
 //! #   assert!(url.starts_with("https://"));
-//!     checkpoint.commit(line.end_position())?;
+//!     checkpoint.commit_line(&line)?;
 //! }
 //! checkpoint.close()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
