@@ -299,6 +299,86 @@ fn files_whose_rename_was_not_durable_are_finished_on_rerun_without_their_bodies
 }
 
 #[test]
+fn whole_parts_left_unrenamed_by_a_kill_are_finished_on_rerun() {
+    let job = Job::new();
+    let mut contents = Vec::new();
+    let mut lines = Vec::new();
+    for i in 0..80u64 {
+        // Half over 64 KiB (a meta beside the part), half under (none).
+        let size = if i % 2 == 0 { 100_000 } else { 20_000 };
+        let name = format!("f{i:02}.bin");
+        let content = generate(500 + i, size);
+        lines.push(job.file(&name, content.clone()));
+        contents.push((name, content));
+    }
+    job.write_list(&lines);
+    job.server.throttle(4 << 20);
+
+    // A finished part waits for the hook before the next checkpoint write
+    // (up to 200 ms) to be synced and renamed: kill it in that window.
+    let whole_parts = || -> Vec<(String, u64, bool)> {
+        contents
+            .iter()
+            .filter_map(|(name, content)| {
+                let part = job.out().join(format!("{name}.part"));
+                let len = std::fs::metadata(&part).ok()?.len();
+                let meta = job.out().join(format!("{name}.part.meta")).exists();
+                (len == content.len() as u64).then(|| (name.clone(), len, meta))
+            })
+            .collect()
+    };
+    let mut whole = Vec::new();
+    for _ in 0..5 {
+        let mut child = job.command(&["--jobs", "8"]).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while whole_parts().is_empty() {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "the download ended before a whole part was seen"
+            );
+            assert!(Instant::now() < deadline, "no whole part seen");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // The hook may have published them before the kill landed.
+        whole = whole_parts();
+        if !whole.is_empty() {
+            break;
+        }
+    }
+    assert!(!whole.is_empty(), "no kill caught a whole part");
+    assert!(job.server.wait_idle(Duration::from_secs(10)));
+    let log_len = job.server.log().len();
+
+    let ran = job.run(&["--jobs", "8"]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    let log = job.server.log();
+    for (name, len, meta) in &whole {
+        let path = format!("/{name}");
+        let next = log[log_len..]
+            .iter()
+            .find(|request| request.path == path)
+            .unwrap_or_else(|| panic!("{name} never asked for again"));
+        // With its meta the part is finished by a 416 without its body;
+        // without, it is fetched again.
+        let expected = if *meta {
+            (416, Some(*len))
+        } else {
+            (200, None)
+        };
+        assert_eq!((next.status, next.range_start), expected, "{name}");
+    }
+    for (name, content) in &contents {
+        assert!(
+            job.read(name) == *content,
+            "{name} differs from the server's"
+        );
+    }
+    assert!(job.leftovers().is_empty(), "{:?}", job.leftovers());
+}
+
+#[test]
 fn no_fsync_downloads_the_same_files() {
     let job = Job::new();
     let mut lines = Vec::new();
@@ -635,7 +715,7 @@ fn sigkill_at_varied_moments_then_rerun_gives_every_file_whole_and_fetched_once(
             .iter()
             .filter_map(|name| {
                 // Resumable: bytes on disk and their validator beside them.
-                // (A small file is written whole just before its rename,
+                // (A small file is written whole and waits for its rename
                 // with no meta: killed there, it restarts from zero.)
                 let file = name.strip_suffix(".part")?;
                 let len = std::fs::metadata(job.out().join(name)).ok()?.len();

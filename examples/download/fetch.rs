@@ -18,48 +18,82 @@
 //! VALIDATOR`, so a file that changed on the server comes back whole (200)
 //! and restarts from zero instead of being spliced. A part without a
 //! validator, or whose meta is missing or for another URL, restarts from
-//! zero. When the body is complete the part's data is synced, the part is
-//! renamed to `NAME` and the meta removed, and only then does the task
-//! return. A body of at most 64 KiB is read into memory first and needs no
-//! meta when it arrives whole (a part without a meta, left by a crash just
-//! before its rename, restarts from zero). A file already present under
-//! `NAME` (and no part of it) counts as done without a request, like `wget
-//! -nc`; this is also what a line redone after a crash between the rename
-//! and the checkpoint finds.
+//! zero. When the body is complete the part is handed to the
+//! [`Publisher`], which gives it its final name `NAME` and removes its meta
+//! (see below). A body of at most 64 KiB is read into memory first and
+//! needs no meta when it arrives whole (a whole part without a meta, left
+//! by a crash before its rename, restarts from zero). A file already
+//! present under `NAME` (and no part of it) counts as done without a
+//! request, like `wget -nc`; this is also what a line redone after a crash
+//! between the rename and the checkpoint finds.
 //!
-//! # Durability: one directory sync per checkpoint write
+//! # Durability: one `syncfs` and one directory sync per checkpoint write
 //!
-//! The promise: a line is never recorded as finished in the checkpoint
-//! before its file is durable under its final name. Per file, the data is
-//! `fsync`ed and the part renamed, but the directory is not synced: the
-//! runner's `before_checkpoint_write` hook ([`DirectorySync`]) syncs the
-//! output directory once before each write of checkpoint records. A line is
-//! committed only after its task returned, so its rename was done before the
-//! hook's sync, which makes it durable before the record that finishes the
-//! line is written; if the sync fails, nothing is written. One directory
-//! sync covers every file finished since the last checkpoint write (200 ms
-//! apart by default), instead of one per file.
+//! The promises: a file under its final name is whole on disk, and a line
+//! is recorded as finished in the checkpoint only after its file is
+//! durable under its final name. A task does not sync or rename: it writes
+//! `NAME.part` and queues it in the publisher's pending publication list,
+//! then returns. The runner's `before_checkpoint_write` hook
+//! ([`Publisher::publish`]), which runs before every write of checkpoint
+//! records (the final one at the end of the run too), then
 //!
-//! What a crash (power loss) can leave, and what a rerun does with it; none
-//! of these lines is recorded as finished, so the rerun goes through them:
+//! 1. makes the data of every queued part durable with one `syncfs` of the
+//!    output file system,
+//! 2. renames each queued part to its final name (and removes its meta),
+//! 3. syncs the output directory, so the renames are durable,
 //!
-//! - The rename was lost (the directory was not synced yet): the whole
-//!   `NAME.part` is still there, its data synced. With its meta (a body
-//!   over 64 KiB) the rerun asks for the range after its end, the server
-//!   answers 416 with the same length, and the part is synced and renamed
-//!   without its body being sent again; if the file changed on the server,
-//!   `If-Range` brings the new one whole. Without a meta (a small body) it
-//!   is fetched again, at most 64 KiB. Had the part's own directory entry
-//!   been lost too, the line simply starts from zero.
+//! and only then lets the checkpoint write proceed. A line is committed
+//! only after its task returned, so its part was queued before the hook
+//! took the queue; the record that finishes the line is written after the
+//! three steps. If a step fails the hook fails and the checkpoint writes
+//! nothing; the parts not renamed yet stay queued and the next hook retries
+//! them (it syncs the directory whatever it finds), or, if the run ends
+//! first, they stay as whole unrecorded parts that the next run finishes.
+//! The output directories created by the run are synced into their parents
+//! once, at the start. One `syncfs` and one directory sync cover every file
+//! finished since the last checkpoint write (200 ms apart by default),
+//! instead of an `fsync` per file. On systems without `syncfs` each queued
+//! part is synced on its own, still in the hook.
+//!
+//! No part is touched after it is queued: a line is queued only as the last
+//! step of a task that then succeeds, and the runner never runs a line
+//! again once it succeeded; two lines never share a name (the plan gives
+//! duplicates distinct names, and no name ends in `.part`), so never a
+//! part. Parts still queued when the run ends (stopped while earlier lines
+//! were in flight, or a failed checkpoint write) are published once more
+//! after it, if that works; else the next run resumes them.
+//!
+//! What a crash (power loss, kill) can leave, and what a rerun does with
+//! it; none of these lines is recorded as finished, so the rerun goes
+//! through them:
+//!
+//! - Before the hook: the whole `NAME.part` is there, unrenamed, its data
+//!   perhaps not on disk. With its meta (a body over 64 KiB) the rerun asks
+//!   for the range after its end; the server answers 416 with the same
+//!   length and the part is finished without its body being sent again
+//!   (if the file changed on the server, `If-Range` brings the new one
+//!   whole). A part cut short by the crash is resumed by range. Without a
+//!   meta (a small body) it is fetched again, at most 64 KiB. Had the
+//!   part's own directory entry been lost, the line starts from zero.
+//! - After `syncfs` and some or all renames, before the directory sync or
+//!   the checkpoint write: each rename that was lost leaves the whole part
+//!   (the case above); each that survived leaves `NAME`, which counts as
+//!   done without a request. That is safe because the data was durable
+//!   before the rename: no file gets its final name before the `syncfs`
+//!   that covers it, so a rerun never takes an unsynced file under its
+//!   final name as done. The checkpoint write that records the line runs
+//!   the hook first, which syncs the directory, so the name is durable by
+//!   then even when it came from a run that crashed before its own sync.
 //! - The rename survived but the meta's removal did not: `NAME` is present
 //!   and no part, so the line counts as done and the stale meta is removed.
-//! - The rename survived: `NAME` counts as done without a request. That is
-//!   safe only because a part's data is synced before its rename, so a file
-//!   under its final name is always whole (with `--no-fsync` it may be
-//!   empty or short, and is still taken as done: that mode is for throwaway
-//!   output). The checkpoint write that records the line syncs the
-//!   directory first, so the name is durable by then even when it came from
-//!   an earlier run that crashed before its own sync.
+//!
+//! With `--no-fsync` the hook only renames: no `syncfs`, no directory
+//! sync. The renames stay in the hook rather than in the tasks because that
+//! measured faster (0.122 s against 0.131 s for 2,000 files of 4 KiB,
+//! medians of 5): one thread renaming a batch does not contend with the
+//! workers for the directory's lock. After a power loss a file under its
+//! final name may be empty or short, and is still taken as done: that mode
+//! is for throwaway output.
 //!
 //! A meta is never left describing other bytes than its part's: a fresh
 //! body empties the part before its meta is replaced, and a small body
@@ -70,6 +104,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use linemark::{Line, StopToken, Task};
@@ -165,10 +200,9 @@ pub struct Fetcher {
     base_url: Option<String>,
     plan: Plan,
     stop: StopToken,
-    stats: std::sync::Arc<Stats>,
-    /// Whether a finished file's data is synced before its rename (off with
-    /// `--no-fsync`).
-    sync_files: bool,
+    stats: Arc<Stats>,
+    /// Where finished parts wait for their final names.
+    publisher: Arc<Publisher>,
 }
 
 impl Fetcher {
@@ -178,8 +212,8 @@ impl Fetcher {
         base_url: Option<String>,
         plan: Plan,
         stop: StopToken,
-        stats: std::sync::Arc<Stats>,
-        sync_files: bool,
+        stats: Arc<Stats>,
+        publisher: Arc<Publisher>,
     ) -> Fetcher {
         Fetcher {
             agent,
@@ -188,7 +222,7 @@ impl Fetcher {
             plan,
             stop,
             stats,
-            sync_files,
+            publisher,
         }
     }
 }
@@ -200,43 +234,125 @@ impl Fetcher {
     }
 }
 
-/// Syncs the output directory, so that the renames of the files finished
-/// so far are durable: the runner's hook before each checkpoint write (see
-/// the module docs).
-pub struct DirectorySync {
-    path: PathBuf,
-    dir: File,
+/// A finished part waiting for its final name.
+struct Publication {
+    part: PathBuf,
+    target: PathBuf,
+    /// The part's meta, removed once the part has its final name.
+    meta: Option<PathBuf>,
 }
 
-impl DirectorySync {
+/// The pending publication list: finished parts whose data is not durable
+/// yet, and the runner's hook before each checkpoint write that makes them
+/// durable, gives them their final names and syncs the output directory
+/// (see the module docs).
+pub struct Publisher {
+    path: PathBuf,
+    dir: File,
+    /// Off with `--no-fsync`: parts are renamed, nothing is synced.
+    durable: bool,
+    queue: Mutex<Vec<Publication>>,
+}
+
+impl Publisher {
     /// Opens the output directory, creating it (and its missing parents)
-    /// first if need be. Each directory created is made durable in its
-    /// parent, or files recorded as done could vanish with it.
-    pub fn create(path: &Path) -> io::Result<DirectorySync> {
+    /// first if need be. With `durable`, each directory created is made
+    /// durable in its parent, or files recorded as done could vanish with
+    /// it.
+    pub fn create(path: &Path, durable: bool) -> io::Result<Publisher> {
         let context = |err: io::Error| {
             io::Error::new(
                 err.kind(),
                 format!("creating the output directory {}: {err}", path.display()),
             )
         };
-        create_dir_durably(path).map_err(context)?;
+        if durable {
+            create_dir_durably(path).map_err(context)?;
+        } else {
+            fs::create_dir_all(path).map_err(context)?;
+        }
         let dir = File::open(path).map_err(context)?;
-        Ok(DirectorySync {
+        Ok(Publisher {
             path: path.to_path_buf(),
             dir,
+            durable,
+            queue: Mutex::new(Vec::new()),
         })
     }
 
-    pub fn sync(&self) -> io::Result<()> {
-        self.dir.sync_all().map_err(|err| {
-            io::Error::new(
-                err.kind(),
-                format!(
-                    "syncing the output directory {}: {err}",
-                    self.path.display()
-                ),
-            )
-        })
+    /// Queues a finished part for the next [`publish`](Publisher::publish).
+    fn finish(&self, publication: Publication) {
+        self.lock_queue().push(publication);
+    }
+
+    /// Makes the queued parts durable (one `syncfs` of the output file
+    /// system), renames each to its final name, then syncs the output
+    /// directory; the runner calls it before every checkpoint write. With
+    /// `--no-fsync` it only renames.
+    ///
+    /// # Durability
+    ///
+    /// On `Ok`, every part queued before the call is durable under its
+    /// final name, with its data. On an error the parts not renamed yet
+    /// stay queued for the next call, and the directory is synced again
+    /// by the next call whatever it finds queued.
+    pub fn publish(&self) -> io::Result<()> {
+        // Taken out, so that workers finishing files do not wait for the
+        // sync.
+        let queued = std::mem::take(&mut *self.lock_queue());
+        if self.durable && !queued.is_empty() {
+            if let Err(err) = self.sync_data(&queued) {
+                self.lock_queue().extend(queued);
+                return Err(self.context("syncing the output file system", err));
+            }
+        }
+        let mut queued = queued.into_iter();
+        while let Some(publication) = queued.next() {
+            if let Err(err) = fs::rename(&publication.part, &publication.target) {
+                let mut queue = self.lock_queue();
+                queue.push(publication);
+                queue.extend(queued);
+                return Err(self.context("renaming a finished part", err));
+            }
+            // A meta left beside a final name is harmless and removed by the
+            // next run that meets it.
+            if let Some(meta) = &publication.meta {
+                let _ = remove_if_present(meta);
+            }
+        }
+        if !self.durable {
+            return Ok(());
+        }
+        self.dir
+            .sync_all()
+            .map_err(|err| self.context("syncing the output directory", err))
+    }
+
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Vec<Publication>> {
+        // A panic while holding the lock leaves a whole `Vec`: keep it.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One `syncfs` covers the data of every queued part, however many.
+    #[cfg(target_os = "linux")]
+    fn sync_data(&self, _queued: &[Publication]) -> io::Result<()> {
+        rustix::fs::syncfs(&self.dir).map_err(io::Error::from)
+    }
+
+    /// Without `syncfs`, each part is synced on its own.
+    #[cfg(not(target_os = "linux"))]
+    fn sync_data(&self, queued: &[Publication]) -> io::Result<()> {
+        for publication in queued {
+            File::open(&publication.part)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    fn context(&self, action: &str, err: io::Error) -> io::Error {
+        io::Error::new(
+            err.kind(),
+            format!("{action} in {}: {err}", self.path.display()),
+        )
     }
 }
 
@@ -487,7 +603,7 @@ impl Fetcher {
                     .and_then(|range| range.total)
                     .or(meta.as_ref().and_then(|meta| meta.length));
                 if total == Some(have) {
-                    self.finish(paths, None, true)?;
+                    self.finish(paths, true);
                     self.stats.downloaded.fetch_add(1, Ordering::Relaxed);
                     return Ok(Some(()));
                 }
@@ -576,7 +692,8 @@ impl Fetcher {
                 });
             }
         }
-        self.finish(paths, Some(file), true)?;
+        drop(file);
+        self.finish(paths, true);
         self.stats.downloaded.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -647,31 +764,25 @@ impl Fetcher {
         }
         // A stale meta must not outlive the bytes it described.
         remove_if_present(&paths.meta)?;
-        let mut file = create_part()?;
-        file.write_all(&body)
+        create_part()?
+            .write_all(&body)
             .map_err(|err| disk(&paths.part, err))?;
-        self.finish(paths, Some(file), false)?;
+        self.finish(paths, false);
         self.stats.downloaded.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
-    /// Makes the part the final file: sync its data, rename it, drop the
-    /// meta (`has_meta`: whether one may exist). The directory is not
-    /// synced here but before the checkpoint records the line (see the
-    /// module docs).
-    fn finish(&self, paths: &Paths, file: Option<File>, has_meta: bool) -> Result<(), FetchError> {
-        if self.sync_files {
-            let file = match file {
-                Some(file) => file,
-                None => File::open(&paths.part).map_err(|err| disk(&paths.part, err))?,
-            };
-            file.sync_all().map_err(|err| disk(&paths.part, err))?;
-        }
-        fs::rename(&paths.part, &paths.target).map_err(|err| disk(&paths.target, err))?;
-        if has_meta {
-            remove_if_present(&paths.meta)?;
-        }
-        Ok(())
+    /// Hands the whole part to the publisher, which gives it its final
+    /// name and drops the meta (`has_meta`: whether one may exist): with
+    /// durability, only after its data is synced, before the checkpoint
+    /// records the line (see the module docs). The part is not touched
+    /// again in this run: a line whose task succeeded is never run again.
+    fn finish(&self, paths: &Paths, has_meta: bool) {
+        self.publisher.finish(Publication {
+            part: paths.part.clone(),
+            target: paths.target.clone(),
+            meta: has_meta.then(|| paths.meta.clone()),
+        });
     }
 
     /// Throws a part away (and its meta), to start again from zero.

@@ -32,7 +32,7 @@ use linemark::{Checkpoint, Event, FailedLine, Report, RetryPolicy, Runner, StopT
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::fetch::{DirectorySync, Fetcher, Stats};
+use crate::fetch::{Fetcher, Publisher, Stats};
 use crate::input::Plan;
 use crate::progress::{Progress, Tracked};
 
@@ -157,15 +157,12 @@ fn download(
     out: &Path,
     base_url: Option<String>,
 ) -> Result<Outcome, Box<dyn Error>> {
-    // Finished files are renamed without a directory sync; `directory`
-    // makes their names durable before the checkpoint records them.
-    let directory = if args.no_fsync {
-        std::fs::create_dir_all(out)
-            .map_err(|err| format!("creating the output directory {}: {err}", out.display()))?;
-        None
-    } else {
-        Some(DirectorySync::create(out)?)
-    };
+    // Finished parts wait in `publisher` until the hook before each
+    // checkpoint write syncs their data, renames them and syncs the
+    // directory (with --no-fsync: only renames them), so the checkpoint
+    // never records a file that is not whole and durable under its final
+    // name.
+    let publisher = Arc::new(Publisher::create(out, !args.no_fsync)?);
     let mut runner = Runner::new();
     if let Some(path) = &args.checkpoint {
         runner.checkpoint(path);
@@ -187,7 +184,7 @@ fn download(
         plan,
         stop.clone(),
         Arc::clone(&stats),
-        !args.no_fsync,
+        Arc::clone(&publisher),
     );
     let mut retry = RetryPolicy::new();
     retry.max_attempts(args.retries.saturating_add(1));
@@ -201,16 +198,20 @@ fn download(
         let observer = Arc::clone(&progress);
         runner.observer(move |event: &Event<'_>| observer.on_event(event));
     }
-    if let Some(directory) = directory {
-        runner.before_checkpoint_write(move || directory.sync());
-    }
+    let hook = Arc::clone(&publisher);
+    runner.before_checkpoint_write(move || hook.publish());
     let task = Tracked {
         task: fetcher,
         progress: &progress,
     };
     let result = runner.run(list, &task);
+    // Parts finished but never recorded (a stop while earlier lines were in
+    // flight, a failed checkpoint write) get their final names now if they
+    // can; if not, the next run resumes them.
+    let published = publisher.publish();
     progress.finish();
     let report = result?;
+    published?;
     let plan = task.task.into_plan();
     if !args.quiet {
         let failed: Vec<FailedLine> = Checkpoint::inspect(&report.checkpoint)?.failed;
