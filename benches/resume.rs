@@ -15,13 +15,15 @@ mod common;
 
 use std::fs::File;
 use std::io::BufReader;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use criterion::measurement::WallTime;
 use criterion::{
-    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+    BenchmarkGroup, BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group,
+    criterion_main,
 };
-use linemark::Checkpoint;
+use linemark::{Checkpoint, Position};
 
 const LINES: u64 = 10_000_000;
 
@@ -51,18 +53,7 @@ fn resume(c: &mut Criterion) {
     group
         .sample_size(100)
         .measurement_time(Duration::from_secs(3));
-    for (&(label, done), path) in POINTS.iter().zip(&checkpoints) {
-        let expected = common::position_after(done);
-        group.throughput(Throughput::Elements(done));
-        group.bench_with_input(BenchmarkId::from_parameter(label), path, |b, path| {
-            b.iter(|| {
-                let checkpoint = Checkpoint::open(path).unwrap();
-                let mut reader = BufReader::new(File::open(&input).unwrap());
-                let reached = checkpoint.position().seek_offset(&mut reader).unwrap();
-                assert_eq!(reached, expected);
-            });
-        });
-    }
+    bench_seek(&mut group, &input, &checkpoints, Position::seek_offset);
     group.finish();
 
     let mut group = c.benchmark_group("resume_seek_content_10m_lines");
@@ -71,19 +62,30 @@ fn resume(c: &mut Criterion) {
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(5));
-    for (&(label, done), path) in POINTS.iter().zip(&checkpoints) {
+    bench_seek(&mut group, &input, &checkpoints, Position::seek_content);
+    group.finish();
+}
+
+/// What a restarted job does before its first line, at each point: open the
+/// checkpoint, open the input, seek it with `seek`.
+fn bench_seek(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    input: &Path,
+    checkpoints: &[PathBuf],
+    seek: fn(&Position, &mut BufReader<File>) -> linemark::Result<Position>,
+) {
+    for (&(label, done), path) in POINTS.iter().zip(checkpoints) {
         let expected = common::position_after(done);
         group.throughput(Throughput::Elements(done));
         group.bench_with_input(BenchmarkId::from_parameter(label), path, |b, path| {
             b.iter(|| {
                 let checkpoint = Checkpoint::open(path).unwrap();
-                let mut reader = BufReader::new(File::open(&input).unwrap());
-                let reached = checkpoint.position().seek_content(&mut reader).unwrap();
+                let mut reader = BufReader::new(File::open(input).unwrap());
+                let reached = seek(&checkpoint.position(), &mut reader).unwrap();
                 assert_eq!(reached, expected);
             });
         });
     }
-    group.finish();
 }
 
 criterion_group!(benches, resume);

@@ -690,11 +690,7 @@ impl Checkpoint {
                     line: number,
                     offset: line.offset(),
                     expected: crate::line::describe(end.last_len(), end.last_digest(), None),
-                    found: crate::line::describe(
-                        raw.len() as u64,
-                        crate::position::digest(raw),
-                        Some(&raw[..raw.len().min(40)]),
-                    ),
+                    found: crate::line::describe_bytes(raw),
                 });
             }
             return Ok(true);

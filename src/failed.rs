@@ -3,7 +3,7 @@
 use std::io::{BufRead, Read, Seek, SeekFrom};
 
 use crate::error::{Error, Result};
-use crate::line::{Line, describe};
+use crate::line::{Line, describe, describe_bytes};
 use crate::position::{Position, digest};
 
 /// A line whose task failed for good (out of attempts, or an error not worth
@@ -90,11 +90,7 @@ impl FailedLine {
         {
             return Ok(());
         }
-        Err(self.changed(describe(
-            raw.len() as u64,
-            digest(raw),
-            Some(&raw[..raw.len().min(40)]),
-        )))
+        Err(self.changed(describe_bytes(raw)))
     }
 
     /// The error for an input that ends before this line.
@@ -210,8 +206,7 @@ impl FailedLine {
         };
         if !starts_a_line || raw.len() as u64 != self.len || !is_line || digest(raw) != self.digest
         {
-            let shown = &raw[..raw.len().min(40)];
-            return Err(self.changed(describe(raw.len() as u64, digest(raw), Some(shown))));
+            return Err(self.changed(describe_bytes(raw)));
         }
         let end = start + raw.len();
         buf.truncate(end);

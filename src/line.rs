@@ -403,10 +403,7 @@ pub(crate) fn scan_line<R: BufRead>(reader: &mut R) -> io::Result<Option<Scanned
             None => (available, available.len()),
         };
         hasher.update(content);
-        if scanned.preview.len() < PREVIEW_LEN {
-            let take = (PREVIEW_LEN - scanned.preview.len()).min(content.len());
-            scanned.preview.extend_from_slice(&content[..take]);
-        }
+        push_preview(&mut scanned.preview, content);
         scanned.len += used as u64;
         reader.consume(used);
         if scanned.terminated {
@@ -457,6 +454,23 @@ pub(crate) fn skip_lines<R: BufRead>(reader: &mut R, count: u64) -> io::Result<(
 }
 
 /// Shows the start of a line in an error message.
+/// Shows a line found in the input, from its raw bytes.
+pub(crate) fn describe_bytes(raw: &[u8]) -> String {
+    describe(
+        raw.len() as u64,
+        digest(raw),
+        Some(&raw[..raw.len().min(PREVIEW_LEN)]),
+    )
+}
+
+/// Keeps the first bytes of a line streamed in pieces, for error messages.
+pub(crate) fn push_preview(preview: &mut Vec<u8>, content: &[u8]) {
+    if preview.len() < PREVIEW_LEN {
+        let take = (PREVIEW_LEN - preview.len()).min(content.len());
+        preview.extend_from_slice(&content[..take]);
+    }
+}
+
 pub(crate) fn describe(len: u64, digest: u32, preview: Option<&[u8]>) -> String {
     match preview {
         Some(preview) if !preview.is_empty() => {

@@ -3,7 +3,7 @@
 use std::io::{self, BufRead, Seek, SeekFrom};
 
 use crate::error::{Error, Result};
-use crate::line::{ScannedLine, describe, scan_line, skip_lines};
+use crate::line::{ScannedLine, describe, push_preview, scan_line, skip_lines};
 
 /// The digest of a line: CRC-32 (IEEE, as computed by `crc32fast`, zlib and
 /// `cksum -a crc32b`) of the line's bytes without its `\n` terminator (a `\r`
@@ -483,10 +483,7 @@ fn read_exact_line<R: BufRead>(reader: &mut R, len: u64) -> io::Result<ScannedLi
             _ => chunk,
         };
         hasher.update(content);
-        if scanned.preview.len() < 40 {
-            let take = (40 - scanned.preview.len()).min(content.len());
-            scanned.preview.extend_from_slice(&content[..take]);
-        }
+        push_preview(&mut scanned.preview, content);
         let used = chunk.len();
         scanned.len += used as u64;
         reader.consume(used);
