@@ -99,11 +99,13 @@
 //! body empties the part before its meta is replaced, and a small body
 //! removes any stale meta before its part is created.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -195,7 +197,7 @@ impl std::error::Error for FetchError {}
 
 /// Downloads a line's URL. See the module docs.
 pub struct Fetcher {
-    agent: ureq::Agent,
+    agents: Agents,
     dir: PathBuf,
     base_url: Option<String>,
     plan: Plan,
@@ -203,28 +205,96 @@ pub struct Fetcher {
     stats: Arc<Stats>,
     /// Where finished parts wait for their final names.
     publisher: Arc<Publisher>,
+    /// The names the output directory held at the start.
+    listing: Listing,
 }
 
 impl Fetcher {
     pub fn new(
-        agent: ureq::Agent,
+        agents: Agents,
         dir: PathBuf,
         base_url: Option<String>,
         plan: Plan,
         stop: StopToken,
         stats: Arc<Stats>,
         publisher: Arc<Publisher>,
-    ) -> Fetcher {
-        Fetcher {
-            agent,
+    ) -> io::Result<Fetcher> {
+        let listing = Listing::read(&dir)?;
+        Ok(Fetcher {
+            agents,
             dir,
             base_url,
             plan,
             stop,
             stats,
             publisher,
+            listing,
+        })
+    }
+}
+
+/// The names the output directory held when the run started, so that a
+/// line's first attempt looks up nothing when none of its files (`NAME`,
+/// its part, its meta) was there. A lookup of an absent name takes the
+/// directory's lock, which the workers creating files hold in turn: with
+/// 16 workers the lookups were a third of all context switches (`perf
+/// record -e sched:sched_switch`). Only a line's own task touches its
+/// names during the run, so the listing stays true for a name until an
+/// attempt at it fails and leaves a part behind; such names are
+/// remembered and looked up again.
+struct Listing {
+    /// Hashes of the names listed, with `.part`, `.part.meta` and
+    /// `.part.meta.tmp` taken off, sorted. Two names sharing a hash only
+    /// cost a lookup.
+    stems: Vec<u64>,
+    /// Names whose attempt failed in this run.
+    failed: Mutex<HashSet<String>>,
+    any_failed: AtomicBool,
+}
+
+impl Listing {
+    fn read(dir: &Path) -> io::Result<Listing> {
+        let mut stems = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            let stem = [".part.meta.tmp", ".part.meta", ".part"]
+                .iter()
+                .find_map(|suffix| name.strip_suffix(suffix))
+                .unwrap_or(&name);
+            stems.push(stem_hash(stem));
+        }
+        stems.sort_unstable();
+        stems.dedup();
+        Ok(Listing {
+            stems,
+            failed: Mutex::new(HashSet::new()),
+            any_failed: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether `name`, its part or its meta may be on disk.
+    fn may_exist(&self, name: &str) -> bool {
+        self.stems.binary_search(&stem_hash(name)).is_ok()
+            || (self.any_failed.load(Ordering::Acquire) && self.lock_failed().contains(name))
+    }
+
+    fn attempt_failed(&self, name: &str) {
+        let mut failed = self.lock_failed();
+        if failed.insert(name.to_string()) {
+            self.any_failed.store(true, Ordering::Release);
         }
     }
+
+    fn lock_failed(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.failed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn stem_hash(stem: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    stem.hash(&mut hasher);
+    hasher.finish()
 }
 
 impl Fetcher {
@@ -373,20 +443,47 @@ fn create_dir_durably(dir: &Path) -> io::Result<()> {
     File::open(parent)?.sync_all()
 }
 
-/// The agent all workers share: one connection pool, so connections are
-/// reused across files.
-pub fn agent(jobs: usize, timeout: Duration) -> ureq::Agent {
-    let config = ureq::Agent::config_builder()
-        // Error statuses are answers to read (Retry-After, 416), not errors.
-        .http_status_as_error(false)
-        .timeout_connect(Some(timeout))
-        .timeout_per_read(Some(timeout))
-        .timeout_per_write(Some(timeout))
-        .max_idle_connections(jobs.max(10))
-        .max_idle_connections_per_host(jobs.max(3))
-        .user_agent(concat!("linemark-download/", env!("CARGO_PKG_VERSION")))
-        .build();
-    ureq::Agent::new_with_config(config)
+/// HTTP agents for the workers: each request takes one out and puts it
+/// back, so a worker mostly gets the same agent, with its connection, as
+/// its last request. One agent shared by all workers measured slower:
+/// its connection pool is one lock, held while each pooled connection is
+/// probed with three system calls, and the workers queued on it.
+pub struct Agents {
+    config: ureq::config::Config,
+    idle: Mutex<Vec<ureq::Agent>>,
+}
+
+impl Agents {
+    /// Connect, read and write `timeout`s; error statuses are answers to
+    /// read (`Retry-After`, 416), not errors.
+    pub fn new(timeout: Duration) -> Agents {
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(timeout))
+            .timeout_per_read(Some(timeout))
+            .timeout_per_write(Some(timeout))
+            .max_idle_connections(4)
+            .max_idle_connections_per_host(4)
+            .user_agent(concat!("linemark-download/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Agents {
+            config,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `request` with an agent of its own.
+    fn with<T>(&self, request: impl FnOnce(&ureq::Agent) -> T) -> T {
+        let taken = self.lock_idle().pop();
+        let agent = taken.unwrap_or_else(|| ureq::Agent::new_with_config(self.config.clone()));
+        let result = request(&agent);
+        self.lock_idle().push(agent);
+        result
+    }
+
+    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<ureq::Agent>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl Task for Fetcher {
@@ -401,7 +498,11 @@ impl Task for Fetcher {
         };
         let url = resolve_url(entry.url, self.base_url.as_deref()).map_err(FetchError::Line)?;
         let name = self.plan.name_for(line.number(), &url, entry.name);
-        self.fetch(&url, &name)
+        let result = self.fetch(&url, &name);
+        if result.is_err() {
+            self.listing.attempt_failed(&name);
+        }
+        result
     }
 
     fn is_retryable(&self, error: &FetchError) -> bool {
@@ -476,6 +577,8 @@ struct Paths {
     target: PathBuf,
     part: PathBuf,
     meta: PathBuf,
+    /// None of the three was there when the attempt started.
+    fresh: bool,
 }
 
 /// Bodies up to this size are read into memory before they touch the disk.
@@ -495,13 +598,18 @@ impl Fetcher {
             target: self.dir.join(name),
             part: self.dir.join(format!("{name}.part")),
             meta: self.dir.join(format!("{name}.part.meta")),
+            fresh: !self.listing.may_exist(name),
         };
-        let part_len = match fs::metadata(&paths.part) {
-            Ok(metadata) => Some(metadata.len()),
-            Err(err) if err.kind() == io::ErrorKind::NotFound => None,
-            Err(error) => return Err(disk(&paths.part, error)),
+        let part_len = if paths.fresh {
+            None
+        } else {
+            match fs::metadata(&paths.part) {
+                Ok(metadata) => Some(metadata.len()),
+                Err(err) if err.kind() == io::ErrorKind::NotFound => None,
+                Err(error) => return Err(disk(&paths.part, error)),
+            }
         };
-        if part_len.is_none() && paths.target.exists() {
+        if !paths.fresh && part_len.is_none() && paths.target.exists() {
             remove_if_present(&paths.meta)?;
             self.stats.present.fetch_add(1, Ordering::Relaxed);
             return Ok(());
@@ -510,7 +618,12 @@ impl Fetcher {
         // the same attempt; more would mean a server that keeps changing.
         let mut have = part_len.unwrap_or(0);
         for _ in 0..2 {
-            match self.attempt(url, &paths, have)? {
+            // Held until the body is read, when its connection goes back
+            // to the agent's pool.
+            match self
+                .agents
+                .with(|agent| self.attempt(agent, url, &paths, have))?
+            {
                 Some(()) => return Ok(()),
                 None => self.stats.restarted.fetch_add(1, Ordering::Relaxed),
             };
@@ -524,7 +637,13 @@ impl Fetcher {
 
     /// One request, for a part of `have` bytes. `Ok(None)`: the part was
     /// thrown away, ask again.
-    fn attempt(&self, url: &str, paths: &Paths, have: u64) -> Result<Option<()>, FetchError> {
+    fn attempt(
+        &self,
+        agent: &ureq::Agent,
+        url: &str,
+        paths: &Paths,
+        have: u64,
+    ) -> Result<Option<()>, FetchError> {
         if self.stop.is_stopped() {
             return Err(FetchError::Stopped);
         }
@@ -536,7 +655,7 @@ impl Fetcher {
         let resume = meta
             .as_ref()
             .and_then(|meta| meta.if_range.as_deref().map(|v| (have, v)));
-        let mut request = self.agent.get(url);
+        let mut request = agent.get(url);
         if let Some((from, validator)) = resume {
             request = request
                 .header("Range", format!("bytes={from}-"))
@@ -763,7 +882,9 @@ impl Fetcher {
             return Err(failure);
         }
         // A stale meta must not outlive the bytes it described.
-        remove_if_present(&paths.meta)?;
+        if !paths.fresh {
+            remove_if_present(&paths.meta)?;
+        }
         create_part()?
             .write_all(&body)
             .map_err(|err| disk(&paths.part, err))?;

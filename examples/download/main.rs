@@ -178,14 +178,14 @@ fn download(
     watch_signals(&stop, args.quiet)?;
 
     let fetcher = Fetcher::new(
-        fetch::agent(jobs, timeout),
+        fetch::Agents::new(timeout),
         out.to_path_buf(),
         base_url,
         plan,
         stop.clone(),
         Arc::clone(&stats),
         Arc::clone(&publisher),
-    );
+    )?;
     let mut retry = RetryPolicy::new();
     retry.max_attempts(args.retries.saturating_add(1));
     runner
