@@ -2,6 +2,7 @@
 //! one test per fault class, and a process test that SIGKILLs it at varied
 //! moments and reruns it until done.
 
+mod common;
 #[path = "../examples/download/server.rs"]
 mod server;
 
@@ -14,33 +15,11 @@ use std::time::{Duration, Instant};
 use linemark::Checkpoint;
 use server::{Fault, Logged, Server, generate};
 
-/// The example's binary, built once (a no-op when it is up to date) with
-/// the profile and target directory of this test.
+/// The example's binary (`cargo test --test download` does not build
+/// examples).
 fn binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        // target/<profile>/deps/download-HASH
-        let profile_dir = exe.parent().unwrap().parent().unwrap();
-        let target_dir = profile_dir.parent().unwrap();
-        let release = profile_dir
-            .file_name()
-            .is_some_and(|name| name == "release");
-        let cargo = option_env!("CARGO").unwrap_or("cargo");
-        let mut build = Command::new(cargo);
-        build
-            .args(["build", "--quiet", "--example", "download"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env("CARGO_TARGET_DIR", target_dir);
-        if release {
-            build.arg("--release");
-        }
-        let status = build.status().expect("running cargo build");
-        assert!(status.success(), "cargo build --example download failed");
-        let binary = profile_dir.join("examples").join("download");
-        assert!(binary.exists(), "{} missing", binary.display());
-        binary
-    })
+    BINARY.get_or_init(|| common::example_binary("download"))
 }
 
 /// A temporary folder with a list, an output directory and a server.
@@ -62,6 +41,18 @@ impl Job {
         Job {
             dir: tempfile::tempdir().unwrap(),
             server: Server::start(0).unwrap(),
+        }
+    }
+
+    /// A job whose server speaks HTTPS, with the test certificate of
+    /// `tests/fixtures/tls` (issued to 127.0.0.1 by a test CA).
+    fn new_tls() -> Job {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+        let cert = std::fs::read(fixtures.join("server.pem")).unwrap();
+        let key = std::fs::read(fixtures.join("server.key")).unwrap();
+        Job {
+            dir: tempfile::tempdir().unwrap(),
+            server: Server::start_tls(0, &cert, &key).unwrap(),
         }
     }
 
@@ -787,4 +778,69 @@ fn sigkill_at_varied_moments_then_rerun_gives_every_file_whole_and_fetched_once(
             "{name}: {full} whole fetches, {allowed} allowed"
         );
     }
+}
+
+fn test_ca() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/tls/ca.pem")
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn https_downloads_and_resumes_by_range_with_the_given_ca() {
+    let job = Job::new_tls();
+    let big = generate(21, 400_000);
+    let small = generate(22, 3_000);
+    let lines = vec![
+        job.file("big.bin", big.clone()),
+        job.file("small.bin", small.clone()),
+    ];
+    assert!(lines[0].starts_with("https://127.0.0.1:"), "{lines:?}");
+    job.server
+        .add_faults("/big.bin", [Fault::DropAfter(250_000)]);
+    job.write_list(&lines);
+    let ran = job.run(&["--cacert", &test_ca()]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert_eq!(job.read("big.bin"), big);
+    assert_eq!(job.read("small.bin"), small);
+    let requests = job.server.requests_for("/big.bin");
+    assert_eq!(summary(&requests), vec![(200, None), (206, Some(250_000))]);
+    assert_eq!(job.server.full_responses("/big.bin"), 1);
+    assert!(job.leftovers().is_empty(), "{:?}", job.leftovers());
+}
+
+#[test]
+fn an_untrusted_certificate_is_a_permanent_failure_not_retried() {
+    let job = Job::new_tls();
+    let lines = vec![job.file("a.bin", generate(23, 1_000))];
+    job.write_list(&lines);
+    // Without --cacert only the built-in roots are trusted, and the test
+    // CA is not one of them.
+    let ran = job.run(&["--retries", "3"]);
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    let failed = Checkpoint::inspect(job.checkpoint()).unwrap().failed;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].attempts(), 1, "{failed:?}");
+    let error = failed[0].error();
+    assert!(
+        error.contains("TLS") && error.contains("certificate"),
+        "{error}"
+    );
+    assert!(error.contains(&lines[0]), "{error}");
+    // The handshake failed, so no request was ever answered.
+    assert!(job.server.log().is_empty());
+    assert!(!job.out().join("a.bin").exists());
+}
+
+#[test]
+fn a_cacert_file_without_certificates_is_a_usage_error() {
+    let job = Job::new_tls();
+    job.write_list(&[job.file("a.bin", generate(24, 100))]);
+    let empty = job.dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").unwrap();
+    let ran = job.run(&["--cacert", empty.to_str().unwrap()]);
+    assert_eq!(ran.code, Some(2), "{ran:?}");
+    assert!(ran.stderr.contains("--cacert"), "{}", ran.stderr);
+    assert!(ran.stderr.contains("no certificate"), "{}", ran.stderr);
 }

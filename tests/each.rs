@@ -3,6 +3,8 @@
 
 #![cfg(unix)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::io::Read;
@@ -22,54 +24,10 @@ const DEADLINE: Duration = Duration::from_secs(60);
 /// `O_APPEND` are atomic, so concurrent commands never mix their lines.
 const APPEND: &str = r#"printf '%s\n' "$1" >> "$2""#;
 
-/// The `each` binary that cargo built next to this test, built now if it is
-/// missing or older than its sources (`cargo test --test each` does not
-/// build examples).
+/// The `each` example (`cargo test --test each` does not build examples).
 fn each_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("current exe");
-        // target/<profile>/deps/each-<hash> -> target/<profile>/examples/each
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test binary in target/<profile>/deps");
-        let bin = profile_dir.join("examples").join("each");
-        if is_stale(&bin) {
-            let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-            let mut build = Command::new(cargo);
-            build
-                .args(["build", "--example", "each"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"));
-            if profile_dir.file_name() == Some(OsStr::new("release")) {
-                build.arg("--release");
-            }
-            let status = build.status().expect("running cargo build");
-            assert!(status.success(), "cargo build --example each: {status}");
-        }
-        assert!(bin.exists(), "{} not found", bin.display());
-        bin
-    })
-}
-
-/// Whether `bin` is missing or older than the example or the library.
-fn is_stale(bin: &Path) -> bool {
-    let modified = |path: &Path| {
-        std::fs::metadata(path)
-            .and_then(|meta| meta.modified())
-            .ok()
-    };
-    let Some(built) = modified(bin) else {
-        return true;
-    };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut sources = vec![root.join("examples/each.rs"), root.join("Cargo.toml")];
-    if let Ok(entries) = std::fs::read_dir(root.join("src")) {
-        sources.extend(entries.flatten().map(|entry| entry.path()));
-    }
-    sources
-        .iter()
-        .any(|source| modified(source).is_some_and(|time| time > built))
+    BIN.get_or_init(|| common::example_binary("each"))
 }
 
 /// A running `each`, killed on drop so a failed assertion leaves no

@@ -143,6 +143,9 @@ pub enum FetchError {
     },
     /// Connecting, sending or receiving failed (refused, reset, timeout).
     Transport { url: String, message: String },
+    /// TLS failed for good: a certificate that is not trusted or does not
+    /// fit the host, a server that speaks no common protocol.
+    Tls { url: String, message: String },
     /// The connection ended before the body did; the partial data is kept.
     Truncated {
         url: String,
@@ -171,6 +174,7 @@ impl fmt::Display for FetchError {
                 write!(f, "HTTP {code} {reason}: {url}")
             }
             FetchError::Transport { url, message } => write!(f, "{message}: {url}"),
+            FetchError::Tls { url, message } => write!(f, "TLS: {message}: {url}"),
             FetchError::Truncated {
                 url,
                 got,
@@ -455,9 +459,14 @@ pub struct Agents {
 
 impl Agents {
     /// Connect, read and write `timeout`s; error statuses are answers to
-    /// read (`Retry-After`, 416), not errors.
-    pub fn new(timeout: Duration) -> Agents {
+    /// read (`Retry-After`, 416), not errors. HTTPS servers are trusted
+    /// when their certificate chains to one of `roots`, or, without them,
+    /// to the Mozilla roots built in.
+    pub fn new(timeout: Duration, roots: Option<Vec<ureq::tls::Certificate<'static>>>) -> Agents {
+        let roots = roots.map_or(ureq::tls::RootCerts::WebPki, ureq::tls::RootCerts::from);
+        let tls = ureq::tls::TlsConfig::builder().root_certs(roots).build();
         let config = ureq::Agent::config_builder()
+            .tls_config(tls)
             .http_status_as_error(false)
             .timeout_connect(Some(timeout))
             .timeout_per_read(Some(timeout))
@@ -507,7 +516,7 @@ impl Task for Fetcher {
 
     fn is_retryable(&self, error: &FetchError) -> bool {
         match error {
-            FetchError::Line(_) | FetchError::Disk { .. } => false,
+            FetchError::Line(_) | FetchError::Tls { .. } | FetchError::Disk { .. } => false,
             FetchError::Status { code, .. } => *code >= 500 || *code == 429 || *code == 408,
             FetchError::Transport { .. }
             | FetchError::Truncated { .. }
@@ -978,6 +987,20 @@ fn request_error(url: &str, err: ureq::Error) -> FetchError {
             url,
             message: format!("timed out ({timeout})"),
         },
+        ureq::Error::Rustls(err) => FetchError::Tls {
+            url,
+            message: err.to_string(),
+        },
+        ureq::Error::Io(io)
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>()) =>
+        {
+            FetchError::Tls {
+                url,
+                message: io.to_string(),
+            }
+        }
         ureq::Error::Io(io) => FetchError::Transport {
             url,
             message: describe_io(&io),

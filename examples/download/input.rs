@@ -77,12 +77,7 @@ pub fn resolve_url(url: &str, base: Option<&str>) -> Result<String, String> {
         return Err(format!("bad URL: {absolute}"));
     };
     match scheme.to_ascii_lowercase().as_str() {
-        "http" => {}
-        "https" => {
-            return Err(format!(
-                "https is not supported by this build (plain HTTP only): {absolute}"
-            ));
-        }
+        "http" | "https" => {}
         _ => return Err(format!("unsupported URL scheme {scheme:?}: {absolute}")),
     }
     let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
@@ -294,6 +289,7 @@ mod tests {
         assert!(resolve_url("ftp://h/x", None).is_err());
         assert!(resolve_url("x", None).is_err());
         assert!(resolve_url("http:///x", None).is_err());
+        assert_eq!(resolve_url("HTTPS://h/x", None).unwrap(), "HTTPS://h/x");
         assert_eq!(
             resolve_url("/files/a", Some("http://127.0.0.1:1/")).unwrap(),
             "http://127.0.0.1:1/files/a"

@@ -75,6 +75,11 @@ struct Args {
     #[arg(long)]
     retry_failed: bool,
 
+    /// Trust only the certificate authorities in this PEM file for HTTPS
+    /// [default: the Mozilla roots built in].
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
+
     /// Base for URLs written without `scheme://`.
     #[arg(long, value_name = "URL")]
     base_url: Option<String>,
@@ -172,13 +177,14 @@ fn download(
     let plan = Plan::scan(list, base_url.as_deref(), &snapshot, args.retry_failed)?;
     let jobs = args.jobs.max(1);
     let timeout = Duration::from_secs_f64(args.timeout.max(0.001));
+    let roots = args.cacert.as_deref().map(read_roots).transpose()?;
     let stop = StopToken::new();
     let stats = Arc::new(Stats::default());
     let progress = Arc::new(Progress::new(&plan, &stats, args.quiet));
     watch_signals(&stop, args.quiet)?;
 
     let fetcher = Fetcher::new(
-        fetch::Agents::new(timeout),
+        fetch::Agents::new(timeout, roots),
         out.to_path_buf(),
         base_url,
         plan,
@@ -231,6 +237,22 @@ fn download(
         }
     }
     Ok(Outcome { report, plan })
+}
+
+/// The certificates of a PEM file, for `--cacert`.
+fn read_roots(path: &Path) -> Result<Vec<ureq::tls::Certificate<'static>>, Box<dyn Error>> {
+    let context = |err: &dyn std::fmt::Display| format!("--cacert {}: {err}", path.display());
+    let pem = std::fs::read(path).map_err(|err| context(&err))?;
+    let mut roots = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        if let ureq::tls::PemItem::Certificate(cert) = item.map_err(|err| context(&err))? {
+            roots.push(cert);
+        }
+    }
+    if roots.is_empty() {
+        return Err(context(&"no certificate in the file").into());
+    }
+    Ok(roots)
 }
 
 fn run_demo(args: &Args) -> Result<ExitCode, Box<dyn Error>> {

@@ -8,6 +8,8 @@
 //! request answered in full, a new version of the file, no answer at all.
 //! No HTTP crate can be made to misbehave like that, hence a purpose-built
 //! one; it binds to 127.0.0.1 only and never opens a connection itself.
+//! [`Server::start_tls`] serves the same over TLS (rustls), faults
+//! included, with a certificate the caller gives.
 //!
 //! The `download` example uses it for `--demo` and `--serve`; the tests in
 //! `tests/download.rs` include this file with `#[path]`.
@@ -111,6 +113,8 @@ struct State {
     stopping: AtomicBool,
     active: AtomicUsize,
     connections: AtomicU64,
+    /// Set for HTTPS.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -123,6 +127,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// connections to end.
 pub struct Server {
     addr: SocketAddr,
+    /// `http` or `https`.
+    scheme: &'static str,
     state: Arc<State>,
     accept: Option<JoinHandle<()>>,
 }
@@ -134,7 +140,37 @@ impl Server {
     ///
     /// When the port cannot be bound.
     pub fn start(port: u16) -> io::Result<Server> {
+        Server::listen(port, None)
+    }
+
+    /// Starts a server that speaks HTTPS, on 127.0.0.1 at `port` (0: any
+    /// free port), with the certificate chain and private key in
+    /// `cert_pem` and `key_pem`.
+    ///
+    /// # Errors
+    ///
+    /// When the port cannot be bound or the certificate or key is not
+    /// usable.
+    pub fn start_tls(port: u16, cert_pem: &[u8], key_pem: &[u8]) -> io::Result<Server> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let invalid = |err: &dyn std::fmt::Display| {
+            io::Error::new(io::ErrorKind::InvalidInput, err.to_string())
+        };
+        let chain = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|err| invalid(&err))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|err| invalid(&err))?;
+        let config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|err| invalid(&err))?;
+        Server::listen(port, Some(Arc::new(config)))
+    }
+
+    fn listen(port: u16, tls: Option<Arc<rustls::ServerConfig>>) -> io::Result<Server> {
         let listener = TcpListener::bind(("127.0.0.1", port))?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             files: Mutex::new(HashMap::new()),
@@ -144,6 +180,7 @@ impl Server {
             stopping: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             connections: AtomicU64::new(0),
+            tls,
         });
         let shared = Arc::clone(&state);
         let accept = std::thread::Builder::new()
@@ -151,6 +188,7 @@ impl Server {
             .spawn(move || accept_loop(&listener, &shared))?;
         Ok(Server {
             addr,
+            scheme,
             state,
             accept: Some(accept),
         })
@@ -161,9 +199,9 @@ impl Server {
         self.addr
     }
 
-    /// `http://127.0.0.1:PORT` followed by `path`.
+    /// `http://127.0.0.1:PORT` (or `https://`) followed by `path`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
+        format!("{}://{}{}", self.scheme, self.addr, path)
     }
 
     /// Serves `content` at `path` (which starts with `/`).
@@ -288,7 +326,14 @@ fn accept_loop(listener: &TcpListener, state: &Arc<State>) {
         let spawned = std::thread::Builder::new()
             .name("server-connection".into())
             .spawn(move || {
-                let _ = serve_connection(stream, &shared);
+                let _ = match &shared.tls {
+                    None => serve_connection(stream, &shared),
+                    Some(config) => rustls::ServerConnection::new(Arc::clone(config))
+                        .map_err(io::Error::other)
+                        .and_then(|tls| {
+                            serve_connection(rustls::StreamOwned::new(tls, stream), &shared)
+                        }),
+                };
                 shared.active.fetch_sub(1, Ordering::SeqCst);
             });
         if spawned.is_err() {
@@ -309,10 +354,46 @@ struct Request {
 /// How often a waiting connection checks whether the server stops.
 const POLL: Duration = Duration::from_millis(100);
 
-fn serve_connection(mut stream: TcpStream, state: &State) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(POLL))?;
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+/// A connection, plain or TLS.
+trait Conn: Read + Write {
+    fn tcp(&self) -> &TcpStream;
+
+    /// Ends the connection: `gracefully` after a complete answer (a TLS
+    /// `close_notify` first), else abruptly, as a fault does. What was
+    /// written is sent first either way.
+    fn close(&mut self, gracefully: bool);
+}
+
+impl Conn for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+
+    fn close(&mut self, _gracefully: bool) {
+        let _ = self.shutdown(Shutdown::Both);
+    }
+}
+
+impl Conn for rustls::StreamOwned<rustls::ServerConnection, TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        &self.sock
+    }
+
+    fn close(&mut self, gracefully: bool) {
+        if gracefully {
+            self.conn.send_close_notify();
+        }
+        let _ = self.flush();
+        let _ = self.sock.shutdown(Shutdown::Both);
+    }
+}
+
+fn serve_connection(mut stream: impl Conn, state: &State) -> io::Result<()> {
+    stream.tcp().set_nodelay(true)?;
+    stream.tcp().set_read_timeout(Some(POLL))?;
+    stream
+        .tcp()
+        .set_write_timeout(Some(Duration::from_secs(10)))?;
     let mut buffered = Vec::new();
     loop {
         let Some(head) = read_head(&mut stream, &mut buffered, state)? else {
@@ -322,10 +403,12 @@ fn serve_connection(mut stream: TcpStream, state: &State) -> io::Result<()> {
             let body = b"bad request\n";
             write_response(&mut stream, 400, &[], body.len() as u64, true)?;
             stream.write_all(body)?;
+            stream.close(true);
             return Ok(());
         };
-        if !respond(&mut stream, &request, state)? || request.close {
-            let _ = stream.shutdown(Shutdown::Both);
+        let reusable = respond(&mut stream, &request, state)?;
+        if !reusable || request.close {
+            stream.close(reusable);
             return Ok(());
         }
     }
@@ -334,7 +417,7 @@ fn serve_connection(mut stream: TcpStream, state: &State) -> io::Result<()> {
 /// Reads up to the end of a request head. `None` at a clean end of the
 /// connection or when the server stops.
 fn read_head(
-    stream: &mut TcpStream,
+    stream: &mut impl Conn,
     buffered: &mut Vec<u8>,
     state: &State,
 ) -> io::Result<Option<Vec<u8>>> {
@@ -426,7 +509,7 @@ fn parse_range(value: &str) -> Option<(u64, Option<u64>)> {
 }
 
 /// Answers one request. Returns whether the connection can serve another.
-fn respond(stream: &mut TcpStream, request: &Request, state: &State) -> io::Result<bool> {
+fn respond(stream: &mut impl Conn, request: &Request, state: &State) -> io::Result<bool> {
     let mut fault = lock(&state.faults)
         .get_mut(&request.path)
         .and_then(VecDeque::pop_front);
@@ -569,7 +652,7 @@ fn respond(stream: &mut TcpStream, request: &Request, state: &State) -> io::Resu
 }
 
 /// Holds the connection open without answering.
-fn hang(stream: &mut TcpStream, state: &State) {
+fn hang(stream: &mut impl Conn, state: &State) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut scratch = [0u8; 1024];
     while Instant::now() < deadline && !state.stopping.load(Ordering::SeqCst) {
@@ -588,7 +671,7 @@ fn hang(stream: &mut TcpStream, state: &State) {
 }
 
 fn write_response(
-    stream: &mut TcpStream,
+    stream: &mut impl Conn,
     status: u16,
     headers: &[(&str, &str)],
     content_length: u64,
@@ -607,7 +690,7 @@ fn write_response(
 }
 
 /// Writes `body`, at `rate` bytes a second when not 0.
-fn send_body(stream: &mut TcpStream, body: &[u8], rate: u64, state: &State) -> io::Result<()> {
+fn send_body(stream: &mut impl Conn, body: &[u8], rate: u64, state: &State) -> io::Result<()> {
     if rate == 0 {
         return stream.write_all(body);
     }

@@ -266,3 +266,48 @@ pub fn serial() -> MutexGuard<'static, ()> {
     // A test that panicked while holding it does not make the others fail.
     SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+/// The example `name`, built by cargo (a no-op when it is up to date) with
+/// the profile and target directory of the running test.
+///
+/// The cargo that runs a test sets variables such as `CARGO_PKG_NAME` and
+/// `CARGO_MANIFEST_DIR` for it, and some build scripts (ring's, under
+/// ureq's TLS) ask to rerun when those change: passed on to this build,
+/// they would make it and the next `cargo test` rebuild those crates in
+/// turn, seven seconds each time. They are removed here.
+pub fn example_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/TEST-HASH
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary in target/<profile>/deps");
+    let target_dir = profile_dir.parent().expect("target directory");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .args(["build", "--quiet", "--example", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("CARGO_TARGET_DIR", target_dir);
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let set_for_tests = key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_BIN_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                &*key,
+                "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR"
+            );
+        if set_for_tests {
+            build.env_remove(&*key);
+        }
+    }
+    if profile_dir.file_name() == Some(OsStr::new("release")) {
+        build.arg("--release");
+    }
+    let status = build.status().expect("running cargo build");
+    assert!(status.success(), "cargo build --example {name}: {status}");
+    let binary = profile_dir.join("examples").join(name);
+    assert!(binary.exists(), "{} not found", binary.display());
+    binary
+}
