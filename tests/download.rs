@@ -13,7 +13,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use linemark::Checkpoint;
-use server::{Fault, Logged, Server, generate};
+use server::{Fault, Logged, RetryAfter, Server, generate};
 
 /// The example's binary (`cargo test --test download` does not build
 /// examples).
@@ -453,7 +453,7 @@ fn a_429_retry_waits_for_retry_after() {
         "/f.bin",
         [Fault::Status {
             code: 429,
-            retry_after: Some(1),
+            retry_after: Some(RetryAfter::Seconds(1)),
         }],
     );
     let ran = job.run(&[]);
@@ -463,6 +463,30 @@ fn a_429_retry_waits_for_retry_after() {
     // The default backoff is at most half a second: the wait is the hint.
     let waited = requests[1].at - requests[0].at;
     assert!(waited >= Duration::from_secs(1), "waited only {waited:?}");
+    assert_eq!(job.read("f.bin"), content);
+}
+
+#[test]
+fn a_503_retry_waits_until_a_retry_after_date() {
+    let job = Job::new();
+    let content = generate(25, 10_000);
+    job.write_list(&[job.file("f.bin", content.clone())]);
+    job.server.add_faults(
+        "/f.bin",
+        [Fault::Status {
+            code: 503,
+            retry_after: Some(RetryAfter::DateIn(1)),
+        }],
+    );
+    let ran = job.run(&[]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    let requests = job.server.requests_for("/f.bin");
+    assert_eq!(summary(&requests), vec![(503, None), (200, None)]);
+    // The date is 1 to 2 s ahead; the default backoff is at most half a
+    // second, and a date read as no hint would not be waited for.
+    let waited = requests[1].at - requests[0].at;
+    assert!(waited >= Duration::from_secs(1), "waited only {waited:?}");
+    assert!(waited < Duration::from_secs(10), "waited {waited:?}");
     assert_eq!(job.read("f.bin"), content);
 }
 

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use linemark::LineReader;
 
 use crate::input::{Plan, parse_line, resolve_url};
-use crate::server::{Fault, Server, checksum, generate};
+use crate::server::{Fault, RetryAfter, Server, checksum, generate};
 
 /// Files the demo serves.
 const FILES: u64 = 300;
@@ -56,11 +56,11 @@ fn faults_of(i: u64, size: u64) -> Vec<Fault> {
         }],
         _ if i % 23 == 5 => vec![Fault::Status {
             code: 429,
-            retry_after: Some(2),
+            retry_after: Some(RetryAfter::Seconds(2)),
         }],
         _ if i % 9 == 4 => vec![Fault::Status {
             code: 503,
-            retry_after: Some(1),
+            retry_after: Some(RetryAfter::DateIn(1)),
         }],
         _ if i % 9 == 1 => vec![Fault::DropAfter(size / 2)],
         _ => Vec::new(),

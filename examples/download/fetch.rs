@@ -744,9 +744,7 @@ impl Fetcher {
                 Err(FetchError::Status {
                     url: url.to_string(),
                     code: status,
-                    retry_after: header(headers, "retry-after")
-                        .and_then(|v| v.trim().parse::<u64>().ok())
-                        .map(Duration::from_secs),
+                    retry_after: header(headers, "retry-after").and_then(retry_after),
                 })
             }
         }
@@ -955,6 +953,20 @@ fn validator(headers: &HeaderMap) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The wait a `Retry-After` value asks for: delay seconds, or an HTTP
+/// date in any of its three forms (a date already past: no wait).
+fn retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
 struct ContentRange {
     start: u64,
     total: Option<u64>,
@@ -1033,6 +1045,29 @@ fn describe_io(err: &io::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_and_all_three_date_forms() {
+        assert_eq!(retry_after(" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after("0"), Some(Duration::ZERO));
+        // Dates in the past ask for no wait, in each form RFC 9110 names.
+        for past in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+        ] {
+            assert_eq!(retry_after(past), Some(Duration::ZERO), "{past}");
+        }
+        let ahead = std::time::SystemTime::now() + Duration::from_secs(120);
+        let wait = retry_after(&httpdate::fmt_http_date(ahead)).unwrap();
+        assert!(
+            wait > Duration::from_secs(118) && wait <= Duration::from_secs(120),
+            "{wait:?}"
+        );
+        assert_eq!(retry_after("soon"), None);
+        assert_eq!(retry_after("-5"), None);
+        assert_eq!(retry_after(""), None);
+    }
 
     #[test]
     fn content_ranges() {

@@ -37,13 +37,13 @@ pub enum Fault {
     /// Declares a `Content-Length` this many bytes larger than the body,
     /// sends the body, then closes the connection.
     OverstateLength(u64),
-    /// Answers with this status, an optional `Retry-After` in seconds and a
-    /// short text body.
+    /// Answers with this status, an optional `Retry-After` and a short
+    /// text body.
     Status {
         /// The status code.
         code: u16,
-        /// `Retry-After` seconds.
-        retry_after: Option<u64>,
+        /// The `Retry-After` header.
+        retry_after: Option<RetryAfter>,
     },
     /// Ignores `Range` and `If-Range`: the whole file with 200.
     IgnoreRange,
@@ -55,6 +55,30 @@ pub enum Fault {
     Hang,
     /// Sends the body at this many bytes a second.
     Slow(u64),
+}
+
+/// A `Retry-After` header, in either of its forms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryAfter {
+    /// This many seconds.
+    Seconds(u64),
+    /// An HTTP date at least this many seconds after the answer (at most
+    /// one more: the date is rounded up to a whole second).
+    DateIn(u64),
+}
+
+impl RetryAfter {
+    fn header_value(self) -> String {
+        match self {
+            RetryAfter::Seconds(seconds) => seconds.to_string(),
+            RetryAfter::DateIn(seconds) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |since| since.as_secs());
+                http_date(now + seconds + 1)
+            }
+        }
+    }
 }
 
 /// One request, as the server saw it.
@@ -554,10 +578,10 @@ fn respond(stream: &mut impl Conn, request: &Request, state: &State) -> io::Resu
         Some(Fault::Status { code, retry_after }) => {
             log(code, &fault);
             let body = format!("injected status {code}\n");
-            let retry = retry_after.map(|seconds| seconds.to_string());
+            let retry = retry_after.map(RetryAfter::header_value);
             let headers: Vec<(&str, &str)> = retry
                 .as_deref()
-                .map(|seconds| ("Retry-After", seconds))
+                .map(|value| ("Retry-After", value))
                 .into_iter()
                 .collect();
             write_response(stream, code, &headers, body.len() as u64, false)?;
@@ -758,30 +782,7 @@ pub fn generate(seed: u64, len: usize) -> Vec<u8> {
 
 /// An HTTP date (RFC 9110 IMF-fixdate) for seconds since the Unix epoch.
 pub fn http_date(unix_seconds: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = unix_seconds / 86_400;
-    let seconds = unix_seconds % 86_400;
-    // Howard Hinnant's civil_from_days, for days since 1970-01-01.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
-        DAYS[(days % 7) as usize],
-        MONTHS[(month - 1) as usize],
-        seconds / 3600,
-        seconds / 60 % 60,
-        seconds % 60,
-    )
+    httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(unix_seconds))
 }
 
 #[cfg(test)]
