@@ -5,8 +5,9 @@
 //! cargo run --release --example download -- -o downloads --jobs 16 urls.txt
 //! ```
 //!
-//! Each line of the list is `URL [NAME]`. The files are fetched in parallel
-//! over one connection pool, retried with backoff, and resumed by range;
+//! Each line of the list is `URL [NAME]`, over HTTP or HTTPS. The files
+//! are fetched in parallel on keep-alive connections, retried with backoff
+//! (or the server's `Retry-After`), and resumed by range;
 //! a line is finished in the checkpoint only once its file is whole on
 //! disk. Interrupt it (Ctrl-C, SIGTERM, SIGKILL, a reboot) and run the same
 //! command again: it goes on where it stopped.
