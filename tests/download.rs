@@ -444,50 +444,37 @@ fn a_500_is_retried_and_then_succeeds() {
     assert_eq!(job.read("f.bin"), content);
 }
 
-#[test]
-fn a_429_retry_waits_for_retry_after() {
+/// Answers `code` with `retry_after` once, then the file; returns how long
+/// the client waited between the two requests.
+fn wait_after(code: u16, retry_after: RetryAfter) -> Duration {
     let job = Job::new();
     let content = generate(8, 10_000);
     job.write_list(&[job.file("f.bin", content.clone())]);
-    job.server.add_faults(
-        "/f.bin",
-        [Fault::Status {
-            code: 429,
-            retry_after: Some(RetryAfter::Seconds(1)),
-        }],
-    );
+    let retry_after = Some(retry_after);
+    job.server
+        .add_faults("/f.bin", [Fault::Status { code, retry_after }]);
     let ran = job.run(&[]);
     assert_eq!(ran.code, Some(0), "{ran:?}");
     let requests = job.server.requests_for("/f.bin");
-    assert_eq!(summary(&requests), vec![(429, None), (200, None)]);
-    // The default backoff is at most half a second: the wait is the hint.
-    let waited = requests[1].at - requests[0].at;
-    assert!(waited >= Duration::from_secs(1), "waited only {waited:?}");
+    assert_eq!(summary(&requests), vec![(code, None), (200, None)]);
     assert_eq!(job.read("f.bin"), content);
+    requests[1].at - requests[0].at
+}
+
+#[test]
+fn a_429_retry_waits_for_retry_after() {
+    // The default backoff is at most half a second: the wait is the hint.
+    let waited = wait_after(429, RetryAfter::Seconds(1));
+    assert!(waited >= Duration::from_secs(1), "waited only {waited:?}");
 }
 
 #[test]
 fn a_503_retry_waits_until_a_retry_after_date() {
-    let job = Job::new();
-    let content = generate(25, 10_000);
-    job.write_list(&[job.file("f.bin", content.clone())]);
-    job.server.add_faults(
-        "/f.bin",
-        [Fault::Status {
-            code: 503,
-            retry_after: Some(RetryAfter::DateIn(1)),
-        }],
-    );
-    let ran = job.run(&[]);
-    assert_eq!(ran.code, Some(0), "{ran:?}");
-    let requests = job.server.requests_for("/f.bin");
-    assert_eq!(summary(&requests), vec![(503, None), (200, None)]);
-    // The date is 1 to 2 s ahead; the default backoff is at most half a
-    // second, and a date read as no hint would not be waited for.
-    let waited = requests[1].at - requests[0].at;
+    // The date is 1 to 2 s ahead; a date not understood would be no hint,
+    // and the default backoff is at most half a second.
+    let waited = wait_after(503, RetryAfter::DateIn(1));
     assert!(waited >= Duration::from_secs(1), "waited only {waited:?}");
     assert!(waited < Duration::from_secs(10), "waited {waited:?}");
-    assert_eq!(job.read("f.bin"), content);
 }
 
 #[test]
