@@ -822,6 +822,19 @@ fn https_downloads_and_resumes_by_range_with_the_given_ca() {
 }
 
 #[test]
+fn a_tls_error_that_may_pass_is_retried() {
+    let job = Job::new_tls();
+    let content = generate(26, 20_000);
+    job.write_list(&[job.file("f.bin", content.clone())]);
+    job.server.add_faults("/f.bin", [Fault::Garbage]);
+    let ran = job.run(&["--cacert", &test_ca()]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert_eq!(job.read("f.bin"), content);
+    let requests = job.server.requests_for("/f.bin");
+    assert_eq!(summary(&requests), vec![(0, None), (200, None)]);
+}
+
+#[test]
 fn an_untrusted_certificate_is_a_permanent_failure_not_retried() {
     let job = Job::new_tls();
     let lines = vec![job.file("a.bin", generate(23, 1_000))];

@@ -58,8 +58,8 @@
 //! No part is touched after it is queued: a line is queued only as the last
 //! step of a task that then succeeds, and the runner never runs a line
 //! again once it succeeded; two lines never share a name (the plan gives
-//! duplicates distinct names, and no name ends in `.part`), so never a
-//! part. Parts still queued when the run ends (stopped while earlier lines
+//! duplicates distinct names, and no name ends in `.part`, `.part.meta`
+//! or `.part.meta.tmp`, in any case), so never a part. Parts still queued when the run ends (stopped while earlier lines
 //! were in flight, or a failed checkpoint write) are published once more
 //! after it, if that works; else the next run resumes them.
 //!
@@ -99,20 +99,20 @@
 //! body empties the part before its meta is replaced, and a small body
 //! removes any stale meta before its part is created.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use linemark::{Line, StopToken, Task};
 use ureq::http::{HeaderMap, StatusCode};
 
+use crate::agents::Agents;
 use crate::input::{Plan, parse_line, resolve_url};
+use crate::listing::Listing;
 
 /// Counters shared with the progress display.
 #[derive(Debug, Default)]
@@ -144,7 +144,8 @@ pub enum FetchError {
     /// Connecting, sending or receiving failed (refused, reset, timeout).
     Transport { url: String, message: String },
     /// TLS failed for good: a certificate that is not trusted or does not
-    /// fit the host, a server that speaks no common protocol.
+    /// fit the host, a server that shares no protocol with us (see
+    /// `tls_fails_for_good`).
     Tls { url: String, message: String },
     /// The connection ended before the body did; the partial data is kept.
     Truncated {
@@ -235,70 +236,6 @@ impl Fetcher {
             listing,
         })
     }
-}
-
-/// The names the output directory held when the run started, so that a
-/// line's first attempt looks up nothing when none of its files (`NAME`,
-/// its part, its meta) was there. A lookup of an absent name takes the
-/// directory's lock, which the workers creating files hold in turn: with
-/// 16 workers the lookups were a third of all context switches (`perf
-/// record -e sched:sched_switch`). Only a line's own task touches its
-/// names during the run, so the listing stays true for a name until an
-/// attempt at it fails and leaves a part behind; such names are
-/// remembered and looked up again.
-struct Listing {
-    /// Hashes of the names listed, with `.part`, `.part.meta` and
-    /// `.part.meta.tmp` taken off, sorted. Two names sharing a hash only
-    /// cost a lookup.
-    stems: Vec<u64>,
-    /// Names whose attempt failed in this run.
-    failed: Mutex<HashSet<String>>,
-    any_failed: AtomicBool,
-}
-
-impl Listing {
-    fn read(dir: &Path) -> io::Result<Listing> {
-        let mut stems = Vec::new();
-        for entry in fs::read_dir(dir)? {
-            let name = entry?.file_name();
-            let name = name.to_string_lossy();
-            let stem = [".part.meta.tmp", ".part.meta", ".part"]
-                .iter()
-                .find_map(|suffix| name.strip_suffix(suffix))
-                .unwrap_or(&name);
-            stems.push(stem_hash(stem));
-        }
-        stems.sort_unstable();
-        stems.dedup();
-        Ok(Listing {
-            stems,
-            failed: Mutex::new(HashSet::new()),
-            any_failed: AtomicBool::new(false),
-        })
-    }
-
-    /// Whether `name`, its part or its meta may be on disk.
-    fn may_exist(&self, name: &str) -> bool {
-        self.stems.binary_search(&stem_hash(name)).is_ok()
-            || (self.any_failed.load(Ordering::Acquire) && self.lock_failed().contains(name))
-    }
-
-    fn attempt_failed(&self, name: &str) {
-        let mut failed = self.lock_failed();
-        if failed.insert(name.to_string()) {
-            self.any_failed.store(true, Ordering::Release);
-        }
-    }
-
-    fn lock_failed(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.failed.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-fn stem_hash(stem: &str) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    stem.hash(&mut hasher);
-    hasher.finish()
 }
 
 impl Fetcher {
@@ -445,54 +382,6 @@ fn create_dir_durably(dir: &Path) -> io::Result<()> {
         Err(err) => return Err(err),
     }
     File::open(parent)?.sync_all()
-}
-
-/// HTTP agents for the workers: each request takes one out and puts it
-/// back, so a worker mostly gets the same agent, with its connection, as
-/// its last request. One agent shared by all workers measured slower:
-/// its connection pool is one lock, held while each pooled connection is
-/// probed with three system calls, and the workers queued on it.
-pub struct Agents {
-    config: ureq::config::Config,
-    idle: Mutex<Vec<ureq::Agent>>,
-}
-
-impl Agents {
-    /// Connect, read and write `timeout`s; error statuses are answers to
-    /// read (`Retry-After`, 416), not errors. HTTPS servers are trusted
-    /// when their certificate chains to one of `roots`, or, without them,
-    /// to the Mozilla roots built in.
-    pub fn new(timeout: Duration, roots: Option<Vec<ureq::tls::Certificate<'static>>>) -> Agents {
-        let roots = roots.map_or(ureq::tls::RootCerts::WebPki, ureq::tls::RootCerts::from);
-        let tls = ureq::tls::TlsConfig::builder().root_certs(roots).build();
-        let config = ureq::Agent::config_builder()
-            .tls_config(tls)
-            .http_status_as_error(false)
-            .timeout_connect(Some(timeout))
-            .timeout_per_read(Some(timeout))
-            .timeout_per_write(Some(timeout))
-            .max_idle_connections(4)
-            .max_idle_connections_per_host(4)
-            .user_agent(concat!("linemark-download/", env!("CARGO_PKG_VERSION")))
-            .build();
-        Agents {
-            config,
-            idle: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Runs `request` with an agent of its own.
-    fn with<T>(&self, request: impl FnOnce(&ureq::Agent) -> T) -> T {
-        let taken = self.lock_idle().pop();
-        let agent = taken.unwrap_or_else(|| ureq::Agent::new_with_config(self.config.clone()));
-        let result = request(&agent);
-        self.lock_idle().push(agent);
-        result
-    }
-
-    fn lock_idle(&self) -> std::sync::MutexGuard<'_, Vec<ureq::Agent>> {
-        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
 impl Task for Fetcher {
@@ -954,17 +843,16 @@ fn validator(headers: &HeaderMap) -> Option<String> {
 }
 
 /// The wait a `Retry-After` value asks for: delay seconds, or an HTTP
-/// date in any of its three forms (a date already past: no wait).
+/// date in any of its three forms. A date already past gives no hint, so
+/// the usual backoff applies: a server whose clock is behind must not get
+/// every retry at once.
 fn retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(
-        at.duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
+    at.duration_since(std::time::SystemTime::now()).ok()
 }
 
 struct ContentRange {
@@ -999,14 +887,20 @@ fn request_error(url: &str, err: ureq::Error) -> FetchError {
             url,
             message: format!("timed out ({timeout})"),
         },
-        ureq::Error::Rustls(err) => FetchError::Tls {
+        // A TLS setting this host cannot use (a name that is no DNS name).
+        ureq::Error::Tls(message) => FetchError::Tls {
+            url,
+            message: message.to_string(),
+        },
+        ureq::Error::Rustls(err) if tls_fails_for_good(&err) => FetchError::Tls {
             url,
             message: err.to_string(),
         },
         ureq::Error::Io(io)
             if io
                 .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>()) =>
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .is_some_and(tls_fails_for_good) =>
         {
             FetchError::Tls {
                 url,
@@ -1021,6 +915,39 @@ fn request_error(url: &str, err: ureq::Error) -> FetchError {
             url,
             message: other.to_string(),
         },
+    }
+}
+
+/// Whether a TLS error will come again however often the request is
+/// retried: a certificate not trusted or not fitting the host, a server
+/// that shares no protocol version or cipher with us, or that said so in
+/// its alert. Other TLS errors (a corrupt record, a failed decryption, an
+/// internal error of the server) may pass, and are retried.
+fn tls_fails_for_good(err: &rustls::Error) -> bool {
+    use rustls::AlertDescription as Alert;
+    match err {
+        rustls::Error::InvalidCertificate(_)
+        | rustls::Error::NoCertificatesPresented
+        | rustls::Error::UnsupportedNameType
+        | rustls::Error::InvalidCertRevocationList(_)
+        | rustls::Error::PeerIncompatible(_)
+        | rustls::Error::NoApplicationProtocol => true,
+        rustls::Error::AlertReceived(alert) => matches!(
+            alert,
+            Alert::HandshakeFailure
+                | Alert::ProtocolVersion
+                | Alert::InsufficientSecurity
+                | Alert::BadCertificate
+                | Alert::UnsupportedCertificate
+                | Alert::CertificateRevoked
+                | Alert::CertificateExpired
+                | Alert::CertificateUnknown
+                | Alert::UnknownCA
+                | Alert::AccessDenied
+                | Alert::UnrecognisedName
+                | Alert::NoApplicationProtocol
+        ),
+        _ => false,
     }
 }
 
@@ -1050,20 +977,33 @@ mod tests {
     fn retry_after_takes_seconds_and_all_three_date_forms() {
         assert_eq!(retry_after(" 7 "), Some(Duration::from_secs(7)));
         assert_eq!(retry_after("0"), Some(Duration::ZERO));
-        // Dates in the past ask for no wait, in each form RFC 9110 names.
-        for past in [
-            "Sun, 06 Nov 1994 08:49:37 GMT",
-            "Sunday, 06-Nov-94 08:49:37 GMT",
-            "Sun Nov  6 08:49:37 1994",
-        ] {
-            assert_eq!(retry_after(past), Some(Duration::ZERO), "{past}");
-        }
         let ahead = std::time::SystemTime::now() + Duration::from_secs(120);
         let wait = retry_after(&httpdate::fmt_http_date(ahead)).unwrap();
         assert!(
             wait > Duration::from_secs(118) && wait <= Duration::from_secs(120),
             "{wait:?}"
         );
+        // Each form RFC 9110 names; the obsolete RFC 850 one has a
+        // two-digit year (below 70: 20YY).
+        for future in [
+            "Wed, 03 Nov 2049 08:49:37 GMT",
+            "Wednesday, 03-Nov-49 08:49:37 GMT",
+            "Wed Nov  3 08:49:37 2049",
+        ] {
+            let wait = retry_after(future).unwrap_or_default();
+            assert!(
+                wait > Duration::from_secs(20 * 365 * 86_400),
+                "{future}: {wait:?}"
+            );
+        }
+        // A date past gives no hint: the backoff applies.
+        for past in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+        ] {
+            assert_eq!(retry_after(past), None, "{past}");
+        }
         assert_eq!(retry_after("soon"), None);
         assert_eq!(retry_after("-5"), None);
         assert_eq!(retry_after(""), None);

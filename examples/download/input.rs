@@ -150,7 +150,13 @@ pub fn sanitise(name: &str) -> String {
     if clean.is_empty() || clean == "." || clean == ".." {
         return "index.html".to_string();
     }
-    if clean.ends_with(".part") || clean.ends_with(".part.meta") {
+    // The names of a line's other files (see `listing`), in any case, as
+    // some file systems ignore it.
+    let lower = clean.to_lowercase();
+    if [".part", ".part.meta", ".part.meta.tmp"]
+        .iter()
+        .any(|suffix| lower.ends_with(suffix))
+    {
         clean.push('_');
     }
     clean
@@ -269,6 +275,11 @@ mod tests {
         assert_eq!(base_name("http://h/x", Some("/etc/passwd")), "_etc_passwd");
         assert_eq!(base_name("http://h/x", Some("..")), "index.html");
         assert_eq!(base_name("http://h/a.part", None), "a.part_");
+        assert_eq!(base_name("http://h/a.PART.Meta", None), "a.PART.Meta_");
+        assert_eq!(
+            base_name("http://h/x", Some("a.part.meta.tmp")),
+            "a.part.meta.tmp_"
+        );
         assert_eq!(base_name("http://h/a%20b", None), "a b");
         assert_eq!(with_line("report.pdf", 7), "report.7.pdf");
         assert_eq!(with_line(".profile", 7), ".profile.7");

@@ -16,9 +16,11 @@
 //! retries exactly them), 2 a usage error or linemark's own error (the
 //! checkpoint, the list changed, ...), 130 stopped by a signal.
 
+mod agents;
 mod demo;
 mod fetch;
 mod input;
+mod listing;
 mod progress;
 mod server;
 
@@ -185,7 +187,7 @@ fn download(
     watch_signals(&stop, args.quiet)?;
 
     let fetcher = Fetcher::new(
-        fetch::Agents::new(timeout, roots),
+        agents::Agents::new(timeout, roots),
         out.to_path_buf(),
         base_url,
         plan,

@@ -55,6 +55,10 @@ pub enum Fault {
     Hang,
     /// Sends the body at this many bytes a second.
     Slow(u64),
+    /// Answers with bytes that are no response: a TLS fatal alert record
+    /// (`internal_error`) in plain text, past the TLS layer on an HTTPS
+    /// connection, then closes the connection.
+    Garbage,
 }
 
 /// A `Retry-After` header, in either of its forms.
@@ -588,6 +592,12 @@ fn respond(stream: &mut impl Conn, request: &Request, state: &State) -> io::Resu
             stream.write_all(body.as_bytes())?;
             return Ok(true);
         }
+        Some(Fault::Garbage) => {
+            log(0, &fault);
+            let mut raw = stream.tcp();
+            raw.write_all(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x50])?;
+            return Ok(false);
+        }
         Some(Fault::NewVersion) => fault = None,
         _ => {}
     }
@@ -783,15 +793,4 @@ pub fn generate(seed: u64, len: usize) -> Vec<u8> {
 /// An HTTP date (RFC 9110 IMF-fixdate) for seconds since the Unix epoch.
 pub fn http_date(unix_seconds: u64) -> String {
     httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(unix_seconds))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn http_dates() {
-        assert_eq!(http_date(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
-        assert_eq!(http_date(0), "Thu, 01 Jan 1970 00:00:00 GMT");
-    }
 }

@@ -302,8 +302,10 @@ pub fn example_binary(name: &str) -> PathBuf {
             build.env_remove(&*key);
         }
     }
-    if profile_dir.file_name() == Some(OsStr::new("release")) {
-        build.arg("--release");
+    // The profile's directory is its name, but for `dev`'s.
+    let profile = profile_dir.file_name().expect("profile directory");
+    if profile != OsStr::new("debug") {
+        build.arg("--profile").arg(profile);
     }
     let status = build.status().expect("running cargo build");
     assert!(status.success(), "cargo build --example {name}: {status}");
