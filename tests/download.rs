@@ -558,6 +558,8 @@ fn names_are_distinct_stable_and_connections_are_reused() {
         "{} ../../escape.bin",
         job.server.url("/d0/same.bin")
     ));
+    // The same name but for case: the same file where case is ignored.
+    lines.push(format!("{} SAME.bin", job.server.url("/d1/same.bin")));
     job.write_list(&lines);
     let ran = job.run(&["--jobs", "4"]);
     assert_eq!(ran.code, Some(0), "{ran:?}");
@@ -568,9 +570,10 @@ fn names_are_distinct_stable_and_connections_are_reused() {
         assert_eq!(&job.read(&format!("same.{}.bin", i + 3)), content);
     }
     assert_eq!(job.read(".._.._escape.bin"), expected[0]);
-    assert_eq!(names_in(&job.out()).len(), 41);
+    assert_eq!(job.read("SAME.44.bin"), expected[1]);
+    assert_eq!(names_in(&job.out()).len(), 42);
     assert!(!job.dir.path().join("escape.bin").exists());
-    // Four workers, one pool: a handful of connections for 41 files.
+    // Four workers, their connections reused: a handful for 42 files.
     assert!(
         job.server.connections_accepted() <= 8,
         "{} connections",

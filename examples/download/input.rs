@@ -252,11 +252,16 @@ impl Plan {
     }
 }
 
+/// The hash a name is claimed by: of its lowercase form, as two names that
+/// differ only in case are one file where the file system ignores case.
 fn name_hash(name: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &byte in name.as_bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    let mut utf8 = [0u8; 4];
+    for c in name.chars().flat_map(char::to_lowercase) {
+        for &byte in c.encode_utf8(&mut utf8).as_bytes() {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
     }
     hash
 }
