@@ -871,3 +871,44 @@ fn a_cacert_file_without_certificates_is_a_usage_error() {
     assert!(ran.stderr.contains("--cacert"), "{}", ran.stderr);
     assert!(ran.stderr.contains("no certificate"), "{}", ran.stderr);
 }
+
+#[test]
+fn serve_with_tls_serves_a_directory_over_https() {
+    let job = Job::new();
+    let served = job.dir.path().join("served");
+    std::fs::create_dir(&served).unwrap();
+    let contents: Vec<Vec<u8>> = (0..3).map(|i| generate(400 + i, 30_000)).collect();
+    for (i, content) in contents.iter().enumerate() {
+        std::fs::write(served.join(format!("s{i}.bin")), content).unwrap();
+    }
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let mut server = Command::new(binary())
+        .arg("--serve")
+        .arg(&served)
+        .arg("--tls-cert")
+        .arg(fixtures.join("server.pem"))
+        .arg("--tls-key")
+        .arg(fixtures.join("server.key"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // "serving 3 files of DIR at https://127.0.0.1:PORT/ (Ctrl-C to stop)"
+    let mut banner = String::new();
+    let mut stdout = std::io::BufReader::new(server.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut stdout, &mut banner).unwrap();
+    let base = banner
+        .split_whitespace()
+        .find(|word| word.starts_with("https://127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no https URL in {banner:?}"))
+        .to_string();
+    let lines: Vec<String> = (0..3).map(|i| format!("{base}s{i}.bin")).collect();
+    job.write_list(&lines);
+    let ran = job.run(&["--cacert", &test_ca()]);
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    for (i, content) in contents.iter().enumerate() {
+        assert_eq!(&job.read(&format!("s{i}.bin")), content);
+    }
+}

@@ -117,12 +117,21 @@ struct Args {
     /// Port for --serve (0: any free port).
     #[arg(long, default_value_t = 0)]
     port: u16,
+
+    /// Serve HTTPS with this PEM certificate chain (with --serve and
+    /// --tls-key).
+    #[arg(long, value_name = "FILE", requires_all = ["serve", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = if let Some(dir) = &args.serve {
-        serve(dir, args.port)
+        serve(&args, dir)
     } else if args.demo {
         run_demo(&args)
     } else {
@@ -332,8 +341,16 @@ fn shell_quote(arg: &str) -> String {
 }
 
 /// `--serve DIR`: the test server, without faults, on the files of `dir`.
-fn serve(dir: &Path, port: u16) -> Result<ExitCode, Box<dyn Error>> {
-    let server = server::Server::start(port)?;
+fn serve(args: &Args, dir: &Path) -> Result<ExitCode, Box<dyn Error>> {
+    let server = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let read = |path: &Path| {
+                std::fs::read(path).map_err(|err| format!("{}: {err}", path.display()))
+            };
+            server::Server::start_tls(args.port, &read(cert)?, &read(key)?)?
+        }
+        _ => server::Server::start(args.port)?,
+    };
     let mut count = 0;
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
