@@ -143,22 +143,30 @@ fn summary(requests: &[Logged]) -> Vec<(u16, Option<u64>)> {
     requests.iter().map(|r| (r.status, r.range_start)).collect()
 }
 
+/// Runs `job` with `args` over a list whose first line is `big.bin`, cut
+/// by the server after `cut` bytes on its first request, and checks that
+/// the retry asked for the rest only and finished the file. Returns the
+/// requests for `big.bin`.
+fn resumes_after_a_drop(job: &Job, args: &[&str], content: &[u8], cut: u64) -> Vec<Logged> {
+    job.server.add_faults("/big.bin", [Fault::DropAfter(cut)]);
+    let ran = job.run(args);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert_eq!(job.read("big.bin"), content);
+    let requests = job.server.requests_for("/big.bin");
+    assert_eq!(summary(&requests), vec![(200, None), (206, Some(cut))]);
+    assert_eq!(job.server.full_responses("/big.bin"), 1);
+    assert!(job.leftovers().is_empty(), "{:?}", job.leftovers());
+    requests
+}
+
 #[test]
 fn a_connection_dropped_mid_body_resumes_by_range() {
     let job = Job::new();
     let content = generate(1, 1 << 20);
     job.write_list(&[job.file("big.bin", content.clone())]);
-    job.server
-        .add_faults("/big.bin", [Fault::DropAfter(300_000)]);
-    let ran = job.run(&[]);
-    assert_eq!(ran.code, Some(0), "{ran:?}");
-    assert_eq!(job.read("big.bin"), content);
-    let requests = job.server.requests_for("/big.bin");
-    // The retry asked for the rest only, validated by the ETag.
-    assert_eq!(summary(&requests), vec![(200, None), (206, Some(300_000))]);
+    let requests = resumes_after_a_drop(&job, &[], &content, 300_000);
+    // The retry was validated by the ETag.
     assert_eq!(requests[1].if_range, job.server.etag("/big.bin"));
-    assert_eq!(job.server.full_responses("/big.bin"), 1);
-    assert!(job.leftovers().is_empty(), "{:?}", job.leftovers());
 }
 
 #[test]
@@ -811,17 +819,9 @@ fn https_downloads_and_resumes_by_range_with_the_given_ca() {
         job.file("small.bin", small.clone()),
     ];
     assert!(lines[0].starts_with("https://127.0.0.1:"), "{lines:?}");
-    job.server
-        .add_faults("/big.bin", [Fault::DropAfter(250_000)]);
     job.write_list(&lines);
-    let ran = job.run(&["--cacert", &test_ca()]);
-    assert_eq!(ran.code, Some(0), "{ran:?}");
-    assert_eq!(job.read("big.bin"), big);
+    resumes_after_a_drop(&job, &["--cacert", &test_ca()], &big, 250_000);
     assert_eq!(job.read("small.bin"), small);
-    let requests = job.server.requests_for("/big.bin");
-    assert_eq!(summary(&requests), vec![(200, None), (206, Some(250_000))]);
-    assert_eq!(job.server.full_responses("/big.bin"), 1);
-    assert!(job.leftovers().is_empty(), "{:?}", job.leftovers());
 }
 
 #[test]
