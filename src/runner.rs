@@ -376,7 +376,7 @@ impl Runner {
         let mut checkpoint = self.open_checkpoint(self.checkpoint_path(input))?;
         let mut reader = BufReader::with_capacity(64 * 1024, file);
         if self.retry_failed {
-            let failed: Vec<FailedLine> = checkpoint.failed().cloned().collect();
+            let failed: Vec<FailedLine> = checkpoint.failed().collect();
             let source: FailedSource<'_, _, std::io::Empty> = FailedSource::Seek {
                 reader: &mut reader,
                 lines: failed.into(),
@@ -420,7 +420,7 @@ impl Runner {
     ) -> Result<Report> {
         let mut checkpoint = self.open_checkpoint(checkpoint.as_ref().to_path_buf())?;
         if self.retry_failed {
-            let failed: Vec<FailedLine> = checkpoint.failed().cloned().collect();
+            let failed: Vec<FailedLine> = checkpoint.failed().collect();
             let source: FailedSource<'_, std::io::Empty, R> = FailedSource::Scan {
                 lines: self.line_reader(reader, Position::start()),
                 failed: failed.into(),
@@ -479,7 +479,7 @@ impl Runner {
         run.emit(&Event::Begin {
             input_len,
             resumed_at: resumed,
-            failed_before: run.checkpoint.failed().len(),
+            failed_before: run.checkpoint.failed_count(),
         });
         if self.workers == 1 {
             self.drive_in_order(&mut run, lines, task)?;
@@ -566,7 +566,7 @@ impl Runner {
         run.emit(&Event::Begin {
             input_len,
             resumed_at: run.checkpoint.position(),
-            failed_before: run.checkpoint.failed().len(),
+            failed_before: run.checkpoint.failed_count(),
         });
         let mut source = FailedLines {
             source,
@@ -906,7 +906,7 @@ impl<'r, 'c> RunState<'r, 'c> {
             stopped,
             halted: self.halted,
             position: self.checkpoint.position(),
-            failed_total: self.checkpoint.failed().len(),
+            failed_total: self.checkpoint.failed_count(),
             checkpoint: self.checkpoint.path().to_path_buf(),
         })
     }

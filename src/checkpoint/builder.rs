@@ -1,0 +1,257 @@
+//! Configuring and opening a checkpoint.
+
+use std::io;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::file::{load, remove_leftover_temp_files, take_lock};
+use super::fs::{Fs, RealFs};
+use super::slot::{Slot, SlotWriter};
+use super::state::Pending;
+use super::writer::{Core, Inner, Io, Schedule, WriterThread};
+use super::{Checkpoint, Durability};
+use crate::error::{Error, Result};
+
+/// Configures and opens a [`Checkpoint`].
+///
+/// # Examples
+///
+/// ```
+/// use linemark::{CheckpointBuilder, Durability};
+///
+/// let dir = tempfile::tempdir()?;
+/// let checkpoint = CheckpointBuilder::new()
+///     .durability(Durability::EveryCommit)
+///     .compact_at(16 * 1024)
+///     .open(dir.path().join("job.checkpoint"))?;
+/// assert!(checkpoint.position().is_start());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct CheckpointBuilder {
+    durability: Durability,
+    write_delay: Duration,
+    compact_at: u64,
+    before_write: Option<BeforeWrite>,
+    fs: Arc<dyn Fs>,
+}
+
+/// A hook run before records are written; see
+/// [`CheckpointBuilder::before_write`].
+#[derive(Clone)]
+pub(crate) struct BeforeWrite(pub(crate) Arc<dyn Fn() -> io::Result<()> + Send + Sync>);
+
+impl std::fmt::Debug for BeforeWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BeforeWrite(..)")
+    }
+}
+
+impl Default for CheckpointBuilder {
+    fn default() -> CheckpointBuilder {
+        CheckpointBuilder::new()
+    }
+}
+
+impl CheckpointBuilder {
+    /// The default compaction threshold in bytes.
+    pub const DEFAULT_COMPACT_AT: u64 = 32 * 1024;
+
+    /// The default write delay: 10 ms.
+    pub const DEFAULT_WRITE_DELAY: Duration = Duration::from_millis(10);
+
+    /// Default settings: [`Durability::DEFAULT_GROUP`], a write delay of
+    /// 10 ms, compaction at 32 KiB.
+    #[must_use]
+    pub fn new() -> CheckpointBuilder {
+        CheckpointBuilder {
+            durability: Durability::default(),
+            write_delay: CheckpointBuilder::DEFAULT_WRITE_DELAY,
+            compact_at: CheckpointBuilder::DEFAULT_COMPACT_AT,
+            before_write: None,
+            fs: Arc::new(RealFs),
+        }
+    }
+
+    /// Runs `hook` before every write of records to the file, and writes
+    /// nothing if it fails. A job whose lines have effects that are not
+    /// durable yet when the line is committed makes them durable here, once
+    /// per write instead of once per line: a downloader that renames each
+    /// finished file syncs the output directory in the hook, so a line is
+    /// never recorded as finished before its file's name is on disk.
+    ///
+    /// # Errors
+    ///
+    /// A failing hook makes the write fail with [`Error::Io`]; the commits
+    /// stay in memory for the next write.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    /// use linemark::{Checkpoint, Durability, Position};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let calls = Arc::new(AtomicUsize::new(0));
+    /// let seen = Arc::clone(&calls);
+    /// let mut checkpoint = Checkpoint::builder()
+    ///     .durability(Durability::EveryCommit)
+    ///     .before_write(move || {
+    ///         seen.fetch_add(1, Ordering::SeqCst);
+    ///         Ok(())
+    ///     })
+    ///     .open(dir.path().join("job.checkpoint"))?;
+    /// checkpoint.commit(Position::start().after(b"a\n"))?;
+    /// assert_eq!(calls.load(Ordering::SeqCst), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn before_write(
+        &mut self,
+        hook: impl Fn() -> io::Result<()> + Send + Sync + 'static,
+    ) -> &mut CheckpointBuilder {
+        self.before_write = Some(BeforeWrite(Arc::new(hook)));
+        self
+    }
+
+    pub(crate) fn before_write_hook(
+        &mut self,
+        hook: Option<BeforeWrite>,
+    ) -> &mut CheckpointBuilder {
+        self.before_write = hook;
+        self
+    }
+
+    /// When commits reach the disk.
+    pub fn durability(&mut self, durability: Durability) -> &mut CheckpointBuilder {
+        self.durability = durability;
+        self
+    }
+
+    /// How long after it was made a commit is written to the file at most
+    /// (handed to the operating system, not synced), whatever the job does
+    /// meanwhile: what a kill of the process (SIGKILL, the OOM killer) can
+    /// make the job redo, besides the lines in progress. The default is
+    /// [`DEFAULT_WRITE_DELAY`](CheckpointBuilder::DEFAULT_WRITE_DELAY), 10 ms.
+    /// `Duration::ZERO` writes every commit before it returns (a system
+    /// call per commit). With [`Durability::EveryCommit`] every commit is
+    /// written and synced at once anyway.
+    ///
+    /// The writer thread that keeps this bound (and the group's
+    /// `max_delay`) wakes every half of the shorter delay, at least every
+    /// millisecond; see [`Durability::Group`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use linemark::Checkpoint;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let checkpoint = Checkpoint::builder()
+    ///     .write_delay(Duration::from_millis(50))
+    ///     .open(dir.path().join("job.checkpoint"))?;
+    /// assert_eq!(checkpoint.write_delay(), Duration::from_millis(50));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn write_delay(&mut self, delay: Duration) -> &mut CheckpointBuilder {
+        self.write_delay = delay;
+        self
+    }
+
+    /// Routes the checkpoint's file operations through `fs` (tests simulate
+    /// power loss with it).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(crate) fn file_system(&mut self, fs: Arc<dyn Fs>) -> &mut CheckpointBuilder {
+        self.fs = fs;
+        self
+    }
+
+    /// Rewrites the file as one compact snapshot once it grows past `bytes`
+    /// (or past twice the snapshot's own size, if that is larger).
+    pub fn compact_at(&mut self, bytes: u64) -> &mut CheckpointBuilder {
+        self.compact_at = bytes;
+        self
+    }
+
+    /// Opens the checkpoint at `path`, taking its lock and recovering its
+    /// state. A missing file is a fresh start; the file is created by the
+    /// first write.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Locked`] when another `Checkpoint` holds the lock,
+    /// [`Error::NotACheckpoint`], [`Error::UnsupportedVersion`] or
+    /// [`Error::Corrupt`] for a file that cannot be trusted (it is left
+    /// untouched), [`Error::Io`] when the file or its lock cannot be read.
+    pub fn open(&self, path: impl AsRef<Path>) -> Result<Checkpoint> {
+        let path = path.as_ref().to_path_buf();
+        let lock = take_lock(&path)?;
+        let fs = Arc::clone(&self.fs);
+        let loaded = load(fs.as_ref(), &path)?;
+        remove_leftover_temp_files(fs.as_ref(), &path);
+        let file = if loaded.exists {
+            Some(
+                fs.open_append(&path)
+                    .map_err(|err| Error::io(Some(&path), "opening the checkpoint", err))?,
+            )
+        } else {
+            None
+        };
+        let position = loaded.state.position;
+        let io = Io {
+            file,
+            file_len: loaded.file_len,
+            snapshot_len: 0,
+            truncate_to: (loaded.valid_len < loaded.file_len).then_some(loaded.valid_len),
+            needs_rewrite: !loaded.has_header,
+            unsynced: false,
+            written: position,
+            unsynced_since: None,
+        };
+        let inner = Arc::new(Inner {
+            path: path.clone(),
+            fs,
+            slot: Slot::default(),
+            core: Mutex::new(Core {
+                state: loaded.state,
+                pending: Pending::default(),
+                folded: 0,
+                durable: position,
+            }),
+            io: Mutex::new(io),
+            error: Mutex::new(None),
+            syncs: AtomicU64::new(0),
+            before_write: self.before_write.clone(),
+            compact_at: self.compact_at,
+        });
+        let (max_records, max_delay) = self.durability.batch();
+        let every_commit = matches!(self.durability, Durability::EveryCommit);
+        // A group whose delay is zero syncs every commit, as EveryCommit.
+        let sync_each = every_commit || (self.durability.syncs() && max_delay.is_zero());
+        let write_each = sync_each || self.write_delay.is_zero();
+        let schedule = Schedule {
+            write_delay: (!write_each).then_some(self.write_delay),
+            sync_delay: (self.durability.syncs() && !sync_each).then_some(max_delay),
+        };
+        let writer = WriterThread::start(&inner, schedule)?;
+        Ok(Checkpoint {
+            slot: SlotWriter::new(&inner.slot),
+            inner,
+            durability: self.durability,
+            write_delay: if every_commit {
+                Duration::ZERO
+            } else {
+                self.write_delay
+            },
+            count: 0,
+            service_at: if write_each { 1 } else { max_records },
+            max_records: if sync_each { 1 } else { max_records },
+            writer,
+            _lock: lock,
+            abandoned: false,
+        })
+    }
+}

@@ -1,0 +1,812 @@
+//! The checkpoint file: an append-and-fsync log of progress records,
+//! written by a writer thread within a bounded delay, recovered on open and
+//! compacted by atomic rewrite.
+
+mod builder;
+mod file;
+mod fs;
+mod slot;
+mod state;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
+use std::time::Duration;
+
+pub(crate) use builder::BeforeWrite;
+pub use builder::CheckpointBuilder;
+
+use crate::error::{Error, Result};
+use crate::failed::FailedLine;
+use crate::line::Line;
+use crate::position::Position;
+use crate::record::Record;
+use file::load;
+use fs::RealFs;
+use slot::{SlotWriter, WANT_FOLD};
+use writer::{Core, Inner, WriterThread};
+
+/// When commits reach the disk.
+///
+/// Whatever the mode, the checkpoint file is always valid after a crash: at
+/// worst it holds an older position, and the lines after it are done again
+/// (at-least-once). The modes differ in how much can be redone.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use linemark::{Checkpoint, Durability};
+///
+/// let dir = tempfile::tempdir()?;
+/// let checkpoint = Checkpoint::builder()
+///     .durability(Durability::group(1_000, Duration::from_millis(50)))
+///     .open(dir.path().join("job.checkpoint"))?;
+/// assert_eq!(checkpoint.durability(), Durability::group(1_000, Duration::from_millis(50)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Durability {
+    /// Every commit is written and `fdatasync`ed before the call returns. A
+    /// crash redoes at most the lines that were in progress.
+    EveryCommit,
+    /// Group commit (the default): commits are collected in memory and
+    /// written and `fdatasync`ed once `max_records` of them have gathered or
+    /// `max_delay` has passed since the first of them, whichever comes first.
+    /// Only the newest position is written at each sync, so the cost grows
+    /// with the number of syncs, not of lines. A crash redoes at most the
+    /// lines of one group plus those in progress.
+    ///
+    /// A timer thread (one per open checkpoint in this mode, asleep but for
+    /// one wake-up per `max_delay`) marks the delay as passed; the write
+    /// happens at the next commit or [`Checkpoint::flush_if_due`], so the
+    /// hot path reads no clock.
+    #[non_exhaustive]
+    Group {
+        /// Commits per sync at most.
+        max_records: u32,
+        /// Time from the first unsynced commit to its sync at most, as long as
+        /// commits keep coming (the delay is acted on at the next commit or
+        /// [`Checkpoint::flush_if_due`]).
+        max_delay: Duration,
+    },
+    /// Records are written on the group schedule but never explicitly
+    /// synced (the operating system decides when they reach the disk), except
+    /// by [`Checkpoint::sync`], [`Checkpoint::close`] and compaction. After an
+    /// OS crash or power loss any amount of progress may be redone; after a
+    /// crash of the process alone, nothing written is lost. For throwaway
+    /// jobs.
+    NoSync,
+}
+
+impl Durability {
+    /// The default group commit: 1,000,000 commits or 200 ms (for a fast job the
+    /// delay decides; the count bounds what a crash can redo for a very fast one).
+    pub const DEFAULT_GROUP: Durability = Durability::group(1_000_000, Duration::from_millis(200));
+
+    /// Group commit with the given limits (a `max_records` of 0 counts as 1).
+    #[must_use]
+    pub const fn group(max_records: u32, max_delay: Duration) -> Durability {
+        Durability::Group {
+            max_records: if max_records == 0 { 1 } else { max_records },
+            max_delay,
+        }
+    }
+
+    fn batch(&self) -> (u32, Duration) {
+        match *self {
+            Durability::EveryCommit => (1, Duration::ZERO),
+            Durability::Group {
+                max_records,
+                max_delay,
+            } => (max_records, max_delay),
+            Durability::NoSync => match Durability::DEFAULT_GROUP {
+                Durability::Group {
+                    max_records,
+                    max_delay,
+                } => (max_records, max_delay),
+                _ => (1, Duration::ZERO),
+            },
+        }
+    }
+
+    fn syncs(&self) -> bool {
+        !matches!(self, Durability::NoSync)
+    }
+}
+
+impl Default for Durability {
+    fn default() -> Durability {
+        Durability::DEFAULT_GROUP
+    }
+}
+
+/// A job's progress, kept in a small append-only file that survives crashes.
+///
+/// A checkpoint records "everything before this [`Position`] of the input is
+/// finished", plus, for jobs whose lines finish out of order, the lines
+/// finished beyond that position, and the lines that failed for good. On the
+/// next run, [`position`](Checkpoint::position) tells where to seek the input
+/// (see [`Position::seek_offset`] and its siblings, which verify the input).
+///
+/// Only one `Checkpoint` at a time can have a given file open: an exclusive
+/// lock on the sidecar file `PATH.lock` is held while it lives, and a second
+/// opener, in this process or another, gets [`Error::Locked`] at once (after
+/// 50 ms of retries, which cover a lock just released while this process
+/// was starting a child process).
+///
+/// # Guarantee
+///
+/// At least once: a line committed is never redone after a crash once its
+/// commit is durable (see [`Durability`]); a line not yet durably committed
+/// is redone. Nothing is ever recorded as finished that was not committed.
+///
+/// # Durability
+///
+/// Commits reach the disk according to the [`Durability`] chosen when
+/// opening. [`sync`](Checkpoint::sync) and [`close`](Checkpoint::close) make
+/// everything committed durable and report errors; dropping a `Checkpoint`
+/// writes what is pending on a best-effort basis, ignoring errors, and syncs
+/// it unless the durability is [`Durability::NoSync`]. After a failed
+/// write or sync (a full disk, say), the state in memory is kept and the next
+/// write replaces the whole file atomically, so no recorded progress is lost.
+///
+/// # File format
+///
+/// Text, one record a line, so `tail` and `grep` work on it. Every record
+/// ends with ` crc=XXXXXXXX`: the CRC-32 (IEEE) in 8 lowercase hex digits of
+/// all bytes of the record before that field. Numbers are decimal, digests 8
+/// lowercase hex digits, line numbers 1-based.
+///
+/// ```text
+/// linemark-checkpoint version=1 crc=…                    header, always first
+/// pos offset=O line=N len=L digest=D crc=…               lines 1..=N are finished; the next starts at byte O;
+///                                                        line N is L bytes long (newline included), digest D
+/// done line=N offset=O len=L digest=D crc=…              line N (after the last pos), starting at byte O,
+///                                                        L bytes long, digest D, is finished too
+/// failed line=N offset=O len=L digest=D attempts=A error="…" crc=…
+///                                                        line N failed for good after A attempts
+/// resolved line=N crc=…                                  line N, failed before, is now finished
+/// ```
+///
+/// The digest is [`digest`](crate::digest). Error texts are double-quoted
+/// with `\\`, `\"`, `\n`, `\r`, `\t` and `\u{…}` escapes. The state is the
+/// result of applying the records in order; a `pos` drops the `done` lines it
+/// covers. Compaction rewrites the file as the header, one `pos`, and the
+/// `done` and `failed` records still in force. `done` and `failed` records
+/// carry the line's offset, length and digest so that a later run checks the
+/// line is still the same before skipping or retrying it
+/// ([`Checkpoint::is_recorded`]).
+///
+/// Recovery: a damaged or incomplete record that is followed only by other
+/// damaged or incomplete data is the torn end of an interrupted write; it is
+/// ignored and cut off before the next append. A damaged record followed by
+/// a valid one is [`Error::Corrupt`]. A file that does not start with
+/// `linemark-checkpoint` is [`Error::NotACheckpoint`] and is never
+/// overwritten; an empty file, or a torn header alone, is a fresh start.
+///
+/// Compatibility: files written in version 1 of the format will be read by
+/// every later linemark 0.x and 1.x release. A file of a newer version is
+/// refused with [`Error::UnsupportedVersion`], never misread.
+///
+/// # Examples
+///
+/// ```
+/// use std::fs::File;
+/// use std::io::BufReader;
+/// use linemark::{Checkpoint, LineReader};
+///
+/// let dir = tempfile::tempdir()?;
+/// let input = dir.path().join("input.txt");
+/// std::fs::write(&input, "a\nb\nc\n")?;
+/// let path = dir.path().join("input.txt.checkpoint");
+///
+/// // First run: finish two lines, then "crash" (drop without close).
+/// {
+///     let mut checkpoint = Checkpoint::open(&path)?;
+///     let mut lines = LineReader::new(BufReader::new(File::open(&input)?));
+///     for _ in 0..2 {
+///         let line = lines.next_line()?.unwrap();
+///         checkpoint.commit(line.end_position())?;
+///     }
+/// }
+///
+/// // Second run: seek past the finished lines, verified, and go on.
+/// let checkpoint = Checkpoint::open(&path)?;
+/// let mut reader = BufReader::new(File::open(&input)?);
+/// let resumed = checkpoint.position().seek_offset(&mut reader)?;
+/// let mut lines = LineReader::resume(reader, resumed);
+/// assert_eq!(lines.next_line()?.unwrap().as_str()?, "c");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Checkpoint {
+    inner: Arc<Inner>,
+    /// The committing thread's half of the slot its lines are published in.
+    slot: SlotWriter,
+    durability: Durability,
+    write_delay: Duration,
+    /// Commits since the committing thread last wrote a group itself.
+    count: u32,
+    /// `count` at which a commit takes the slow path to write: 1 when every
+    /// commit is written at once, else `max_records`.
+    service_at: u32,
+    /// Commits per sync made by the committing thread (a full group).
+    max_records: u32,
+    /// `None` when every commit is written (and synced) at once.
+    writer: Option<WriterThread>,
+    _lock: File,
+    /// Set by `close` and by tests that simulate a crash: drop writes
+    /// nothing.
+    abandoned: bool,
+}
+
+/// The state recorded in a checkpoint file, as read by
+/// [`Checkpoint::inspect`].
+///
+/// # Examples
+///
+/// ```
+/// use linemark::Checkpoint;
+///
+/// let dir = tempfile::tempdir()?;
+/// // A missing checkpoint reads as a fresh start.
+/// let snapshot = Checkpoint::inspect(dir.path().join("none.checkpoint"))?;
+/// assert!(snapshot.position.is_start());
+/// assert!(snapshot.done_beyond.is_empty() && snapshot.failed.is_empty());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// Everything before this position is finished.
+    pub position: Position,
+    /// Lines after `position` that are finished too.
+    pub done_beyond: Vec<u64>,
+    /// Lines that failed for good, by line number.
+    pub failed: Vec<FailedLine>,
+}
+
+impl Checkpoint {
+    /// Opens the checkpoint at `path` with default settings. See
+    /// [`CheckpointBuilder::open`].
+    ///
+    /// # Errors
+    ///
+    /// As [`CheckpointBuilder::open`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
+        CheckpointBuilder::new().open(path)
+    }
+
+    /// A builder to choose the durability, write delay and compaction
+    /// threshold.
+    #[must_use]
+    pub fn builder() -> CheckpointBuilder {
+        CheckpointBuilder::new()
+    }
+
+    /// The path of the checkpoint file.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The durability chosen when opening.
+    #[must_use]
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
+    /// How long after it was made a commit is written to the file at most
+    /// (see [`CheckpointBuilder::write_delay`]); zero when every commit is
+    /// written before it returns.
+    #[must_use]
+    pub fn write_delay(&self) -> Duration {
+        self.write_delay
+    }
+
+    /// Everything before this position is finished (the low watermark).
+    #[must_use]
+    pub fn position(&self) -> Position {
+        let core = self.inner.lock_core();
+        match self.slot.seq() > core.folded {
+            true => self.slot.end_position().unwrap_or(core.state.position),
+            false => core.state.position,
+        }
+    }
+
+    /// The state with the committing thread's last line folded in.
+    fn core(&self) -> MutexGuard<'_, Core> {
+        let mut core = self.inner.lock_core();
+        Inner::fold_own(&mut core, &self.slot);
+        core
+    }
+
+    /// Number of syncs so far that made commits durable (for progress
+    /// displays: it changes whenever
+    /// [`durable_position`](Checkpoint::durable_position) may have).
+    #[must_use]
+    pub fn sync_count(&self) -> u64 {
+        self.inner.syncs.load(Ordering::Acquire)
+    }
+
+    /// The newest position known to be on disk (synced): what a power loss
+    /// now would resume from (at least). Behind
+    /// [`position`](Checkpoint::position) while commits wait for their group
+    /// sync.
+    #[must_use]
+    pub fn durable_position(&self) -> Position {
+        self.inner.lock_core().durable
+    }
+
+    /// Reads the state recorded in a checkpoint file without locking or
+    /// changing it, for status displays while a job may be running. A
+    /// missing file reads as a fresh start. It sees what the running job
+    /// has written, which is every commit older than its write delay.
+    ///
+    /// # Errors
+    ///
+    /// As [`CheckpointBuilder::open`], except that it is never
+    /// [`Error::Locked`].
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use linemark::{Checkpoint, Position};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("job.checkpoint");
+    /// let mut checkpoint = Checkpoint::open(&path)?;
+    /// checkpoint.commit(Position::start().after(b"x\n"))?;
+    /// checkpoint.sync()?;
+    /// let snapshot = Checkpoint::inspect(&path)?;
+    /// assert_eq!(snapshot.position.line(), 1);
+    /// assert!(snapshot.failed.is_empty());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn inspect(path: impl AsRef<Path>) -> Result<Snapshot> {
+        let loaded = load(&RealFs, path.as_ref())?;
+        Ok(Snapshot {
+            position: loaded.state.position,
+            done_beyond: loaded.state.done.into_keys().collect(),
+            failed: loaded.state.failed.into_values().collect(),
+        })
+    }
+
+    /// Lines after [`position`](Checkpoint::position) that are finished too,
+    /// in increasing order.
+    pub fn done_beyond(&self) -> impl Iterator<Item = u64> + use<> {
+        let lines: Vec<u64> = self.core().state.done.keys().copied().collect();
+        lines.into_iter()
+    }
+
+    /// Whether `line`, beyond the position, is already dealt with: recorded
+    /// as done or as failed. A recorded line is checked against the line
+    /// read now (offset, length and digest), so lines that moved are never
+    /// skipped by mistake.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InputChanged`] when the input holds another line under that
+    /// number than the one recorded.
+    pub fn is_recorded(&self, line: &Line<'_>) -> Result<bool> {
+        let number = line.number();
+        let core = self.inner.lock_core();
+        if let Some(end) = core.state.done.get(&number) {
+            let raw = line.raw();
+            let same = line.offset() + raw.len() as u64 == end.offset()
+                && raw.len() as u64 == end.last_len()
+                && crate::position::digest(raw) == end.last_digest();
+            if !same {
+                return Err(Error::InputChanged {
+                    path: None,
+                    line: number,
+                    offset: line.offset(),
+                    expected: crate::line::describe(end.last_len(), end.last_digest(), None),
+                    found: crate::line::describe_bytes(raw),
+                });
+            }
+            return Ok(true);
+        }
+        if let Some(failed) = core.state.failed.get(&number) {
+            failed.check(line)?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Whether the line with this 1-based number is finished (before the
+    /// position, or recorded as done beyond it). Failed lines are not
+    /// "finished" here; see [`is_failed`](Checkpoint::is_failed).
+    #[must_use]
+    pub fn is_done(&self, line: u64) -> bool {
+        let core = self.core();
+        (line <= core.state.position.line() && !core.state.failed.contains_key(&line))
+            || core.state.done.contains_key(&line)
+    }
+
+    /// The highest line number recorded as done beyond the position or as
+    /// failed (0 if none): no line after it can be skipped.
+    #[must_use]
+    pub fn last_recorded_line(&self) -> u64 {
+        let core = self.core();
+        let done = core.state.done.keys().next_back().copied().unwrap_or(0);
+        let failed = core.state.failed.keys().next_back().copied().unwrap_or(0);
+        done.max(failed)
+    }
+
+    /// Whether the line is recorded as failed.
+    #[must_use]
+    pub fn is_failed(&self, line: u64) -> bool {
+        self.inner.lock_core().state.failed.contains_key(&line)
+    }
+
+    /// The lines that failed for good, by line number (a copy: the
+    /// checkpoint's writer thread may be writing meanwhile).
+    pub fn failed(&self) -> impl ExactSizeIterator<Item = FailedLine> + use<> {
+        let failed: Vec<FailedLine> = self
+            .inner
+            .lock_core()
+            .state
+            .failed
+            .values()
+            .cloned()
+            .collect();
+        failed.into_iter()
+    }
+
+    /// The number of lines recorded as failed.
+    #[must_use]
+    pub fn failed_count(&self) -> usize {
+        self.inner.lock_core().state.failed.len()
+    }
+
+    /// Records that everything before `position` is finished.
+    ///
+    /// Positions normally only move forward. A position before the current
+    /// one is recorded as given: the lines after it will be done again.
+    ///
+    /// # Durability
+    ///
+    /// Written and synced when this returns with
+    /// [`Durability::EveryCommit`]. Otherwise written within the
+    /// [`write_delay`](CheckpointBuilder::write_delay) (a process kill
+    /// after that does not lose it) and synced within the group's
+    /// `max_delay` (a power loss after that does not lose it), without any
+    /// further call; [`sync`](Checkpoint::sync) and
+    /// [`close`](Checkpoint::close) make it durable at once.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidPosition`] for a position no input can have (lines
+    /// are numbered from 1 and are at least one byte long); nothing is
+    /// recorded. [`Error::Io`] when a write, sync or compaction due now
+    /// fails, or one of the writer thread failed since the last call. The
+    /// commit is kept in memory and written again by the next successful
+    /// write (it may already be on disk, if only the compaction after it
+    /// failed).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use linemark::{Checkpoint, Position};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("job.checkpoint");
+    /// let mut checkpoint = Checkpoint::open(&path)?;
+    /// checkpoint.commit(Position::start().after(b"first line\n"))?;
+    /// checkpoint.close()?;
+    /// assert_eq!(Checkpoint::open(&path)?.position().line(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn commit(&mut self, position: Position) -> Result<()> {
+        check_position(position)?;
+        {
+            let mut core = self.inner.lock_core();
+            self.slot.clear(&self.inner.slot);
+            core.folded = self.slot.seq();
+            core.state.advance(position);
+            core.pending.position = true;
+        }
+        self.note_commit()
+    }
+
+    /// Records that everything up to and including `line` is finished: the
+    /// same as `commit(line.end_position())`, except that the line's digest
+    /// is computed only when the position is written (or asked for), so
+    /// committing every line of a fast job costs a copy of the line, not a
+    /// digest.
+    ///
+    /// # Durability
+    ///
+    /// As [`commit`](Checkpoint::commit).
+    ///
+    /// # Errors
+    ///
+    /// As [`commit`](Checkpoint::commit).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use linemark::{Checkpoint, LineReader};
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let mut checkpoint = Checkpoint::open(dir.path().join("job.checkpoint"))?;
+    /// let mut lines = LineReader::new(&b"a\nb\n"[..]);
+    /// while let Some(line) = lines.next_line()? {
+    ///     checkpoint.commit_line(&line)?;
+    /// }
+    /// assert_eq!(checkpoint.position().offset(), 4);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[inline(always)]
+    pub fn commit_line(&mut self, line: &Line<'_>) -> Result<()> {
+        let (number, len) = (line.number(), line.raw().len() as u64);
+        if number == 0 || len == 0 || number > line.offset().saturating_add(len) {
+            return Err(Error::InvalidPosition {
+                line: number,
+                offset: line.offset(),
+            });
+        }
+        self.commit_read_line(line)
+    }
+
+    /// [`commit_line`](Checkpoint::commit_line) for a line from a
+    /// [`LineReader`](crate::LineReader), which is valid by construction.
+    #[inline(always)]
+    pub(crate) fn commit_read_line(&mut self, line: &Line<'_>) -> Result<()> {
+        self.slot.publish(&self.inner.slot, line);
+        self.note_commit()
+    }
+
+    /// Records that a line beyond the current position is finished (for
+    /// lines that finish out of order), given as the position just after it
+    /// ([`Line::end_position`]), so a later run can check it is still the
+    /// same line before skipping it. Ignored for a line the position already
+    /// covers.
+    ///
+    /// # Durability
+    ///
+    /// As [`commit`](Checkpoint::commit).
+    ///
+    /// # Errors
+    ///
+    /// As [`commit`](Checkpoint::commit).
+    pub fn commit_done(&mut self, end: Position) -> Result<()> {
+        check_position(end)?;
+        let line = end.line();
+        {
+            let mut core = self.core();
+            if line <= core.state.position.line() || core.state.done.insert(line, end).is_some() {
+                return Ok(());
+            }
+            core.pending.done.push(line);
+        }
+        self.note_commit()
+    }
+
+    /// Records a line as failed for good, replacing an earlier record of the
+    /// same line.
+    ///
+    /// # Durability
+    ///
+    /// As [`commit`](Checkpoint::commit).
+    ///
+    /// # Errors
+    ///
+    /// As [`commit`](Checkpoint::commit).
+    pub fn commit_failed(&mut self, failed: FailedLine) -> Result<()> {
+        if failed.line() == 0 || failed.len() == 0 {
+            return Err(Error::InvalidPosition {
+                line: failed.line(),
+                offset: failed.offset(),
+            });
+        }
+        {
+            let mut core = self.core();
+            core.state.failed.insert(failed.line(), failed.clone());
+            core.pending.failed.push(Record::Failed(failed));
+        }
+        self.note_commit()
+    }
+
+    /// Records that a line recorded as failed is now finished.
+    ///
+    /// # Durability
+    ///
+    /// As [`commit`](Checkpoint::commit).
+    ///
+    /// # Errors
+    ///
+    /// As [`commit`](Checkpoint::commit).
+    pub fn commit_resolved(&mut self, line: u64) -> Result<()> {
+        {
+            let mut core = self.core();
+            if core.state.failed.remove(&line).is_none() {
+                return Ok(());
+            }
+            core.pending.failed.push(Record::Resolved { line });
+        }
+        self.note_commit()
+    }
+
+    /// Moves the position to where a seek found the input resumes, when
+    /// that differs from the recorded one (see [`Position::seek_content`]).
+    /// Lines recorded as done beyond the position keep their distance to
+    /// it; failed lines keep their records, which are checked against the
+    /// input when they are retried.
+    ///
+    /// # Durability
+    ///
+    /// The file is replaced atomically at the next write, which happens
+    /// before this returns with [`Durability::EveryCommit`].
+    ///
+    /// # Errors
+    ///
+    /// As [`commit`](Checkpoint::commit).
+    pub fn rebase(&mut self, position: Position) -> Result<()> {
+        {
+            let mut io = self.inner.lock_io();
+            let mut core = self.inner.lock_core();
+            Inner::fold_own(&mut core, &self.slot);
+            self.slot.clear(&self.inner.slot);
+            core.folded = self.slot.seq();
+            core.state.rebase(position);
+            core.pending.position = true;
+            io.needs_rewrite = true;
+        }
+        self.note_commit()
+    }
+
+    #[inline(always)]
+    fn note_commit(&mut self) -> Result<()> {
+        self.count += 1;
+        if self.count >= self.service_at || self.inner.slot.signal.load(Ordering::Relaxed) != 0 {
+            return self.service();
+        }
+        Ok(())
+    }
+
+    /// The slow path of a commit: return the writer thread's error, fold the
+    /// last line for it, or write a full group.
+    #[cold]
+    #[inline(never)]
+    fn service(&mut self) -> Result<()> {
+        if let Some(error) = self.inner.take_error() {
+            return Err(error);
+        }
+        if self.inner.slot.signal.load(Ordering::Acquire) & WANT_FOLD != 0 {
+            Inner::fold_own(&mut self.inner.lock_core(), &self.slot);
+            self.inner
+                .slot
+                .signal
+                .fetch_and(!WANT_FOLD, Ordering::AcqRel);
+        }
+        if self.count >= self.service_at {
+            let sync = self.count >= self.max_records;
+            self.write_now(sync)?;
+        }
+        Ok(())
+    }
+
+    /// Writes (and syncs, if `sync`) everything committed, from this thread.
+    fn write_now(&mut self, sync: bool) -> Result<()> {
+        let mut io = self.inner.lock_io();
+        Inner::fold_own(&mut self.inner.lock_core(), &self.slot);
+        let result = self.inner.write(&mut io, sync);
+        if sync && result.is_ok() {
+            self.count = 0;
+        }
+        result
+    }
+
+    /// Writes what is pending if a full group has gathered, and returns an
+    /// error the writer thread met since the last call. The writer thread
+    /// keeps the time limits on its own, so a job need not call this; a
+    /// job that makes no other call for a long time can call it to learn
+    /// of a failed write sooner.
+    ///
+    /// # Durability
+    ///
+    /// A full group is durable when this returns, except with
+    /// [`Durability::NoSync`], where it is only written.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the write or sync fails, or one of the writer
+    /// thread failed.
+    pub fn flush_if_due(&mut self) -> Result<()> {
+        if let Some(error) = self.inner.take_error() {
+            return Err(error);
+        }
+        if self.count >= self.service_at && self.count > 0 {
+            let sync = self.count >= self.max_records && self.durability.syncs();
+            self.write_now(sync)?;
+        }
+        Ok(())
+    }
+
+    /// Writes all pending commits and syncs the file, whatever the
+    /// durability mode.
+    ///
+    /// # Durability
+    ///
+    /// Everything committed so far is durable when this returns `Ok`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when the write or the sync fails, or when a write of
+    /// the writer thread failed since the last call (the sync is not tried
+    /// then; call again). The commits stay in memory; a later `sync`
+    /// retries them.
+    pub fn sync(&mut self) -> Result<()> {
+        if let Some(error) = self.inner.take_error() {
+            return Err(error);
+        }
+        self.write_now(true)
+    }
+
+    /// Syncs (see [`sync`](Checkpoint::sync)) and releases the lock.
+    ///
+    /// # Durability
+    ///
+    /// Everything committed is durable when this returns `Ok`.
+    ///
+    /// # Errors
+    ///
+    /// As [`sync`](Checkpoint::sync); the lock is released either way.
+    pub fn close(mut self) -> Result<()> {
+        let result = self.sync();
+        self.abandoned = true;
+        result
+    }
+
+    /// Replaces the file with a snapshot of the state, stopping after
+    /// `stop`.
+    #[cfg(test)]
+    fn compact_until(&mut self, stop: writer::RewriteStep) -> Result<()> {
+        let mut io = self.inner.lock_io();
+        Inner::fold_own(&mut self.inner.lock_core(), &self.slot);
+        self.inner.compact_until(&mut io, stop)
+    }
+
+    /// Forgets what is not written yet and drops without writing, as a
+    /// kill of the process would.
+    #[cfg(test)]
+    fn crash(mut self) {
+        self.abandoned = true;
+    }
+}
+
+impl Drop for Checkpoint {
+    fn drop(&mut self) {
+        // Stop the writer thread first, so a crash simulated by a test
+        // writes nothing more, and the final write is this thread's.
+        drop(self.writer.take());
+        if !self.abandoned {
+            let _ = self.write_now(self.durability.syncs());
+        }
+    }
+}
+
+/// Refuses a position that no input can have, before it reaches the file
+/// (where it would make the next open fail).
+fn check_position(position: Position) -> Result<()> {
+    Position::from_parts(
+        position.offset(),
+        position.line(),
+        position.last_len(),
+        position.last_digest(),
+    )
+    .map(|_| ())
+    .ok_or(Error::InvalidPosition {
+        line: position.line(),
+        offset: position.offset(),
+    })
+}

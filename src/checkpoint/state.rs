@@ -1,0 +1,125 @@
+//! The state a checkpoint records, and the commits not yet written.
+
+use std::collections::BTreeMap;
+
+use crate::failed::FailedLine;
+use crate::position::Position;
+use crate::record::{Record, VERSION};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct State {
+    pub(crate) position: Position,
+    /// Lines finished beyond the position: the position just after each.
+    pub(crate) done: BTreeMap<u64, Position>,
+    pub(crate) failed: BTreeMap<u64, FailedLine>,
+}
+
+impl State {
+    pub(crate) fn apply(&mut self, record: Record) {
+        match record {
+            Record::Header { .. } => {}
+            Record::Position(position) => self.advance(position),
+            Record::Done(end) => {
+                if end.line() > self.position.line() {
+                    self.done.insert(end.line(), end);
+                }
+            }
+            Record::Failed(failed) => {
+                self.failed.insert(failed.line(), failed);
+            }
+            Record::Resolved { line } => {
+                self.failed.remove(&line);
+            }
+        }
+    }
+
+    pub(crate) fn advance(&mut self, position: Position) {
+        self.position = position;
+        self.done = self.done.split_off(&(position.line().saturating_add(1)));
+    }
+
+    /// Moves the position to where a seek found the input resumes (see
+    /// `Checkpoint::rebase`): lines and bytes of the done and failed records
+    /// move by the same amount as the position did; a record that would move
+    /// before the start of the input is dropped (its line was removed).
+    /// Every moved record is checked against the input before it is relied
+    /// on.
+    pub(crate) fn rebase(&mut self, position: Position) {
+        let old = self.position;
+        let shift = |line: u64, offset: u64| -> Option<(u64, u64)> {
+            let line = (i128::from(line) - i128::from(old.line()) + i128::from(position.line()))
+                .try_into()
+                .ok()
+                .filter(|&line: &u64| line > 0)?;
+            let offset = (i128::from(offset) - i128::from(old.offset())
+                + i128::from(position.offset()))
+            .try_into()
+            .ok()?;
+            Some((line, offset))
+        };
+        self.done = std::mem::take(&mut self.done)
+            .into_values()
+            .filter_map(|end| {
+                let (line, offset) = shift(end.line(), end.offset())?;
+                let end = Position::from_parts(offset, line, end.last_len(), end.last_digest())?;
+                Some((line, end))
+            })
+            .collect();
+        self.failed = std::mem::take(&mut self.failed)
+            .into_values()
+            .filter_map(|failed| {
+                let (line, offset) = shift(failed.line(), failed.offset())?;
+                Some((line, failed.moved(line, offset)))
+            })
+            .collect();
+        self.position = position;
+    }
+
+    pub(crate) fn snapshot(&self) -> String {
+        let mut out = String::new();
+        Record::Header { version: VERSION }.encode(&mut out);
+        Record::Position(self.position).encode(&mut out);
+        for &end in self.done.values() {
+            Record::Done(end).encode(&mut out);
+        }
+        for failed in self.failed.values() {
+            Record::Failed(failed.clone()).encode(&mut out);
+        }
+        out
+    }
+}
+
+/// Commits made but not yet written.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    /// The position moved.
+    pub(crate) position: bool,
+    /// Lines recorded as done beyond the position.
+    pub(crate) done: Vec<u64>,
+    /// `failed` and `resolved` records, in order.
+    pub(crate) failed: Vec<Record>,
+}
+
+impl Pending {
+    pub(crate) fn is_empty(&self) -> bool {
+        !self.position && self.done.is_empty() && self.failed.is_empty()
+    }
+
+    /// The records to append: failures first, then the position, then the
+    /// lines done beyond it (those the position has not covered since).
+    pub(crate) fn encode(&self, state: &State) -> String {
+        let mut out = String::new();
+        for record in &self.failed {
+            record.encode(&mut out);
+        }
+        if self.position {
+            Record::Position(state.position).encode(&mut out);
+        }
+        for line in &self.done {
+            if let Some(&end) = state.done.get(line) {
+                Record::Done(end).encode(&mut out);
+            }
+        }
+        out
+    }
+}
