@@ -35,9 +35,14 @@
 //!   lines with their errors, run nothing. Takes no lock, so it works while
 //!   a run is going on.
 //! - `--durability strict|group|none`: `strict` syncs every commit (a crash
-//!   redoes at most the lines in progress); `group` (default) syncs once
-//!   `--sync-records N` commits gathered (default 100000) or `--sync-ms T`
-//!   passed (default 200); `none` leaves syncing to the OS.
+//!   redoes at most the lines in progress); `group` (default) syncs a
+//!   finished line at most `--sync-ms T` after it finished (default 200),
+//!   or once `--sync-records N` commits gathered (default 100000), even
+//!   while every command runs for long; `none` leaves syncing to the OS.
+//! - `--write-ms T`: a finished line is written to the checkpoint file (not
+//!   synced) at most `T` ms after it finished (default 10; 0 writes each at
+//!   once), so a kill of `each` itself redoes the lines in progress and the
+//!   lines finished in the last `T` ms, and no more.
 //! - `-q, --quiet`: no progress bar, failure messages or summary.
 //!
 //! Ctrl-C or SIGTERM stops gracefully: no new line starts, the commands
@@ -131,10 +136,16 @@ struct Args {
     #[arg(long, value_name = "N")]
     sync_records: Option<u32>,
 
-    /// With group durability: sync this long after the first unsynced commit
-    /// [default: 200].
+    /// With group durability: sync a finished line at most this long after
+    /// it finished, whatever the commands still running do [default: 200].
     #[arg(long, value_name = "MS")]
     sync_ms: Option<u64>,
+
+    /// Write a finished line to the checkpoint file (not synced) at most
+    /// this long after it finished: what a kill of this process can redo
+    /// besides the lines in progress (0: write each at once).
+    #[arg(long, value_name = "MS", default_value_t = 10)]
+    write_ms: u64,
 
     /// No progress bar, failure messages or summary.
     #[arg(short, long)]
@@ -196,6 +207,7 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         .workers(usize::from(args.jobs))
         .retry(retry)
         .durability(durability(args)?)
+        .write_delay(Duration::from_millis(args.write_ms))
         .retry_failed(args.retry_failed);
 
     let stop = StopToken::new();

@@ -73,7 +73,7 @@ impl Slot {
             }
             raw.reserve(len.div_ceil(8) * 8);
             for word in &words[..len.div_ceil(8)] {
-                raw.extend_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
+                raw.extend_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
             }
             raw.truncate(len);
         }
@@ -96,11 +96,8 @@ impl Slot {
 pub(crate) struct SlotWriter {
     seq: u64,
     words: Arc<[AtomicU64]>,
-    /// The published line, for this thread's own reads (no race: only this
-    /// thread writes it).
-    pub(crate) number: u64,
-    pub(crate) offset: u64,
-    pub(crate) len: u64,
+    /// The published line's length, for this thread's own reads.
+    len: u64,
 }
 
 impl SlotWriter {
@@ -108,8 +105,6 @@ impl SlotWriter {
         SlotWriter {
             seq: slot.seq(),
             words: Arc::clone(&slot.words.lock().unwrap_or_else(PoisonError::into_inner)),
-            number: 0,
-            offset: 0,
             len: 0,
         }
     }
@@ -130,25 +125,40 @@ impl SlotWriter {
             // buffer discards what it read.
             self.grow(slot, raw.len());
         }
-        let mut chunks = raw.chunks_exact(8);
-        let mut words = self.words.iter();
-        for (chunk, word) in chunks.by_ref().zip(words.by_ref()) {
-            let value = u64::from_ne_bytes(chunk.try_into().unwrap_or([0; 8]));
-            word.store(value, Ordering::Relaxed);
+        // Little-endian words, whatever the platform, so the tail can be
+        // read as the line's last eight bytes shifted (no call to memcpy
+        // for the few bytes after the last full word).
+        let full = raw.len() / 8;
+        let rest = raw.len() % 8;
+        // Two words a round: atomic stores are not merged or vectorised,
+        // so the loop's own instructions are worth halving.
+        let words = &self.words[..full];
+        let mut pairs = raw.chunks_exact(16);
+        let mut targets = words.chunks_exact(2);
+        for (chunk, pair) in pairs.by_ref().zip(targets.by_ref()) {
+            let (low, high) = chunk.split_at(8);
+            pair[0].store(word_of(low), Ordering::Relaxed);
+            pair[1].store(word_of(high), Ordering::Relaxed);
         }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut last = [0u8; 8];
-            last[..rest.len()].copy_from_slice(rest);
-            if let Some(word) = words.next() {
-                word.store(u64::from_ne_bytes(last), Ordering::Relaxed);
+        if let ([word], Some(chunk)) = (targets.remainder(), pairs.remainder().get(..8)) {
+            word.store(word_of(chunk), Ordering::Relaxed);
+        }
+        if rest > 0 {
+            let value = if raw.len() >= 8 {
+                let last: [u8; 8] = raw[raw.len() - 8..].try_into().unwrap_or([0; 8]);
+                u64::from_le_bytes(last) >> (8 * (8 - rest))
+            } else {
+                raw.iter()
+                    .rev()
+                    .fold(0u64, |value, &byte| (value << 8) | u64::from(byte))
+            };
+            if let Some(word) = self.words.get(full) {
+                word.store(value, Ordering::Relaxed);
             }
         }
-        self.number = line.number();
-        self.offset = line.offset();
         self.len = raw.len() as u64;
-        slot.number.store(self.number, Ordering::Relaxed);
-        slot.offset.store(self.offset, Ordering::Relaxed);
+        slot.number.store(line.number(), Ordering::Relaxed);
+        slot.offset.store(line.offset(), Ordering::Relaxed);
         slot.len.store(self.len, Ordering::Relaxed);
         self.seq += 2;
         slot.seq.store(self.seq, Ordering::Release);
@@ -165,18 +175,21 @@ impl SlotWriter {
         slot.seq.store(self.seq, Ordering::Release);
     }
 
-    /// The published line's end position, read by the committing thread.
-    pub(crate) fn end_position(&self) -> Option<Position> {
+    /// The published line's end position, read by the committing thread
+    /// (no race: it is the only writer).
+    pub(crate) fn end_position(&self, slot: &Slot) -> Option<Position> {
         if self.len == 0 {
             return None;
         }
         let len = usize::try_from(self.len).ok()?;
         let mut raw = Vec::with_capacity(len.div_ceil(8) * 8);
         for word in &self.words[..len.div_ceil(8)] {
-            raw.extend_from_slice(&word.load(Ordering::Relaxed).to_ne_bytes());
+            raw.extend_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
         }
         raw.truncate(len);
-        Some(Line::new(&raw, self.number, self.offset).end_position())
+        let number = slot.number.load(Ordering::Relaxed);
+        let offset = slot.offset.load(Ordering::Relaxed);
+        Some(Line::new(&raw, number, offset).end_position())
     }
 
     #[cold]
@@ -187,6 +200,12 @@ impl SlotWriter {
         *slot.words.lock().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&fresh);
         self.words = fresh;
     }
+}
+
+/// The little-endian word of eight bytes.
+#[inline(always)]
+fn word_of(bytes: &[u8]) -> u64 {
+    u64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]))
 }
 
 #[cfg(test)]
@@ -208,11 +227,11 @@ mod tests {
             let read = slot.try_read().unwrap();
             assert_eq!(read.end, Some(line.end_position()));
             assert_eq!(read.seq, writer.seq());
-            assert_eq!(writer.end_position(), Some(line.end_position()));
+            assert_eq!(writer.end_position(&slot), Some(line.end_position()));
         }
         writer.clear(&slot);
         assert!(slot.try_read().unwrap().end.is_none());
-        assert!(writer.end_position().is_none());
+        assert!(writer.end_position(&slot).is_none());
     }
 
     #[test]

@@ -156,9 +156,9 @@ impl Inner {
 
     /// The committing thread folds its own published line (no race: it is
     /// the slot's only writer).
-    pub(crate) fn fold_own(core: &mut Core, slot: &SlotWriter) {
+    pub(crate) fn fold_own(&self, core: &mut Core, slot: &SlotWriter) {
         if slot.seq() > core.folded {
-            let end = slot.end_position();
+            let end = slot.end_position(&self.slot);
             Inner::fold(
                 core,
                 Published {
