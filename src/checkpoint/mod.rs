@@ -10,6 +10,8 @@ mod state;
 mod writer;
 
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 
 use std::fs::File;

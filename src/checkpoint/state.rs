@@ -105,11 +105,24 @@ impl Pending {
         !self.position && self.done.is_empty() && self.failed.is_empty()
     }
 
-    /// The records to append: failures first, then the position, then the
-    /// lines done beyond it (those the position has not covered since).
+    /// The records to append. Each line's net outcome among the `failed`
+    /// and `resolved` records: a failure goes before the position, so the
+    /// position never covers a failed line whose record could be torn off
+    /// after it; a resolution goes after the position, so a durable failure
+    /// is never undone by a resolution whose position was torn off (the line
+    /// would be neither failed nor covered, and run again). The lines done
+    /// beyond the position (those it has not covered since) come last.
     pub(crate) fn encode(&self, state: &State) -> String {
-        let mut out = String::new();
+        let mut net: BTreeMap<u64, &Record> = BTreeMap::new();
         for record in &self.failed {
+            match record {
+                Record::Failed(failed) => net.insert(failed.line(), record),
+                Record::Resolved { line } => net.insert(*line, record),
+                _ => None,
+            };
+        }
+        let mut out = String::new();
+        for record in net.values().filter(|r| matches!(r, Record::Failed(_))) {
             record.encode(&mut out);
         }
         if self.position {
@@ -119,6 +132,12 @@ impl Pending {
             if let Some(&end) = state.done.get(line) {
                 Record::Done(end).encode(&mut out);
             }
+        }
+        for record in net
+            .values()
+            .filter(|r| matches!(r, Record::Resolved { .. }))
+        {
+            record.encode(&mut out);
         }
         out
     }
