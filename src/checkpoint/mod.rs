@@ -10,8 +10,6 @@ mod state;
 mod writer;
 
 #[cfg(test)]
-mod sim;
-#[cfg(test)]
 mod tests;
 
 use std::fs::File;
