@@ -2,7 +2,7 @@
 
 use std::io;
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use super::file::{load, remove_leftover_temp_files, take_lock};
 use super::fs::{Fs, RealFs};
 use super::slot::{Slot, SlotWriter};
 use super::state::Pending;
-use super::writer::{Core, Inner, Io, Schedule, WriterThread};
+use super::writer::{Background, Core, Inner, Io, Schedule};
 use super::{Checkpoint, Durability};
 use crate::error::{Error, Result};
 
@@ -206,10 +206,9 @@ impl CheckpointBuilder {
             file_len: loaded.file_len,
             snapshot_len: 0,
             truncate_to: (loaded.valid_len < loaded.file_len).then_some(loaded.valid_len),
-            needs_rewrite: !loaded.has_header,
-            unsynced: false,
+            needs_rewrite: loaded.exists && !loaded.has_header,
             written: position,
-            unsynced_since: None,
+            ..Io::default()
         };
         let inner = Arc::new(Inner {
             path: path.clone(),
@@ -222,10 +221,14 @@ impl CheckpointBuilder {
                 durable: position,
             }),
             io: Mutex::new(io),
+            sync_lock: Mutex::new(()),
             error: Mutex::new(None),
             syncs: AtomicU64::new(0),
             before_write: self.before_write.clone(),
             compact_at: self.compact_at,
+            requests: Mutex::new(None),
+            sync_requested: AtomicBool::new(false),
+            compact_requested: AtomicBool::new(false),
         });
         let (max_records, max_delay) = self.durability.batch();
         let every_commit = matches!(self.durability, Durability::EveryCommit);
@@ -236,7 +239,7 @@ impl CheckpointBuilder {
             write_delay: (!write_each).then_some(self.write_delay),
             sync_delay: (self.durability.syncs() && !sync_each).then_some(max_delay),
         };
-        let writer = WriterThread::start(&inner, schedule)?;
+        let background = Background::start(&inner, schedule)?;
         Ok(Checkpoint {
             slot: SlotWriter::new(&inner.slot),
             inner,
@@ -249,7 +252,7 @@ impl CheckpointBuilder {
             count: 0,
             service_at: if write_each { 1 } else { max_records },
             max_records: if sync_each { 1 } else { max_records },
-            writer,
+            background,
             _lock: lock,
             abandoned: false,
         })

@@ -18,6 +18,8 @@ pub(crate) trait Fs: Send + Sync + fmt::Debug {
     fn open_read(&self, path: &Path) -> io::Result<Option<Box<dyn Read + Send>>>;
     /// Opens an existing file for appending.
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn FsFile>>;
+    /// Creates a new, empty file for appending; an error if it exists.
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn FsFile>>;
     /// Creates a new, empty file in `dir` whose name starts with `prefix` and
     /// ends with `.tmp`.
     fn create_temp(&self, dir: &Path, prefix: &OsStr) -> io::Result<(PathBuf, Box<dyn FsFile>)>;
@@ -39,6 +41,9 @@ pub(crate) trait FsFile: Send + fmt::Debug {
     fn sync_data(&mut self) -> io::Result<()>;
     /// `fsync`: the data and the metadata are durable.
     fn sync_all(&mut self) -> io::Result<()>;
+    /// A second handle on the same file, to sync it while the first one
+    /// goes on appending.
+    fn try_clone(&self) -> io::Result<Box<dyn FsFile>>;
 }
 
 /// The operating system's file system.
@@ -56,6 +61,15 @@ impl Fs for RealFs {
 
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
         Ok(Box::new(OpenOptions::new().append(true).open(path)?))
+    }
+
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+        Ok(Box::new(
+            OpenOptions::new()
+                .append(true)
+                .create_new(true)
+                .open(path)?,
+        ))
     }
 
     fn create_temp(&self, dir: &Path, prefix: &OsStr) -> io::Result<(PathBuf, Box<dyn FsFile>)> {
@@ -112,5 +126,9 @@ impl FsFile for File {
 
     fn sync_all(&mut self) -> io::Result<()> {
         File::sync_all(self)
+    }
+
+    fn try_clone(&self) -> io::Result<Box<dyn FsFile>> {
+        Ok(Box::new(File::try_clone(self)?))
     }
 }

@@ -10,13 +10,15 @@ mod state;
 mod writer;
 
 #[cfg(test)]
+mod sim;
+#[cfg(test)]
 mod tests;
 
 use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub(crate) use builder::BeforeWrite;
 pub use builder::CheckpointBuilder;
@@ -29,7 +31,7 @@ use crate::record::Record;
 use file::load;
 use fs::RealFs;
 use slot::{SlotWriter, WANT_FOLD};
-use writer::{Core, Inner, WriterThread};
+use writer::{Background, Core, Inner, Request};
 
 /// When commits reach the disk.
 ///
@@ -43,7 +45,7 @@ use writer::{Core, Inner, WriterThread};
 /// # Examples
 ///
 /// ```
-/// use std::time::Duration;
+/// use std::time::{Duration, Instant};
 /// use linemark::{Checkpoint, Durability};
 ///
 /// let dir = tempfile::tempdir()?;
@@ -272,8 +274,9 @@ pub struct Checkpoint {
     service_at: u32,
     /// Commits per sync made by the committing thread (a full group).
     max_records: u32,
-    /// `None` when every commit is written (and synced) at once.
-    writer: Option<WriterThread>,
+    /// The writer and sync threads; `None` when every commit is written
+    /// (and synced) at once.
+    background: Option<Background>,
     _lock: File,
     /// Set by `close` and by tests that simulate a crash: drop writes
     /// nothing.
@@ -733,13 +736,28 @@ impl Checkpoint {
 
     /// Writes (and syncs, if `sync`) everything committed, from this thread.
     fn write_now(&mut self, sync: bool) -> Result<()> {
-        let mut io = self.inner.lock_io();
-        self.inner.fold_own(&mut self.inner.lock_core(), &self.slot);
-        let result = self.inner.write(&mut io, sync);
-        if sync && result.is_ok() {
+        {
+            let mut io = self.inner.lock_io();
+            self.inner.fold_own(&mut self.inner.lock_core(), &self.slot);
+            let seen = io.seen_since.take().unwrap_or_else(Instant::now);
+            self.inner.write(&mut io, seen)?;
+        }
+        if sync {
+            self.inner.sync_to_disk()?;
             self.count = 0;
         }
-        result
+        let compact = Inner::wants_compaction(&self.inner.lock_io(), self.inner.compact_at);
+        if compact {
+            // A thread that waited for a sync anyway compacts too, as one
+            // without background threads must; otherwise the sync thread
+            // does it.
+            if sync || self.background.is_none() {
+                self.inner.compact()?;
+            } else {
+                self.inner.request(Request::Compact);
+            }
+        }
+        Ok(())
     }
 
     /// Writes what is pending if a full group has gathered, and returns an
@@ -808,8 +826,13 @@ impl Checkpoint {
     #[cfg(test)]
     fn compact_until(&mut self, stop: writer::RewriteStep) -> Result<()> {
         let mut io = self.inner.lock_io();
-        self.inner.fold_own(&mut self.inner.lock_core(), &self.slot);
-        self.inner.compact_until(&mut io, stop)
+        let (snapshot, position) = {
+            let mut core = self.inner.lock_core();
+            self.inner.fold_own(&mut core, &self.slot);
+            core.pending = state::Pending::default();
+            (core.state.snapshot(), core.state.position)
+        };
+        self.inner.rewrite(&mut io, snapshot, position, stop)
     }
 
     /// Forgets what is not written yet and drops without writing, as a
@@ -824,12 +847,15 @@ impl Drop for Checkpoint {
     fn drop(&mut self) {
         // Stop the writer thread first, so a crash simulated by a test
         // writes nothing more, and the final write is this thread's.
-        drop(self.writer.take());
+        drop(self.background.take());
         if self.abandoned {
             return;
         }
         let unwritten = !self.core().pending.is_empty();
-        let unsynced = self.durability.syncs() && self.inner.lock_io().unsynced;
+        let unsynced = self.durability.syncs() && {
+            let io = self.inner.lock_io();
+            !io.unsynced.is_empty() || io.dir_unsynced || io.needs_rewrite
+        };
         if unwritten || unsynced {
             let _ = self.write_now(self.durability.syncs());
         }

@@ -508,3 +508,57 @@ fn public_types_are_send_and_sync() {
     assert_send_sync::<FailedLine>();
     assert_send_sync::<crate::LineReader<std::io::Cursor<Vec<u8>>>>();
 }
+
+#[test]
+fn records_written_during_a_background_compaction_are_never_lost() {
+    // The sync thread compacts while the writer thread appends: what was
+    // appended after the snapshot must reach the new file before its
+    // rename, or a reader (and a kill) would see the position go back.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c");
+    let mut checkpoint = Checkpoint::builder()
+        .durability(Durability::group(u32::MAX, Duration::from_secs(3600)))
+        .write_delay(Duration::from_millis(1))
+        .compact_at(512)
+        .open(&path)
+        .unwrap();
+    let all = positions(10_000);
+    checkpoint.commit(all[0]).unwrap();
+    checkpoint.sync().unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let (mut seen, mut reads) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let snapshot = Checkpoint::inspect(&path).unwrap();
+                let line = snapshot.position.line();
+                assert!(
+                    line >= seen,
+                    "the file went back from line {seen} to {line}"
+                );
+                seen = line;
+                reads += 1;
+            }
+            reads
+        });
+        for (index, &pos) in all.iter().enumerate().skip(1) {
+            if let Some(&beyond) = all.get(index + 3) {
+                checkpoint.commit_done(beyond).unwrap();
+            }
+            checkpoint.commit(pos).unwrap();
+            if index % 20 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        wait_for("the last position in the file", || {
+            Checkpoint::inspect(&path).is_ok_and(|s| s.position == all[9_999])
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(reader.join().unwrap() > 0);
+    });
+    // Some 20,000 records of about 60 bytes went through a 512-byte file.
+    let len = fs::metadata(&path).unwrap().len();
+    assert!(len < 4_096, "never compacted: {len} bytes");
+    checkpoint.crash();
+    assert_eq!(open_strict(&path).position(), all[9_999]);
+}

@@ -1,37 +1,33 @@
 //! Writing a checkpoint: the state shared between the committing thread and
-//! the writer thread, the append and the atomic rewrite, and the writer
-//! thread that keeps both time bounds without any call from the job.
+//! the background threads, appending, syncing and compacting, and the two
+//! threads that keep both time bounds without any call from the job.
 //!
-//! # Why a writer thread
+//! # Two threads, so a slow sync never delays a write
 //!
-//! A commit must reach the file within `write_delay` and the disk within the
-//! group's `max_delay` even when the job makes no further call: its next
-//! line may be a download that hangs for minutes. Only another thread can
-//! act then. The alternatives were weighed so:
+//! The writer thread wakes every half `write_delay`, folds what was
+//! committed since into the shared state and appends it: a `write`, which
+//! costs microseconds. Everything that waits for the disk (a sync, a
+//! compaction with its `sync_all`, rename and directory sync) runs on the
+//! sync thread, which the writer thread asks when the oldest unsynced commit
+//! nears the group's `max_delay` or the file grows past its limit. An
+//! `fdatasync` that takes 300 ms on a loaded machine then delays no write.
 //!
-//! - A write per commit from the committing thread bounds a process kill to
-//!   nothing, but costs a system call per line (a 50 ns line becomes a 1 µs
-//!   one).
-//! - Reading the last line back from the input by its offset would let the
-//!   committing thread publish three numbers per line instead of the line,
-//!   but the checkpoint does not know the input (a hand-written loop over
-//!   stdin), and the input may have changed by then.
+//! A sync runs on a second handle of the file, without the `io` lock, and
+//! claims durable only what was appended before it started. A compaction
+//! takes its snapshot, writes and syncs it to a temporary file without the
+//! lock, then, under the lock, appends to the temporary file what the
+//! writer thread appended meanwhile and renames it into place: a kill at any
+//! moment leaves a file with every record written so far. Syncs and
+//! compactions take `sync_lock`, so a sync never makes a record of the old
+//! file durable that a compaction's rename then drops.
 //!
-//! So the committing thread publishes each line it commits in a
-//! [`Slot`](super::slot::Slot) (plain stores, see there), and the writer
-//! thread wakes every half `write_delay`, folds what was committed into the
-//! shared state and appends it. Commits other than `commit_line` (positions,
-//! done, failed and resolved lines) are rarer and take a mutex. The writer
-//! thread syncs when the oldest unsynced commit it has seen approaches
-//! `max_delay`; a full group (`max_records` commits) is written and synced by
-//! the committing thread itself, as before.
-//!
-//! Lock order: `io`, then `core`. `core` is never held during file I/O, so a
-//! commit never waits for a sync of the writer thread.
+//! Lock order: `sync_lock`, then `io`, then `core`. `core` is never held
+//! during file I/O, so a commit never waits for the disk.
 
+use std::collections::VecDeque;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
@@ -45,7 +41,7 @@ use super::state::{Pending, State};
 use crate::error::{Error, Result};
 use crate::position::Position;
 
-/// What the committing thread and the writer thread share.
+/// What the committing thread and the background threads share.
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) path: PathBuf,
@@ -53,11 +49,18 @@ pub(crate) struct Inner {
     pub(crate) slot: Slot,
     pub(crate) core: Mutex<Core>,
     pub(crate) io: Mutex<Io>,
-    /// An error of the writer thread, returned by the next call.
+    /// Held by every sync and compaction.
+    pub(crate) sync_lock: Mutex<()>,
+    /// An error of a background thread, returned by the next call.
     pub(crate) error: Mutex<Option<Error>>,
     pub(crate) syncs: AtomicU64,
     pub(crate) before_write: Option<BeforeWrite>,
     pub(crate) compact_at: u64,
+    /// Asks the sync thread for work; `None` without background threads.
+    pub(crate) requests: Mutex<Option<mpsc::Sender<Request>>>,
+    /// A request is on its way to the sync thread and not yet taken up.
+    pub(crate) sync_requested: AtomicBool,
+    pub(crate) compact_requested: AtomicBool,
 }
 
 /// The state and the commits not yet written.
@@ -81,15 +84,33 @@ pub(crate) struct Io {
     pub(crate) snapshot_len: u64,
     /// Where the valid data ends, when a torn tail follows it.
     pub(crate) truncate_to: Option<u64>,
-    /// Set when the file cannot be appended to (missing, torn header, or
-    /// after a failed write): the next write replaces it atomically.
+    /// Set when the file cannot be appended to (a torn header, or after a
+    /// failed write): the next write replaces it atomically.
     pub(crate) needs_rewrite: bool,
-    /// Records were written without a sync since the last one.
-    pub(crate) unsynced: bool,
     /// The position as of the last write.
     pub(crate) written: Position,
-    /// When the writer thread first saw a commit not yet synced.
-    pub(crate) unsynced_since: Option<Instant>,
+    /// Appends so far: append `n` is the `n`-th.
+    pub(crate) appended: u64,
+    /// The appends not known to be synced, each with the time its oldest
+    /// commit was first seen, oldest first.
+    pub(crate) unsynced: VecDeque<(u64, Instant)>,
+    /// The file was created or renamed into place and its directory is
+    /// not synced yet.
+    pub(crate) dir_unsynced: bool,
+    /// Bytes appended since a running compaction took its snapshot.
+    pub(crate) compacting: Option<Vec<u8>>,
+    /// Bumped whenever `file` is replaced.
+    pub(crate) generation: u64,
+    /// When the writer thread first saw commits not yet written.
+    pub(crate) seen_since: Option<Instant>,
+}
+
+/// Work for the sync thread.
+#[derive(Debug)]
+pub(crate) enum Request {
+    Sync,
+    Compact,
+    Stop,
 }
 
 /// The steps of an atomic rewrite, so tests can stop after each.
@@ -106,7 +127,7 @@ pub(crate) enum RewriteStep {
 /// effects the hook did not make durable.
 enum Plan {
     Nothing,
-    SyncOnly,
+    Create(String),
     Append(String),
     Rewrite(String),
 }
@@ -120,11 +141,17 @@ impl Inner {
         self.io.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    fn lock_sync(&self) -> MutexGuard<'_, ()> {
+        self.sync_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub(crate) fn io_error(&self, action: &'static str, err: io::Error) -> Error {
         Error::io(Some(&self.path), action, err)
     }
 
-    /// Takes the writer thread's error, if one waits.
+    /// Takes the error of a background thread, if one waits.
     pub(crate) fn take_error(&self) -> Option<Error> {
         if self.slot.signal.load(Ordering::Acquire) & HAS_ERROR == 0 {
             return None;
@@ -139,8 +166,14 @@ impl Inner {
     }
 
     fn put_error(&self, error: Error) {
-        *self.error.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+        let mut slot = self.error.lock().unwrap_or_else(PoisonError::into_inner);
+        // The first error is the cause; later ones are its consequences.
+        slot.get_or_insert(error);
         self.slot.signal.fetch_or(HAS_ERROR, Ordering::AcqRel);
+    }
+
+    fn has_error(&self) -> bool {
+        self.slot.signal.load(Ordering::Acquire) & HAS_ERROR != 0
     }
 
     /// Folds a line the committing thread published into the state.
@@ -199,63 +232,60 @@ impl Inner {
         }
     }
 
-    /// Writes what is pending (appending, or rewriting the file when it
-    /// cannot be appended to), syncs if `sync`, then compacts if the file
-    /// grew too large. The caller has folded the published line.
-    pub(crate) fn write(&self, io: &mut Io, sync: bool) -> Result<()> {
+    /// Writes what is pending, without syncing: appends the records, or
+    /// creates the file, or replaces it when it cannot be appended to. The
+    /// caller has folded the published line. `seen` is when the oldest of
+    /// the commits written was first seen, for the sync deadline.
+    pub(crate) fn write(&self, io: &mut Io, seen: Instant) -> Result<()> {
         let (plan, position) = {
             let mut core = self.lock_core();
-            let plan = if io.needs_rewrite || io.file.is_none() {
+            let plan = if io.needs_rewrite {
                 Plan::Rewrite(core.state.snapshot())
+            } else if io.file.is_none() {
+                Plan::Create(core.state.snapshot())
             } else if !core.pending.is_empty() || io.truncate_to.is_some() {
                 Plan::Append(core.pending.encode(&core.state))
-            } else if sync && io.unsynced {
-                Plan::SyncOnly
             } else {
                 Plan::Nothing
             };
-            if !matches!(plan, Plan::Nothing | Plan::SyncOnly) {
+            if !matches!(plan, Plan::Nothing) {
                 core.pending = Pending::default();
             }
             (plan, core.state.position)
         };
-        match plan {
-            Plan::Nothing => Ok(()),
-            Plan::SyncOnly => {
-                if let Some(file) = io.file.as_mut() {
-                    if let Err(err) = file.sync_data() {
-                        io.needs_rewrite = true;
-                        return Err(self.io_error("syncing the checkpoint", err));
-                    }
-                }
-                let written = io.written;
-                self.synced(io, written);
-                Ok(())
+        let out = match plan {
+            Plan::Nothing => return Ok(()),
+            Plan::Rewrite(snapshot) => {
+                return self.rewrite(io, snapshot, position, RewriteStep::Done);
             }
-            Plan::Rewrite(snapshot) => self.rewrite(io, snapshot, position, RewriteStep::Done),
-            Plan::Append(out) => {
-                // Whatever fails from here, the records taken from `pending`
-                // are still in the state, which the next write puts in the
-                // file whole.
-                io.needs_rewrite = true;
-                self.run_before_write()?;
-                self.append(io, &out, sync)?;
-                io.needs_rewrite = false;
-                io.written = position;
-                if sync {
-                    self.synced(io, position);
-                } else {
-                    io.unsynced = true;
-                }
-                if io.file_len > self.compact_at.max(2 * io.snapshot_len) {
-                    self.compact(io)?;
-                }
-                Ok(())
-            }
+            Plan::Create(out) | Plan::Append(out) => out,
+        };
+        // Whatever fails from here, the records taken from `pending` are
+        // still in the state, which the next write puts in the file whole.
+        io.needs_rewrite = true;
+        self.run_before_write()?;
+        if io.file.is_none() {
+            let file = self
+                .fs
+                .create_new(&self.path)
+                .map_err(|err| self.io_error("creating the checkpoint", err))?;
+            io.file = Some(file);
+            io.file_len = 0;
+            io.generation += 1;
+            io.dir_unsynced = true;
         }
+        self.append(io, &out)?;
+        io.needs_rewrite = false;
+        io.written = position;
+        io.appended += 1;
+        io.unsynced.push_back((io.appended, seen));
+        if let Some(compacting) = io.compacting.as_mut() {
+            compacting.extend_from_slice(out.as_bytes());
+        }
+        Ok(())
     }
 
-    fn append(&self, io: &mut Io, out: &str, sync: bool) -> Result<()> {
+    fn append(&self, io: &mut Io, out: &str) -> Result<()> {
         let Some(file) = io.file.as_mut() else {
             return Ok(());
         };
@@ -270,11 +300,6 @@ impl Inner {
                 .write_all(out.as_bytes())
                 .map_err(|err| ("appending to the checkpoint", err));
         }
-        if result.is_ok() && sync {
-            result = file
-                .sync_data()
-                .map_err(|err| ("syncing the checkpoint", err));
-        }
         if let Err((action, err)) = result {
             return Err(self.io_error(action, err));
         }
@@ -285,10 +310,80 @@ impl Inner {
         Ok(())
     }
 
-    fn synced(&self, io: &mut Io, position: Position) {
-        io.unsynced = false;
-        io.unsynced_since = None;
-        self.lock_core().durable = position;
+    /// Whether the file grew past its limit.
+    pub(crate) fn wants_compaction(io: &Io, compact_at: u64) -> bool {
+        io.file.is_some() && io.file_len > compact_at.max(2 * io.snapshot_len)
+    }
+
+    /// Makes every write so far durable: an `fdatasync` on a second handle
+    /// of the file, so the writer thread can append meanwhile, and a sync
+    /// of the directory if the file's name is new.
+    pub(crate) fn sync_to_disk(&self) -> Result<()> {
+        let _sync = self.lock_sync();
+        let (handle, upto, position, dir, generation) = {
+            let mut io = self.lock_io();
+            if io.unsynced.is_empty() && !io.dir_unsynced {
+                return Ok(());
+            }
+            let Some(file) = io.file.as_ref() else {
+                return Ok(());
+            };
+            let handle = file.try_clone();
+            let handle = match handle {
+                Ok(handle) => handle,
+                Err(err) => {
+                    io.needs_rewrite = true;
+                    return Err(self.io_error("syncing the checkpoint", err));
+                }
+            };
+            (
+                handle,
+                io.appended,
+                io.written,
+                io.dir_unsynced,
+                io.generation,
+            )
+        };
+        let mut handle = handle;
+        let mut result = handle
+            .sync_data()
+            .map_err(|err| self.io_error("syncing the checkpoint", err));
+        if result.is_ok() && dir {
+            result = self
+                .fs
+                .sync_dir(parent_dir(&self.path))
+                .map_err(|err| self.io_error("syncing the checkpoint's directory", err));
+        }
+        let mut io = self.lock_io();
+        if let Err(err) = result {
+            // What reached the disk is uncertain: replace the file whole.
+            io.needs_rewrite = true;
+            return Err(err);
+        }
+        if io.generation == generation {
+            if dir {
+                io.dir_unsynced = false;
+            }
+            self.synced(&mut io, upto, position);
+        }
+        Ok(())
+    }
+
+    /// Records that the appends up to `upto`, which leave the file at
+    /// `position`, are durable.
+    fn synced(&self, io: &mut Io, upto: u64, position: Position) {
+        while io
+            .unsynced
+            .front()
+            .is_some_and(|&(append, _)| append <= upto)
+        {
+            io.unsynced.pop_front();
+        }
+        let mut core = self.lock_core();
+        if core.durable != position {
+            core.durable = position;
+        }
+        drop(core);
         self.syncs.fetch_add(1, Ordering::AcqRel);
     }
 
@@ -301,30 +396,76 @@ impl Inner {
         }
     }
 
-    /// Replaces the file with a snapshot of the current state.
-    pub(crate) fn compact(&self, io: &mut Io) -> Result<()> {
-        self.compact_until(io, RewriteStep::Done)
-    }
-
-    pub(crate) fn compact_until(&self, io: &mut Io, stop: RewriteStep) -> Result<()> {
-        let (snapshot, position) = {
-            let mut core = self.lock_core();
-            core.pending = Pending::default();
-            (core.state.snapshot(), core.state.position)
+    /// Replaces the file with a snapshot of the state without holding the
+    /// `io` lock while it waits for the disk; see the module docs.
+    pub(crate) fn compact(&self) -> Result<()> {
+        let _sync = self.lock_sync();
+        let (snapshot, position, upto, generation) = {
+            let mut io = self.lock_io();
+            if !Inner::wants_compaction(&io, self.compact_at) {
+                return Ok(());
+            }
+            let core = self.lock_core();
+            let taken = (
+                core.state.snapshot(),
+                core.state.position,
+                io.appended,
+                io.generation,
+            );
+            drop(core);
+            io.compacting = Some(Vec::new());
+            taken
         };
-        self.rewrite(io, snapshot, position, stop)
+        let result = self.write_snapshot(&snapshot);
+        let mut io = self.lock_io();
+        let compacting = io.compacting.take();
+        let (temp, mut file) = result?;
+        if io.generation != generation {
+            // The file was replaced meanwhile (a rewrite after a failure).
+            let _ = self.fs.remove(&temp);
+            return Ok(());
+        }
+        let delta = compacting.unwrap_or_default();
+        let placed = file
+            .write_all(&delta)
+            .map_err(|err| self.io_error("writing the compacted checkpoint", err))
+            .and_then(|()| {
+                self.fs.rename(&temp, &self.path).map_err(|err| {
+                    self.io_error("renaming the compacted checkpoint into place", err)
+                })
+            });
+        if let Err(err) = placed {
+            let _ = self.fs.remove(&temp);
+            return Err(err);
+        }
+        io.file = Some(file);
+        io.file_len = (snapshot.len() + delta.len()) as u64;
+        io.snapshot_len = snapshot.len() as u64;
+        io.truncate_to = None;
+        io.generation += 1;
+        io.dir_unsynced = true;
+        let generation = io.generation;
+        drop(io);
+        let dir = self
+            .fs
+            .sync_dir(parent_dir(&self.path))
+            .map_err(|err| self.io_error("syncing the checkpoint's directory", err));
+        let mut io = self.lock_io();
+        if let Err(err) = dir {
+            io.needs_rewrite = true;
+            return Err(err);
+        }
+        if io.generation == generation {
+            io.dir_unsynced = false;
+            // The snapshot is durable; what was appended after it is not.
+            self.synced(&mut io, upto, position);
+        }
+        Ok(())
     }
 
-    /// Replaces the file with `snapshot`: temp file in the same directory,
-    /// `sync_all`, rename, sync of the directory.
-    fn rewrite(
-        &self,
-        io: &mut Io,
-        snapshot: String,
-        position: Position,
-        stop: RewriteStep,
-    ) -> Result<()> {
-        io.needs_rewrite = true;
+    /// Runs the hook, then writes `snapshot` to a new temporary file and
+    /// syncs it.
+    fn write_snapshot(&self, snapshot: &str) -> Result<(PathBuf, Box<dyn FsFile>)> {
         self.run_before_write()?;
         let dir = parent_dir(&self.path);
         let (temp, mut file) = self
@@ -338,7 +479,21 @@ impl Inner {
             let _ = self.fs.remove(&temp);
             return Err(self.io_error("writing the compacted checkpoint", e));
         }
-        drop(file);
+        Ok((temp, file))
+    }
+
+    /// Replaces the file with `snapshot` while holding the `io` lock (the
+    /// rare case: the file cannot be appended to): temp file in the same
+    /// directory, `sync_all`, rename, sync of the directory.
+    pub(crate) fn rewrite(
+        &self,
+        io: &mut Io,
+        snapshot: String,
+        position: Position,
+        stop: RewriteStep,
+    ) -> Result<()> {
+        io.needs_rewrite = true;
+        let (temp, file) = self.write_snapshot(&snapshot)?;
         if stop == RewriteStep::TempSynced {
             // Leave the temporary file behind, as a crash would.
             return Ok(());
@@ -351,24 +506,24 @@ impl Inner {
             return Ok(());
         }
         self.fs
-            .sync_dir(dir)
+            .sync_dir(parent_dir(&self.path))
             .map_err(|e| self.io_error("syncing the checkpoint's directory", e))?;
-        let file = self
-            .fs
-            .open_append(&self.path)
-            .map_err(|e| self.io_error("opening the checkpoint", e))?;
         io.file = Some(file);
         io.file_len = snapshot.len() as u64;
         io.snapshot_len = io.file_len;
         io.truncate_to = None;
         io.needs_rewrite = false;
+        io.dir_unsynced = false;
+        io.generation += 1;
         io.written = position;
-        self.synced(io, position);
+        io.appended += 1;
+        let upto = io.appended;
+        self.synced(io, upto, position);
         Ok(())
     }
 }
 
-/// When the writer thread writes and syncs.
+/// When the background threads write and sync.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Schedule {
     /// Write commits at most this long after they were made; `None` when
@@ -394,76 +549,155 @@ impl Schedule {
     }
 }
 
-/// The writer thread; dropping it stops and joins it.
+/// The writer and sync threads; dropping it stops and joins them.
 #[derive(Debug)]
-pub(crate) struct WriterThread {
+pub(crate) struct Background {
+    inner: Arc<Inner>,
     stop: Option<mpsc::Sender<()>>,
-    handle: Option<JoinHandle<()>>,
+    writer: Option<JoinHandle<()>>,
+    syncer: Option<JoinHandle<()>>,
 }
 
-impl WriterThread {
-    /// Starts the writer thread if the schedule needs one.
-    pub(crate) fn start(inner: &Arc<Inner>, schedule: Schedule) -> Result<Option<WriterThread>> {
+impl Background {
+    /// Starts the threads if the schedule needs them.
+    pub(crate) fn start(inner: &Arc<Inner>, schedule: Schedule) -> Result<Option<Background>> {
         let Some(tick) = schedule.tick() else {
             return Ok(None);
         };
+        let spawn_err =
+            |err| Error::io(Some(&inner.path), "starting the checkpoint's threads", err);
+        let (requests, received) = mpsc::channel::<Request>();
+        let syncing = Arc::clone(inner);
+        let syncer = std::thread::Builder::new()
+            .name("linemark-sync".into())
+            .spawn(move || serve(&syncing, &received))
+            .map_err(spawn_err)?;
+        *inner
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(requests);
+        let mut background = Background {
+            inner: Arc::clone(inner),
+            stop: None,
+            writer: None,
+            syncer: Some(syncer),
+        };
         let (stop, stopped) = mpsc::channel::<()>();
-        let inner = Arc::clone(inner);
-        let path = inner.path.clone();
-        let handle = std::thread::Builder::new()
+        let writing = Arc::clone(inner);
+        let writer = std::thread::Builder::new()
             .name("linemark-writer".into())
             .spawn(move || {
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
-                    look(&inner, schedule, tick);
+                    look(&writing, schedule, tick);
                 }
             })
-            .map_err(|err| {
-                Error::io(Some(&path), "starting the checkpoint's writer thread", err)
-            })?;
-        Ok(Some(WriterThread {
-            stop: Some(stop),
-            handle: Some(handle),
-        }))
+            .map_err(spawn_err)?;
+        background.stop = Some(stop);
+        background.writer = Some(writer);
+        Ok(Some(background))
     }
 }
 
-impl Drop for WriterThread {
+impl Drop for Background {
     fn drop(&mut self) {
         drop(self.stop.take());
-        if let Some(handle) = self.handle.take() {
+        if let Some(handle) = self.writer.take() {
+            let _ = handle.join();
+        }
+        let requests = self
+            .inner
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(requests) = requests {
+            let _ = requests.send(Request::Stop);
+        }
+        if let Some(handle) = self.syncer.take() {
             let _ = handle.join();
         }
     }
 }
 
+impl Inner {
+    /// Asks the sync thread for `request` unless it was asked already.
+    pub(crate) fn request(&self, request: Request) {
+        let flag = match request {
+            Request::Sync => &self.sync_requested,
+            Request::Compact => &self.compact_requested,
+            Request::Stop => return,
+        };
+        if flag.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let requests = self.requests.lock().unwrap_or_else(PoisonError::into_inner);
+        match requests.as_ref() {
+            Some(requests) if requests.send(request).is_ok() => {}
+            _ => flag.store(false, Ordering::Release),
+        }
+    }
+}
+
+/// The sync thread: syncs and compacts when asked.
+fn serve(inner: &Inner, requests: &mpsc::Receiver<Request>) {
+    while let Ok(request) = requests.recv() {
+        let result = match request {
+            Request::Stop => return,
+            Request::Sync => {
+                inner.sync_requested.store(false, Ordering::Release);
+                inner.sync_to_disk()
+            }
+            Request::Compact => {
+                inner.compact_requested.store(false, Ordering::Release);
+                inner.compact()
+            }
+        };
+        if let Err(error) = result {
+            inner.put_error(error);
+        }
+    }
+}
+
 /// One look of the writer thread: write what was committed since the last
-/// look, and sync if the oldest unsynced commit is about to be `sync_delay`
-/// old.
+/// look, and ask for a sync if the oldest unsynced commit is about to be
+/// `sync_delay` old, or for a compaction if the file grew too large.
 fn look(inner: &Inner, schedule: Schedule, tick: Duration) {
-    if inner.slot.signal.load(Ordering::Acquire) & HAS_ERROR != 0 {
+    if inner.has_error() {
         // The job has not seen the last error yet: no retries until it has,
         // so a full disk is not hammered and the error is not replaced.
         return;
     }
     let mut io = inner.lock_io();
     inner.fold_published();
-    let unwritten = !inner.lock_core().pending.is_empty();
+    let unwritten = !inner.lock_core().pending.is_empty() || io.needs_rewrite;
     let now = Instant::now();
-    if (unwritten || io.unsynced) && io.unsynced_since.is_none() {
-        // The commit was made within the last tick.
-        io.unsynced_since = Some(now);
+    if unwritten && io.seen_since.is_none() {
+        // The commits were made within the last tick.
+        io.seen_since = Some(now);
     }
-    // A commit first seen at `since` was made after `since - tick`; syncing
-    // at the first look at or after `since + sync_delay - 2 tick` syncs it
-    // within `sync_delay` of being made.
-    let sync_due = schedule.sync_delay.is_some_and(|delay| {
-        io.unsynced_since
-            .is_some_and(|since| now + 2 * tick >= since + delay)
-    });
-    let write_due = unwritten && schedule.write_delay.is_some();
-    if sync_due || write_due {
-        if let Err(error) = inner.write(&mut io, sync_due) {
+    if unwritten && schedule.write_delay.is_some() {
+        let seen = io.seen_since.take().unwrap_or(now);
+        if let Err(error) = inner.write(&mut io, seen) {
+            io.seen_since = Some(seen);
+            drop(io);
             inner.put_error(error);
+            return;
         }
+    }
+    // A commit first seen at `since` was made after `since - tick`; asking
+    // at the first look at or after `since + sync_delay - 2 tick` syncs it
+    // within `sync_delay` of being made, plus the time the sync takes.
+    let oldest = io.unsynced.front().map(|&(_, seen)| seen).or(io.seen_since);
+    let sync_due = schedule.sync_delay.is_some_and(|delay| {
+        oldest.is_some_and(|since| now + 2 * tick >= since + delay)
+            || (io.dir_unsynced && io.unsynced.is_empty())
+    });
+    let compact = Inner::wants_compaction(&io, inner.compact_at);
+    drop(io);
+    if sync_due {
+        inner.request(Request::Sync);
+    }
+    if compact {
+        inner.request(Request::Compact);
     }
 }

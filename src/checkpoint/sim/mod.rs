@@ -460,6 +460,26 @@ impl Fs for SimFs {
         }))
     }
 
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+        let mut disk = self.lock();
+        let cut = disk.begin()?;
+        let (dir, name) = split(path)?;
+        if disk.dir(&dir).current.contains_key(&name) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists", path.display()),
+            ));
+        }
+        let ino = disk.inodes.len();
+        disk.inodes.push(Inode::default());
+        disk.change(&dir, DirOp(vec![(name, Some(ino))]));
+        finish(cut)?;
+        Ok(Box::new(SimFile {
+            disk: Arc::clone(&self.disk),
+            ino,
+        }))
+    }
+
     fn create_temp(&self, dir: &Path, prefix: &OsStr) -> io::Result<(PathBuf, Box<dyn FsFile>)> {
         let mut disk = self.lock();
         let cut = disk.begin()?;
@@ -582,6 +602,14 @@ impl FsFile for SimFile {
         let cut = disk.begin()?;
         disk.sync_file(self.ino);
         finish(cut)
+    }
+
+    // A second descriptor: no I/O, so not a step.
+    fn try_clone(&self) -> io::Result<Box<dyn FsFile>> {
+        Ok(Box::new(SimFile {
+            disk: Arc::clone(&self.disk),
+            ino: self.ino,
+        }))
     }
 }
 
