@@ -386,6 +386,9 @@ impl Runner {
         let file = File::open(input).map_err(in_err)?;
         let input_len = file.metadata().map_err(in_err)?.len();
         let mut checkpoint = self.open_checkpoint(self.checkpoint_path(input))?;
+        // Committed lines are read back from the file for their digest, so
+        // a commit costs a few stores, not a copy of the line.
+        checkpoint.read_back_from(input)?;
         let mut reader = BufReader::with_capacity(64 * 1024, file);
         if self.retry_failed {
             let failed: Vec<FailedLine> = checkpoint.failed().collect();

@@ -694,3 +694,39 @@ fn retry_failed_refuses_an_unterminated_failed_line_that_grew() {
     let report = Runner::new().retry_failed(true).run(&input, &ok).unwrap();
     assert_eq!((report.done, report.failed_total), (1, 0));
 }
+
+#[test]
+fn a_line_rewritten_under_the_run_before_its_commit_is_written_is_an_input_change() {
+    // The runner reads a committed line back from the input for its digest
+    // when the checkpoint is written; a line rewritten in between must not
+    // be recorded with the digest of bytes the job never saw.
+    use std::io::{Seek, SeekFrom, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let input = input_with(dir.path(), 6);
+    let checkpoint = dir.path().join("input.checkpoint");
+    let rewrite = |line: &Line<'_>| -> Result<(), std::convert::Infallible> {
+        if line.number() == 3 {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&input)
+                .unwrap();
+            file.seek(SeekFrom::Start(line.offset())).unwrap();
+            let same_length = vec![b'#'; line.raw().len() - 1];
+            file.write_all(&same_length).unwrap();
+        }
+        Ok(())
+    };
+    let result = Runner::new()
+        .checkpoint(&checkpoint)
+        .durability(Durability::EveryCommit)
+        .run(&input, &rewrite);
+    match result {
+        Err(linemark::Error::InputChanged { path, line, .. }) => {
+            assert_eq!(path.as_deref(), Some(input.as_path()));
+            assert_eq!(line, 3);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Lines 1 and 2 were recorded; line 3 never was.
+    assert_eq!(Checkpoint::inspect(&checkpoint).unwrap().position.line(), 2);
+}

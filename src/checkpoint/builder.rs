@@ -229,6 +229,7 @@ impl CheckpointBuilder {
             requests: Mutex::new(None),
             sync_requested: AtomicBool::new(false),
             compact_requested: AtomicBool::new(false),
+            input: Mutex::new(None),
         });
         let (max_records, max_delay) = self.durability.batch();
         let every_commit = matches!(self.durability, Durability::EveryCommit);

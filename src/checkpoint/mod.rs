@@ -31,7 +31,7 @@ use crate::record::Record;
 use file::load;
 use fs::RealFs;
 use slot::{SlotWriter, WANT_FOLD};
-use writer::{Background, Core, Inner, Request};
+use writer::{Background, Core, Inner, ReadBack, Request};
 
 /// When commits reach the disk.
 ///
@@ -349,28 +349,54 @@ impl Checkpoint {
 
     /// Everything before this position is finished (the low watermark).
     #[must_use]
+    ///
+    /// A line committed by the runner is read back from the input for its
+    /// digest; if that fails (the input was changed under the run), this
+    /// is the position before it, and the next commit or sync returns the
+    /// error.
     pub fn position(&self) -> Position {
-        let core = self.inner.lock_core();
-        match self.slot.seq() > core.folded {
-            true => self
-                .slot
-                .end_position(&self.inner.slot)
-                .unwrap_or(core.state.position),
-            false => core.state.position,
-        }
+        self.core().state.position
     }
 
-    /// The state with the committing thread's last line folded in.
+    /// The state with the committing thread's last line folded in. A fold
+    /// that fails leaves the line unfolded: the next write folds it again
+    /// and returns the error.
     fn core(&self) -> MutexGuard<'_, Core> {
         let mut core = self.inner.lock_core();
-        self.inner.fold_own(&mut core, &self.slot);
+        let _ = self.inner.fold_own(&mut core, &self.slot);
         core
+    }
+
+    /// From now on, lines committed by `commit_read_line` come from the
+    /// regular file `input`: publish them by their place, and read them
+    /// back from the file when their digest is needed (see `slot.rs`).
+    pub(crate) fn read_back_from(&mut self, input: &Path) -> Result<()> {
+        let open_err = |err| Error::io(Some(input), "opening the input to read lines back", err);
+        let file = File::open(input).map_err(open_err)?;
+        if !file.metadata().map_err(open_err)?.is_file() {
+            // A pipe or a device: a second reader would take its data.
+            return Ok(());
+        }
+        let mut core = self.inner.lock_core();
+        self.inner.fold_own(&mut core, &self.slot)?;
+        *self
+            .inner
+            .input
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ReadBack {
+            path: input.to_path_buf(),
+            file,
+        });
+        self.slot.locate(&self.inner.slot);
+        core.folded = self.slot.seq();
+        Ok(())
     }
 
     /// Number of syncs so far that made commits durable (for progress
     /// displays: it changes whenever
     /// [`durable_position`](Checkpoint::durable_position) may have).
     #[must_use]
+    #[inline]
     pub fn sync_count(&self) -> u64 {
         self.inner.syncs.load(Ordering::Acquire)
     }
@@ -693,7 +719,7 @@ impl Checkpoint {
         {
             let mut io = self.inner.lock_io();
             let mut core = self.inner.lock_core();
-            self.inner.fold_own(&mut core, &self.slot);
+            self.inner.fold_own(&mut core, &self.slot)?;
             self.slot.clear(&self.inner.slot);
             core.folded = self.slot.seq();
             core.state.rebase(position);
@@ -721,11 +747,12 @@ impl Checkpoint {
             return Err(error);
         }
         if self.inner.slot.signal.load(Ordering::Acquire) & WANT_FOLD != 0 {
-            self.inner.fold_own(&mut self.inner.lock_core(), &self.slot);
+            let folded = self.inner.fold_own(&mut self.inner.lock_core(), &self.slot);
             self.inner
                 .slot
                 .signal
                 .fetch_and(!WANT_FOLD, Ordering::AcqRel);
+            folded?;
         }
         if self.count >= self.service_at {
             let sync = self.count >= self.max_records;
@@ -738,7 +765,8 @@ impl Checkpoint {
     fn write_now(&mut self, sync: bool) -> Result<()> {
         {
             let mut io = self.inner.lock_io();
-            self.inner.fold_own(&mut self.inner.lock_core(), &self.slot);
+            self.inner
+                .fold_own(&mut self.inner.lock_core(), &self.slot)?;
             let seen = io.seen_since.take().unwrap_or_else(Instant::now);
             self.inner.write(&mut io, seen)?;
         }
@@ -828,7 +856,7 @@ impl Checkpoint {
         let mut io = self.inner.lock_io();
         let (snapshot, position) = {
             let mut core = self.inner.lock_core();
-            self.inner.fold_own(&mut core, &self.slot);
+            self.inner.fold_own(&mut core, &self.slot)?;
             core.pending = state::Pending::default();
             (core.state.snapshot(), core.state.position)
         };

@@ -16,10 +16,18 @@
 //!
 //! A reader racing a thread that commits millions of lines a second may
 //! never see an unchanged sequence; it then asks the committing thread,
-//! through [`Slot::want`], to fold the line into the shared state itself at
+//! through `WANT_FOLD`, to fold the line into the shared state itself at
 //! its next commit (see `writer.rs`).
+//!
+//! When the lines come from a regular file the checkpoint can read again
+//! (the runner's `run`), the slot is *located*: it holds the line's number,
+//! offset and length and a fingerprint (its first and last eight bytes), not
+//! its bytes, and the line is read back from the input when its digest is
+//! needed, a few hundred times a second at most. That halves the cost of a
+//! commit for the fastest jobs; the fingerprint catches an input rewritten
+//! under the run before its digest is recorded.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::line::Line;
@@ -40,10 +48,15 @@ pub(crate) struct Slot {
     /// The line's length in bytes; 0 when no line is published (after a
     /// `commit` of a position replaced it).
     len: AtomicU64,
+    /// The fingerprint of a located line.
+    first: AtomicU64,
+    last: AtomicU64,
     /// The current buffer; replaced (rarely) when a longer line comes.
     words: Mutex<Arc<[AtomicU64]>>,
     /// `WANT_FOLD | HAS_ERROR`: the one word the hot path loads per commit.
     pub(crate) signal: AtomicU8,
+    /// Lines are published located (set once, before the first commit).
+    located: AtomicBool,
 }
 
 /// A consistent copy of the published line.
@@ -51,7 +64,40 @@ pub(crate) struct Slot {
 pub(crate) struct Published {
     pub(crate) seq: u64,
     /// `None` when no line is published.
-    pub(crate) end: Option<Position>,
+    pub(crate) mark: Option<Mark>,
+}
+
+/// What the slot knows of the last committed line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mark {
+    /// The position after it, computed from its bytes.
+    End(Position),
+    /// Where it is in the input, to be read back.
+    Located(Located),
+}
+
+/// A line of the input by place, with a fingerprint to check it by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Located {
+    pub(crate) number: u64,
+    pub(crate) offset: u64,
+    pub(crate) len: u64,
+    pub(crate) fingerprint: (u64, u64),
+}
+
+/// The first and the last eight bytes of a line (all of it, packed, when
+/// shorter), as little-endian words.
+#[inline(always)]
+pub(crate) fn fingerprint(raw: &[u8]) -> (u64, u64) {
+    if raw.len() >= 8 {
+        (word_of(&raw[..8]), word_of(&raw[raw.len() - 8..]))
+    } else {
+        let packed = raw
+            .iter()
+            .rev()
+            .fold(0u64, |value, &byte| (value << 8) | u64::from(byte));
+        (packed, packed)
+    }
 }
 
 impl Slot {
@@ -65,8 +111,13 @@ impl Slot {
         let number = self.number.load(Ordering::Relaxed);
         let offset = self.offset.load(Ordering::Relaxed);
         let len = self.len.load(Ordering::Relaxed);
+        let fingerprint = (
+            self.first.load(Ordering::Relaxed),
+            self.last.load(Ordering::Relaxed),
+        );
+        let located = self.located.load(Ordering::Relaxed);
         let mut raw = Vec::new();
-        if len > 0 {
+        if len > 0 && !located {
             let len = usize::try_from(len).ok()?;
             if len.div_ceil(8) > words.len() {
                 return None;
@@ -81,8 +132,17 @@ impl Slot {
         if self.seq.load(Ordering::Relaxed) != seq {
             return None;
         }
-        let end = (len > 0).then(|| Line::new(&raw, number, offset).end_position());
-        Some(Published { seq, end })
+        let mark = match (len, located) {
+            (0, _) => None,
+            (_, true) => Some(Mark::Located(Located {
+                number,
+                offset,
+                len,
+                fingerprint,
+            })),
+            (_, false) => Some(Mark::End(Line::new(&raw, number, offset).end_position())),
+        };
+        Some(Published { seq, mark })
     }
 
     /// The sequence number now (even between commits).
@@ -98,6 +158,8 @@ pub(crate) struct SlotWriter {
     words: Arc<[AtomicU64]>,
     /// The published line's length, for this thread's own reads.
     len: u64,
+    /// Publish lines located instead of by their bytes.
+    located: bool,
 }
 
 impl SlotWriter {
@@ -106,6 +168,7 @@ impl SlotWriter {
             seq: slot.seq(),
             words: Arc::clone(&slot.words.lock().unwrap_or_else(PoisonError::into_inner)),
             len: 0,
+            located: false,
         }
     }
 
@@ -114,12 +177,38 @@ impl SlotWriter {
         self.seq
     }
 
+    /// From now on, publishes lines located: they come from a regular
+    /// file that the checkpoint reads back.
+    pub(crate) fn locate(&mut self, slot: &Slot) {
+        self.clear(slot);
+        self.located = true;
+        slot.located.store(true, Ordering::Release);
+    }
+
     /// Publishes `line` as the last committed one.
     #[inline(always)]
     pub(crate) fn publish(&mut self, slot: &Slot, line: &Line<'_>) {
         let raw = line.raw();
         slot.seq.store(self.seq + 1, Ordering::Relaxed);
         fence(Ordering::Release);
+        if self.located {
+            let (first, last) = fingerprint(raw);
+            slot.first.store(first, Ordering::Relaxed);
+            slot.last.store(last, Ordering::Relaxed);
+        } else {
+            self.copy_bytes(slot, raw);
+        }
+        self.len = raw.len() as u64;
+        slot.number.store(line.number(), Ordering::Relaxed);
+        slot.offset.store(line.offset(), Ordering::Relaxed);
+        slot.len.store(self.len, Ordering::Relaxed);
+        self.seq += 2;
+        slot.seq.store(self.seq, Ordering::Release);
+    }
+
+    /// Stores the line's bytes into the words (inside the odd window).
+    #[inline(always)]
+    fn copy_bytes(&mut self, slot: &Slot, raw: &[u8]) {
         if raw.len().div_ceil(8) > self.words.len() {
             // Inside the odd window, so a reader that picked up the old
             // buffer discards what it read.
@@ -156,12 +245,6 @@ impl SlotWriter {
                 word.store(value, Ordering::Relaxed);
             }
         }
-        self.len = raw.len() as u64;
-        slot.number.store(line.number(), Ordering::Relaxed);
-        slot.offset.store(line.offset(), Ordering::Relaxed);
-        slot.len.store(self.len, Ordering::Relaxed);
-        self.seq += 2;
-        slot.seq.store(self.seq, Ordering::Release);
     }
 
     /// Withdraws the published line (a position committed otherwise
@@ -175,11 +258,24 @@ impl SlotWriter {
         slot.seq.store(self.seq, Ordering::Release);
     }
 
-    /// The published line's end position, read by the committing thread
-    /// (no race: it is the only writer).
-    pub(crate) fn end_position(&self, slot: &Slot) -> Option<Position> {
+    /// The published line, read by the committing thread (no race: it is
+    /// the only writer).
+    pub(crate) fn mark(&self, slot: &Slot) -> Option<Mark> {
         if self.len == 0 {
             return None;
+        }
+        let number = slot.number.load(Ordering::Relaxed);
+        let offset = slot.offset.load(Ordering::Relaxed);
+        if self.located {
+            return Some(Mark::Located(Located {
+                number,
+                offset,
+                len: self.len,
+                fingerprint: (
+                    slot.first.load(Ordering::Relaxed),
+                    slot.last.load(Ordering::Relaxed),
+                ),
+            }));
         }
         let len = usize::try_from(self.len).ok()?;
         let mut raw = Vec::with_capacity(len.div_ceil(8) * 8);
@@ -187,9 +283,7 @@ impl SlotWriter {
             raw.extend_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
         }
         raw.truncate(len);
-        let number = slot.number.load(Ordering::Relaxed);
-        let offset = slot.offset.load(Ordering::Relaxed);
-        Some(Line::new(&raw, number, offset).end_position())
+        Some(Mark::End(Line::new(&raw, number, offset).end_position()))
     }
 
     #[cold]
@@ -216,7 +310,7 @@ mod tests {
     fn a_published_line_reads_back_with_its_position() {
         let slot = Slot::default();
         let mut writer = SlotWriter::new(&slot);
-        assert!(slot.try_read().unwrap().end.is_none());
+        assert!(slot.try_read().unwrap().mark.is_none());
         for (raw, number, offset) in [
             (&b"short\n"[..], 1, 0),
             (&[b'x'; 1000][..], 2, 6),
@@ -225,13 +319,33 @@ mod tests {
             let line = Line::new(raw, number, offset);
             writer.publish(&slot, &line);
             let read = slot.try_read().unwrap();
-            assert_eq!(read.end, Some(line.end_position()));
+            assert_eq!(read.mark, Some(Mark::End(line.end_position())));
             assert_eq!(read.seq, writer.seq());
-            assert_eq!(writer.end_position(&slot), Some(line.end_position()));
+            assert_eq!(writer.mark(&slot), Some(Mark::End(line.end_position())));
         }
         writer.clear(&slot);
-        assert!(slot.try_read().unwrap().end.is_none());
-        assert!(writer.end_position(&slot).is_none());
+        assert!(slot.try_read().unwrap().mark.is_none());
+        assert!(writer.mark(&slot).is_none());
+    }
+
+    #[test]
+    fn a_located_line_publishes_its_place_and_fingerprint() {
+        let slot = Slot::default();
+        let mut writer = SlotWriter::new(&slot);
+        writer.locate(&slot);
+        for (raw, number, offset) in [(&b"a longer line\n"[..], 4, 30), (&b"ab\n"[..], 5, 44)] {
+            writer.publish(&slot, &Line::new(raw, number, offset));
+            let expected = Mark::Located(Located {
+                number,
+                offset,
+                len: raw.len() as u64,
+                fingerprint: fingerprint(raw),
+            });
+            assert_eq!(slot.try_read().unwrap().mark, Some(expected));
+            assert_eq!(writer.mark(&slot), Some(expected));
+        }
+        assert_ne!(fingerprint(b"abcdefgh-x\n"), fingerprint(b"abcdefgh-y\n"));
+        assert_ne!(fingerprint(b"ab\n"), fingerprint(b"ac\n"));
     }
 
     #[test]
@@ -253,7 +367,11 @@ mod tests {
             let reader = scope.spawn(|| {
                 let mut seen = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    if let Some(Published { end: Some(end), .. }) = slot.try_read() {
+                    if let Some(Published {
+                        mark: Some(Mark::End(end)),
+                        ..
+                    }) = slot.try_read()
+                    {
                         let index = end.line() as usize - 1;
                         assert_eq!(end, expected[index], "a torn read");
                         seen += 1;

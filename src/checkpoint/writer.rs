@@ -25,7 +25,8 @@
 //! during file I/O, so a commit never waits for the disk.
 
 use std::collections::VecDeque;
-use std::io;
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -36,7 +37,7 @@ use std::time::{Duration, Instant};
 use super::BeforeWrite;
 use super::file::{parent_dir, temp_prefix};
 use super::fs::{Fs, FsFile};
-use super::slot::{HAS_ERROR, Published, Slot, SlotWriter, WANT_FOLD};
+use super::slot::{HAS_ERROR, Located, Mark, Published, Slot, SlotWriter, WANT_FOLD, fingerprint};
 use super::state::{Pending, State};
 use crate::error::{Error, Result};
 use crate::position::Position;
@@ -61,6 +62,15 @@ pub(crate) struct Inner {
     /// A request is on its way to the sync thread and not yet taken up.
     pub(crate) sync_requested: AtomicBool,
     pub(crate) compact_requested: AtomicBool,
+    /// The input that located lines are read back from.
+    pub(crate) input: Mutex<Option<ReadBack>>,
+}
+
+/// A second handle on the input, to read a committed line back by its place.
+#[derive(Debug)]
+pub(crate) struct ReadBack {
+    pub(crate) path: PathBuf,
+    pub(crate) file: File,
 }
 
 /// The state and the commits not yet written.
@@ -177,56 +187,101 @@ impl Inner {
     }
 
     /// Folds a line the committing thread published into the state.
-    fn fold(core: &mut Core, published: Published) {
+    fn fold(&self, core: &mut Core, published: Published) -> Result<()> {
         if published.seq > core.folded {
-            core.folded = published.seq;
-            if let Some(end) = published.end {
+            if let Some(mark) = published.mark {
+                let end = self.resolve(mark)?;
                 core.state.advance(end);
                 core.pending.position = true;
             }
+            core.folded = published.seq;
         }
+        Ok(())
+    }
+
+    /// The position after a published line, reading a located one back
+    /// from the input and checking its fingerprint.
+    fn resolve(&self, mark: Mark) -> Result<Position> {
+        let located = match mark {
+            Mark::End(end) => return Ok(end),
+            Mark::Located(located) => located,
+        };
+        let Located {
+            number,
+            offset,
+            len,
+            fingerprint: expected,
+        } = located;
+        let mut input = self.input.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(input) = input.as_mut() else {
+            return Err(Error::InvalidPosition {
+                line: number,
+                offset,
+            });
+        };
+        let read_err = |err| Error::io(Some(&input.path), "reading a committed line back", err);
+        let mut raw = Vec::new();
+        input
+            .file
+            .seek(SeekFrom::Start(offset))
+            .and_then(|_| {
+                Read::by_ref(&mut input.file)
+                    .take(len)
+                    .read_to_end(&mut raw)
+            })
+            .map_err(read_err)?;
+        if raw.len() as u64 != len || fingerprint(&raw) != expected {
+            return Err(Error::InputChanged {
+                path: Some(input.path.clone()),
+                line: number,
+                offset,
+                expected: format!("the {len}-byte line committed while the job ran"),
+                found: crate::line::describe_bytes(&raw),
+            });
+        }
+        Ok(crate::line::Line::new(&raw, number, offset).end_position())
     }
 
     /// The committing thread folds its own published line (no race: it is
     /// the slot's only writer).
-    pub(crate) fn fold_own(&self, core: &mut Core, slot: &SlotWriter) {
+    pub(crate) fn fold_own(&self, core: &mut Core, slot: &SlotWriter) -> Result<()> {
         if slot.seq() > core.folded {
-            let end = slot.end_position(&self.slot);
-            Inner::fold(
+            let mark = slot.mark(&self.slot);
+            self.fold(
                 core,
                 Published {
                     seq: slot.seq(),
-                    end,
+                    mark,
                 },
-            );
+            )?;
         }
+        Ok(())
     }
 
     /// The writer thread folds the newest published line into the state,
     /// asking the committing thread to do it if it keeps committing too
     /// fast to be read.
-    fn fold_published(&self) {
+    fn fold_published(&self) -> Result<()> {
         loop {
             {
                 let mut core = self.lock_core();
                 if self.slot.seq() == core.folded {
-                    return;
+                    return Ok(());
                 }
                 if let Some(published) = self.slot.try_read() {
-                    Inner::fold(&mut core, published);
-                    return;
+                    return self.fold(&mut core, published);
                 }
             }
             self.slot.signal.fetch_or(WANT_FOLD, Ordering::AcqRel);
             for _ in 0..64 {
                 std::thread::yield_now();
                 if self.slot.signal.load(Ordering::Acquire) & WANT_FOLD == 0 {
-                    return;
+                    return Ok(());
                 }
                 if let Some(published) = self.slot.try_read() {
-                    Inner::fold(&mut self.lock_core(), published);
+                    let folded = self.fold(&mut self.lock_core(), published);
                     self.slot.signal.fetch_and(!WANT_FOLD, Ordering::AcqRel);
-                    return;
+                    return folded;
                 }
             }
         }
@@ -668,7 +723,11 @@ fn look(inner: &Inner, schedule: Schedule, tick: Duration) {
         return;
     }
     let mut io = inner.lock_io();
-    inner.fold_published();
+    if let Err(error) = inner.fold_published() {
+        drop(io);
+        inner.put_error(error);
+        return;
+    }
     let unwritten = !inner.lock_core().pending.is_empty() || io.needs_rewrite;
     let now = Instant::now();
     if unwritten && io.seen_since.is_none() {
