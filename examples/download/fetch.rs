@@ -51,7 +51,8 @@
 //! first, they stay as whole unrecorded parts that the next run finishes.
 //! The output directories created by the run are synced into their parents
 //! once, at the start. One `syncfs` and one directory sync cover every file
-//! finished since the last checkpoint write (200 ms apart by default),
+//! finished since the last checkpoint write (which the checkpoint's
+//! writer thread makes within 10 ms of a commit, off the runner's thread),
 //! instead of an `fsync` per file. On systems without `syncfs` each queued
 //! part is synced on its own, still in the hook.
 //!

@@ -82,6 +82,14 @@ impl CheckpointBuilder {
     /// finished file syncs the output directory in the hook, so a line is
     /// never recorded as finished before its file's name is on disk.
     ///
+    /// The hook runs on the thread that writes: the checkpoint's writer
+    /// thread for the writes it makes on its own (every few milliseconds
+    /// while commits come), the job's thread for the writes it makes itself
+    /// ([`Checkpoint::sync`], a full group, [`Durability::EveryCommit`]).
+    /// The records a write puts in the file are taken before the hook runs,
+    /// so every commit they hold was made before the hook started. The
+    /// time the hook takes adds to the write delay.
+    ///
     /// # Errors
     ///
     /// A failing hook makes the write fail with [`Error::Io`]; the commits
