@@ -107,14 +107,14 @@ impl Report {
 /// [`Checkpoint`].
 ///
 /// - With one worker (the default) lines run strictly in order, on the
-///   calling thread. The group-commit delay is then checked between lines:
-///   a line that runs longer than the delay holds back the sync of the
-///   lines before it until it ends. For lines that slow, syncing every
-///   commit ([`Durability::EveryCommit`]) costs next to nothing.
+///   calling thread. The checkpoint's writer thread writes each finished
+///   line within the [`write_delay`](Runner::write_delay) and syncs it
+///   within the group's delay, even while the next line runs for long.
 /// - With `n` workers, lines run on `n` threads and finish in any order. Up
 ///   to `2n` lines are handed to the workers at a time (running, queued, or
-///   finished with the result on its way back), so after a crash at most
-///   `2n` lines plus the unsynced group are done again. The
+///   finished with the result on its way back), so after a kill at most
+///   `2n` lines plus the commits of the last `write_delay` are done again
+///   (after a power loss, plus the unsynced group). The
 ///   checkpoint records the low watermark (everything before it is finished)
 ///   plus the lines finished beyond it, so a restart skips exactly the
 ///   finished lines. At most [`window`](Runner::window) lines are in flight

@@ -84,8 +84,10 @@ impl CheckpointBuilder {
     ///
     /// The hook runs on the thread that writes: the checkpoint's writer
     /// thread for the writes it makes on its own (every few milliseconds
-    /// while commits come), the job's thread for the writes it makes itself
+    /// while commits come), its sync thread for a compaction (possibly at
+    /// the same time), the job's thread for the writes it makes itself
     /// ([`Checkpoint::sync`], a full group, [`Durability::EveryCommit`]).
+    /// A panic in the hook is returned as an error.
     /// The records a write puts in the file are taken before the hook runs,
     /// so every commit they hold was made before the hook started. The
     /// time the hook takes adds to the write delay.

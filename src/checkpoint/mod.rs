@@ -372,11 +372,12 @@ impl Checkpoint {
     /// back from the file when their digest is needed (see `slot.rs`).
     pub(crate) fn read_back_from(&mut self, input: &Path) -> Result<()> {
         let open_err = |err| Error::io(Some(input), "opening the input to read lines back", err);
-        let file = File::open(input).map_err(open_err)?;
-        if !file.metadata().map_err(open_err)?.is_file() {
-            // A pipe or a device: a second reader would take its data.
+        // Checked before opening: opening a named pipe blocks until a
+        // writer comes, and a second reader would take its data.
+        if !std::fs::metadata(input).map_err(open_err)?.is_file() {
             return Ok(());
         }
+        let file = File::open(input).map_err(open_err)?;
         let mut core = self.inner.lock_core();
         self.inner.fold_own(&mut core, &self.slot)?;
         *self
@@ -755,21 +756,34 @@ impl Checkpoint {
             folded?;
         }
         if self.count >= self.service_at {
-            let sync = self.count >= self.max_records;
-            self.write_now(sync)?;
+            self.write_group()?;
+        }
+        Ok(())
+    }
+
+    /// Writes what is pending; when a full group has gathered, syncs it
+    /// (unless [`Durability::NoSync`]) and starts counting the next.
+    fn write_group(&mut self) -> Result<()> {
+        let full = self.count >= self.max_records;
+        self.write_now(full && self.durability.syncs())?;
+        if full {
+            self.count = 0;
         }
         Ok(())
     }
 
     /// Writes (and syncs, if `sync`) everything committed, from this thread.
     fn write_now(&mut self, sync: bool) -> Result<()> {
-        {
+        // A line that cannot be read back does not hold back the other
+        // records: they are written, then the error is returned.
+        let folded = {
             let mut io = self.inner.lock_io();
-            self.inner
-                .fold_own(&mut self.inner.lock_core(), &self.slot)?;
+            let folded = self.inner.fold_own(&mut self.inner.lock_core(), &self.slot);
             let seen = io.seen_since.take().unwrap_or_else(Instant::now);
             self.inner.write(&mut io, seen)?;
-        }
+            folded
+        };
+        folded?;
         if sync {
             self.inner.sync_to_disk()?;
             self.count = 0;
@@ -808,8 +822,7 @@ impl Checkpoint {
             return Err(error);
         }
         if self.count >= self.service_at && self.count > 0 {
-            let sync = self.count >= self.max_records && self.durability.syncs();
-            self.write_now(sync)?;
+            self.write_group()?;
         }
         Ok(())
     }
@@ -824,14 +837,17 @@ impl Checkpoint {
     /// # Errors
     ///
     /// [`Error::Io`] when the write or the sync fails, or when a write of
-    /// the writer thread failed since the last call (the sync is not tried
-    /// then; call again). The commits stay in memory; a later `sync`
-    /// retries them.
+    /// a background thread failed since the last call (that error comes
+    /// first; the write and sync are still tried, so nothing committed is
+    /// left unwritten if the cause has passed). The commits stay in memory;
+    /// a later `sync` retries them.
     pub fn sync(&mut self) -> Result<()> {
-        if let Some(error) = self.inner.take_error() {
-            return Err(error);
+        let earlier = self.inner.take_error();
+        let result = self.write_now(true);
+        match earlier {
+            Some(error) => Err(error),
+            None => result,
         }
-        self.write_now(true)
     }
 
     /// Syncs (see [`sync`](Checkpoint::sync)) and releases the lock.
@@ -879,10 +895,14 @@ impl Drop for Checkpoint {
         if self.abandoned {
             return;
         }
-        let unwritten = !self.core().pending.is_empty();
+        let unwritten = {
+            let io = self.inner.lock_io();
+            let core = self.core();
+            io.has_unwritten(&core)
+        };
         let unsynced = self.durability.syncs() && {
             let io = self.inner.lock_io();
-            !io.unsynced.is_empty() || io.dir_unsynced || io.needs_rewrite
+            !io.unsynced.is_empty() || io.dir_unsynced
         };
         if unwritten || unsynced {
             let _ = self.write_now(self.durability.syncs());

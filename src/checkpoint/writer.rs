@@ -21,6 +21,11 @@
 //! compactions take `sync_lock`, so a sync never makes a record of the old
 //! file durable that a compaction's rename then drops.
 //!
+//! A compaction holds `sync_lock` for as long as it waits for the disk (a
+//! `sync_all` and a directory sync, milliseconds), so a sync asked for
+//! meanwhile waits that long: the sync bound is `max_delay` plus the time
+//! of one sync and, rarely, of one compaction.
+//!
 //! Lock order: `sync_lock`, then `io`, then `core`. `core` is never held
 //! during file I/O, so a commit never waits for the disk.
 
@@ -113,6 +118,22 @@ pub(crate) struct Io {
     pub(crate) generation: u64,
     /// When the writer thread first saw commits not yet written.
     pub(crate) seen_since: Option<Instant>,
+    /// A sync of this file failed: what it held may never reach the disk
+    /// (Linux reports a failed writeback once, then calls the pages clean),
+    /// so no later sync of the same file may claim it. Only a rewrite
+    /// clears it.
+    pub(crate) sync_failed: bool,
+    /// Records taken from `pending` by a write that stopped before touching
+    /// the file (its before-write hook failed): the next append writes them
+    /// first.
+    pub(crate) carried: String,
+}
+
+impl Io {
+    /// Whether a write has something to do.
+    pub(crate) fn has_unwritten(&self, core: &Core) -> bool {
+        !core.pending.is_empty() || !self.carried.is_empty() || self.needs_rewrite
+    }
 }
 
 /// Work for the sync thread.
@@ -166,23 +187,21 @@ impl Inner {
         if self.slot.signal.load(Ordering::Acquire) & HAS_ERROR == 0 {
             return None;
         }
-        let error = self
-            .error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        // The flag changes only with the mutex held, so an error stored
+        // meanwhile is never left behind with the flag clear.
+        let mut slot = self.error.lock().unwrap_or_else(PoisonError::into_inner);
         self.slot.signal.fetch_and(!HAS_ERROR, Ordering::AcqRel);
-        error
+        slot.take()
     }
 
-    fn put_error(&self, error: Error) {
+    pub(crate) fn put_error(&self, error: Error) {
         let mut slot = self.error.lock().unwrap_or_else(PoisonError::into_inner);
         // The first error is the cause; later ones are its consequences.
         slot.get_or_insert(error);
         self.slot.signal.fetch_or(HAS_ERROR, Ordering::AcqRel);
     }
 
-    fn has_error(&self) -> bool {
+    pub(crate) fn has_error(&self) -> bool {
         self.slot.signal.load(Ordering::Acquire) & HAS_ERROR != 0
     }
 
@@ -298,11 +317,18 @@ impl Inner {
                 Plan::Rewrite(core.state.snapshot())
             } else if io.file.is_none() {
                 Plan::Create(core.state.snapshot())
-            } else if !core.pending.is_empty() || io.truncate_to.is_some() {
-                Plan::Append(core.pending.encode(&core.state))
+            } else if !core.pending.is_empty() || !io.carried.is_empty() || io.truncate_to.is_some()
+            {
+                let mut out = std::mem::take(&mut io.carried);
+                out.push_str(&core.pending.encode(&core.state));
+                Plan::Append(out)
             } else {
                 Plan::Nothing
             };
+            if matches!(plan, Plan::Create(_) | Plan::Rewrite(_)) {
+                // A snapshot holds everything.
+                io.carried.clear();
+            }
             if !matches!(plan, Plan::Nothing) {
                 core.pending = Pending::default();
             }
@@ -315,10 +341,14 @@ impl Inner {
             }
             Plan::Create(out) | Plan::Append(out) => out,
         };
-        // Whatever fails from here, the records taken from `pending` are
-        // still in the state, which the next write puts in the file whole.
-        io.needs_rewrite = true;
-        self.run_before_write()?;
+        if let Err(error) = self.run_before_write() {
+            // Nothing reached the file: the records wait for the next write
+            // (a file not created yet is created from the state then).
+            if io.file.is_some() {
+                io.carried = out;
+            }
+            return Err(error);
+        }
         if io.file.is_none() {
             let file = self
                 .fs
@@ -329,8 +359,12 @@ impl Inner {
             io.generation += 1;
             io.dir_unsynced = true;
         }
-        self.append(io, &out)?;
-        io.needs_rewrite = false;
+        if let Err(error) = self.append(io, &out) {
+            // Part of the records may be in the file: replace it whole with
+            // the state, which holds them all, at the next write.
+            io.needs_rewrite = true;
+            return Err(error);
+        }
         io.written = position;
         io.appended += 1;
         io.unsynced.push_back((io.appended, seen));
@@ -377,6 +411,18 @@ impl Inner {
         let _sync = self.lock_sync();
         let (handle, upto, position, dir, generation) = {
             let mut io = self.lock_io();
+            if io.sync_failed {
+                // Data this file held may never reach the disk: replace it
+                // whole, synced. (A file that only needs a rewrite because
+                // an append failed still holds its earlier records intact,
+                // and syncing them is right.)
+                let (snapshot, position) = {
+                    let mut core = self.lock_core();
+                    core.pending = Pending::default();
+                    (core.state.snapshot(), core.state.position)
+                };
+                return self.rewrite(&mut io, snapshot, position, RewriteStep::Done);
+            }
             if io.unsynced.is_empty() && !io.dir_unsynced {
                 return Ok(());
             }
@@ -412,7 +458,10 @@ impl Inner {
         let mut io = self.lock_io();
         if let Err(err) = result {
             // What reached the disk is uncertain: replace the file whole.
-            io.needs_rewrite = true;
+            if io.generation == generation {
+                io.sync_failed = true;
+                io.needs_rewrite = true;
+            }
             return Err(err);
         }
         if io.generation == generation {
@@ -442,13 +491,16 @@ impl Inner {
         self.syncs.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Runs the hook; a panic in it is an error like any other, not the
+    /// silent end of a background thread.
     fn run_before_write(&self) -> Result<()> {
-        match &self.before_write {
-            Some(hook) => {
-                (hook.0)().map_err(|err| self.io_error("running the before-write hook", err))
-            }
-            None => Ok(()),
-        }
+        let Some(hook) = &self.before_write else {
+            return Ok(());
+        };
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (hook.0)()));
+        let result =
+            ran.unwrap_or_else(|_| Err(io::Error::other("the before-write hook panicked")));
+        result.map_err(|err| self.io_error("running the before-write hook", err))
     }
 
     /// Replaces the file with a snapshot of the state without holding the
@@ -457,7 +509,7 @@ impl Inner {
         let _sync = self.lock_sync();
         let (snapshot, position, upto, generation) = {
             let mut io = self.lock_io();
-            if !Inner::wants_compaction(&io, self.compact_at) {
+            if !Inner::wants_compaction(&io, self.compact_at) || io.needs_rewrite {
                 return Ok(());
             }
             let core = self.lock_core();
@@ -497,6 +549,7 @@ impl Inner {
         io.file_len = (snapshot.len() + delta.len()) as u64;
         io.snapshot_len = snapshot.len() as u64;
         io.truncate_to = None;
+        io.sync_failed = false;
         io.generation += 1;
         io.dir_unsynced = true;
         let generation = io.generation;
@@ -568,6 +621,7 @@ impl Inner {
         io.snapshot_len = io.file_len;
         io.truncate_to = None;
         io.needs_rewrite = false;
+        io.sync_failed = false;
         io.dir_unsynced = false;
         io.generation += 1;
         io.written = position;
@@ -643,7 +697,16 @@ impl Background {
             .name("linemark-writer".into())
             .spawn(move || {
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
-                    look(&writing, schedule, tick);
+                    let looked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        look(&writing, schedule, tick);
+                    }));
+                    if looked.is_err() {
+                        writing.put_error(writing.io_error(
+                            "writing the checkpoint",
+                            io::Error::other("the checkpoint's writer thread panicked"),
+                        ));
+                        return;
+                    }
                 }
             })
             .map_err(spawn_err)?;
@@ -696,8 +759,11 @@ impl Inner {
 /// The sync thread: syncs and compacts when asked.
 fn serve(inner: &Inner, requests: &mpsc::Receiver<Request>) {
     while let Ok(request) = requests.recv() {
-        let result = match request {
-            Request::Stop => return,
+        if matches!(request, Request::Stop) {
+            return;
+        }
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match request {
+            Request::Stop => Ok(()),
             Request::Sync => {
                 inner.sync_requested.store(false, Ordering::Release);
                 inner.sync_to_disk()
@@ -706,7 +772,13 @@ fn serve(inner: &Inner, requests: &mpsc::Receiver<Request>) {
                 inner.compact_requested.store(false, Ordering::Release);
                 inner.compact()
             }
-        };
+        }));
+        let result = served.unwrap_or_else(|_| {
+            Err(inner.io_error(
+                "syncing the checkpoint",
+                io::Error::other("the checkpoint's sync thread panicked"),
+            ))
+        });
         if let Err(error) = result {
             inner.put_error(error);
         }
@@ -717,30 +789,31 @@ fn serve(inner: &Inner, requests: &mpsc::Receiver<Request>) {
 /// look, and ask for a sync if the oldest unsynced commit is about to be
 /// `sync_delay` old, or for a compaction if the file grew too large.
 fn look(inner: &Inner, schedule: Schedule, tick: Duration) {
-    if inner.has_error() {
-        // The job has not seen the last error yet: no retries until it has,
-        // so a full disk is not hammered and the error is not replaced.
-        return;
-    }
+    // While the job has not seen the last error, nothing is written (a full
+    // disk is not hammered, the error not replaced), but what is already in
+    // the file is still synced on time, if the file can be trusted.
+    let paused = inner.has_error();
     let mut io = inner.lock_io();
-    if let Err(error) = inner.fold_published() {
-        drop(io);
-        inner.put_error(error);
-        return;
-    }
-    let unwritten = !inner.lock_core().pending.is_empty() || io.needs_rewrite;
     let now = Instant::now();
-    if unwritten && io.seen_since.is_none() {
-        // The commits were made within the last tick.
-        io.seen_since = Some(now);
-    }
-    if unwritten && schedule.write_delay.is_some() {
-        let seen = io.seen_since.take().unwrap_or(now);
-        if let Err(error) = inner.write(&mut io, seen) {
-            io.seen_since = Some(seen);
-            drop(io);
+    if !paused {
+        // A line that cannot be read back does not hold back the other
+        // records: they are written, and the error is returned.
+        let folded = inner.fold_published();
+        let unwritten = io.has_unwritten(&inner.lock_core());
+        if unwritten && io.seen_since.is_none() {
+            // The commits were made within the last tick.
+            io.seen_since = Some(now);
+        }
+        let mut failed = folded.err();
+        if unwritten && schedule.write_delay.is_some() {
+            let seen = io.seen_since.take().unwrap_or(now);
+            if let Err(error) = inner.write(&mut io, seen) {
+                io.seen_since = Some(seen);
+                failed.get_or_insert(error);
+            }
+        }
+        if let Some(error) = failed {
             inner.put_error(error);
-            return;
         }
     }
     // A commit first seen at `since` was made after `since - tick`; asking
@@ -748,12 +821,13 @@ fn look(inner: &Inner, schedule: Schedule, tick: Duration) {
     // within `sync_delay` of being made, plus the time the sync takes.
     let oldest = io.unsynced.front().map(|&(_, seen)| seen).or(io.seen_since);
     let sync_due = schedule.sync_delay.is_some_and(|delay| {
-        oldest.is_some_and(|since| now + 2 * tick >= since + delay)
-            || (io.dir_unsynced && io.unsynced.is_empty())
+        let due_at = oldest.and_then(|since| since.checked_add(delay.saturating_sub(2 * tick)));
+        due_at.is_some_and(|due_at| now >= due_at) || (io.dir_unsynced && io.unsynced.is_empty())
     });
-    let compact = Inner::wants_compaction(&io, inner.compact_at);
+    let trusted = !io.sync_failed;
+    let compact = !paused && Inner::wants_compaction(&io, inner.compact_at);
     drop(io);
-    if sync_due {
+    if sync_due && (trusted || !paused) {
         inner.request(Request::Sync);
     }
     if compact {

@@ -118,6 +118,9 @@ struct Inode {
     current: Vec<u8>,
     durable: Vec<u8>,
     unsynced: Vec<FileOp>,
+    /// Bytes whose writeback failed (an fdatasync returned EIO): the page
+    /// cache marked them clean, so no later sync writes them (Linux).
+    lost: Option<(usize, usize)>,
 }
 
 /// One atomic change of a directory: each name gets the inode, or goes.
@@ -149,6 +152,9 @@ struct Disk {
     steps: u64,
     cut: Option<(u64, AtCut)>,
     off: bool,
+    /// The next `sync_data` waits on the first barrier, then the second,
+    /// then fails with EIO, losing the unsynced writes.
+    gate: Option<(Arc<std::sync::Barrier>, Arc<std::sync::Barrier>)>,
     temp_names: u64,
 }
 
@@ -229,6 +235,12 @@ impl Disk {
         let inode = &mut self.inodes[ino];
         inode.durable.clone_from(&inode.current);
         inode.unsynced.clear();
+        if let Some((from, to)) = inode.lost {
+            let to = to.min(inode.durable.len());
+            for b in &mut inode.durable[from.min(to)..to] {
+                *b = 0;
+            }
+        }
     }
 }
 
@@ -274,6 +286,14 @@ impl SimFs {
     /// was made), or at the next call if that has passed.
     pub(crate) fn cut_power_at(&self, step: u64, at_cut: AtCut) {
         self.lock().cut = Some((step, at_cut));
+    }
+
+    pub(crate) fn fail_next_sync(
+        &self,
+        reached: Arc<std::sync::Barrier>,
+        release: Arc<std::sync::Barrier>,
+    ) {
+        self.lock().gate = Some((reached, release));
     }
 
     pub(crate) fn is_off(&self) -> bool {
@@ -404,6 +424,7 @@ fn boot(disk: &Disk, files: &[Kept], dirs: &[usize]) -> SimFs {
                 current: data.clone(),
                 durable: data,
                 unsynced: Vec::new(),
+                lost: None,
             }
         })
         .collect();
@@ -591,6 +612,16 @@ impl FsFile for SimFile {
     // A file's length is part of its data here: `fdatasync` makes it
     // durable too, since the data cannot be read back without it.
     fn sync_data(&mut self) -> io::Result<()> {
+        let gate = self.lock().gate.take();
+        if let Some((reached, release)) = gate {
+            reached.wait();
+            release.wait();
+            let mut disk = self.lock();
+            let inode = &mut disk.inodes[self.ino];
+            inode.lost = Some((inode.durable.len(), inode.current.len()));
+            inode.unsynced.clear();
+            return Err(io::Error::other("EIO (writeback failed)"));
+        }
         let mut disk = self.lock();
         let cut = disk.begin()?;
         disk.sync_file(self.ino);
@@ -871,4 +902,5 @@ mod tests {
     }
 }
 
+mod failed_sync;
 mod power_loss;
