@@ -10,7 +10,7 @@ use super::file::{load, remove_leftover_temp_files, take_lock};
 use super::fs::{Fs, RealFs};
 use super::slot::{Slot, SlotWriter};
 use super::state::Pending;
-use super::writer::{Background, Core, Inner, Io, Schedule};
+use super::writer::{Core, Inner, Io, Schedule};
 use super::{Checkpoint, Durability};
 use crate::error::{Error, Result};
 
@@ -250,7 +250,7 @@ impl CheckpointBuilder {
             write_delay: (!write_each).then_some(self.write_delay),
             sync_delay: (self.durability.syncs() && !sync_each).then_some(max_delay),
         };
-        let background = Background::start(&inner, schedule)?;
+        let service_at = if write_each { 1 } else { max_records };
         Ok(Checkpoint {
             slot: SlotWriter::new(&inner.slot),
             inner,
@@ -261,9 +261,14 @@ impl CheckpointBuilder {
                 self.write_delay
             },
             count: 0,
-            service_at: if write_each { 1 } else { max_records },
+            // The first commit takes the slow path, which starts the
+            // threads: opening a checkpoint to read it (a resume, a status
+            // display) starts none.
+            service_at: 0,
+            group_service_at: service_at,
             max_records: if sync_each { 1 } else { max_records },
-            background,
+            schedule: Some(schedule),
+            background: None,
             _lock: lock,
             abandoned: false,
         })

@@ -31,7 +31,7 @@ use crate::record::Record;
 use file::load;
 use fs::RealFs;
 use slot::{SlotWriter, WANT_FOLD};
-use writer::{Background, Core, Inner, ReadBack, Request};
+use writer::{Background, Core, Inner, ReadBack, Request, Schedule};
 
 /// When commits reach the disk.
 ///
@@ -169,9 +169,11 @@ impl Default for Durability {
 /// unless the durability is [`Durability::NoSync`]. After a failed write or
 /// sync (a full disk, say), the state in memory is kept and the next write
 /// replaces the whole file atomically, so no recorded progress is lost. A
-/// write of the writer thread that fails is returned by the next call that
-/// commits, flushes or syncs; the writer thread tries again only after
-/// that.
+/// write of a background thread that fails is returned by the next call
+/// that commits or flushes (and by [`sync`](Checkpoint::sync) and
+/// [`close`](Checkpoint::close) if they cannot make everything durable
+/// themselves); until then the writer thread writes nothing more, so a full
+/// disk is not hammered, but still syncs what it wrote.
 ///
 /// # Why a writer thread
 ///
@@ -270,13 +272,18 @@ pub struct Checkpoint {
     /// Commits since the committing thread last wrote a group itself.
     count: u32,
     /// `count` at which a commit takes the slow path to write: 1 when every
-    /// commit is written at once, else `max_records`.
+    /// commit is written at once, else `max_records`; 0 until the first
+    /// commit has started the background threads.
     service_at: u32,
+    /// `service_at` once the threads run.
+    group_service_at: u32,
     /// Commits per sync made by the committing thread (a full group).
     max_records: u32,
     /// The writer and sync threads; `None` when every commit is written
     /// (and synced) at once.
     background: Option<Background>,
+    /// The threads' schedule, until the first commit starts them.
+    schedule: Option<Schedule>,
     _lock: File,
     /// Set by `close` and by tests that simulate a crash: drop writes
     /// nothing.
@@ -744,6 +751,17 @@ impl Checkpoint {
     #[cold]
     #[inline(never)]
     fn service(&mut self) -> Result<()> {
+        if let Some(schedule) = self.schedule.take() {
+            match Background::start(&self.inner, schedule) {
+                Ok(background) => self.background = background,
+                Err(error) => {
+                    // Tried again at the next commit.
+                    self.schedule = Some(schedule);
+                    return Err(error);
+                }
+            }
+            self.service_at = self.group_service_at;
+        }
         if let Some(error) = self.inner.take_error() {
             return Err(error);
         }
@@ -836,18 +854,15 @@ impl Checkpoint {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] when the write or the sync fails, or when a write of
-    /// a background thread failed since the last call (that error comes
-    /// first; the write and sync are still tried, so nothing committed is
-    /// left unwritten if the cause has passed). The commits stay in memory;
-    /// a later `sync` retries them.
+    /// [`Error::Io`] when the write or the sync fails; if a background
+    /// thread had failed since the last call, its error (the first cause)
+    /// is returned instead. A background failure whose cause has passed is
+    /// not an error here: this call made everything durable anyway. The
+    /// commits stay in memory; a later `sync` retries them.
     pub fn sync(&mut self) -> Result<()> {
         let earlier = self.inner.take_error();
-        let result = self.write_now(true);
-        match earlier {
-            Some(error) => Err(error),
-            None => result,
-        }
+        self.write_now(true)
+            .map_err(|error| earlier.unwrap_or(error))
     }
 
     /// Syncs (see [`sync`](Checkpoint::sync)) and releases the lock.
