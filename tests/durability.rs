@@ -24,15 +24,14 @@ use std::io::{self, BufReader, ErrorKind, Write};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use linemark::{Checkpoint, Durability, Error, Line, LineReader, Position, Runner};
 
 use common::{
-    DEADLINE, Finished, Input, child_role, env_path, generated_lines, positions_after, serial,
-    spawn_self, wait_until,
+    DEADLINE, Finished, Input, SmallDisk, child_role, env_path, generated_lines, positions_after,
+    serial, spawn_self, wait_until,
 };
 
 /// The default `write_delay`: the longest a commit may stay in memory only.
@@ -477,35 +476,6 @@ fn sigkill_at_random_moments_repeats_only_lines_in_flight_and_one_write_delay() 
 // ---------------------------------------------------------------------------
 // 4. A background write that fails
 // ---------------------------------------------------------------------------
-
-/// A tmpfs mounted on a temporary directory, unmounted on drop (as in
-/// `tests/full_disk.rs`, which is a test binary of its own).
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(bytes: usize) -> Option<SmallDisk> {
-        let dir = tempfile::tempdir().ok()?;
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir.path())
-            .stderr(Stdio::null())
-            .status()
-            .ok()?;
-        status.success().then_some(SmallDisk { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
 
 /// Fills the disk to the last byte and checks that nothing more fits.
 fn fill(disk: &Path) -> PathBuf {

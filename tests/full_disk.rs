@@ -3,40 +3,15 @@
 //! Mounting needs root (CI runs as root); elsewhere the test says so and
 //! returns without asserting anything.
 
+mod common;
+
 use std::fs;
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use linemark::{Checkpoint, Durability, Error, Position};
 
-/// A tmpfs mounted on a temporary directory, unmounted on drop.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(bytes: usize) -> Option<SmallDisk> {
-        let dir = tempfile::tempdir().ok()?;
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(dir.path())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .ok()?;
-        status.success().then_some(SmallDisk { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.dir.path()).status();
-    }
-}
+use common::SmallDisk;
 
 /// Fills the disk, leaving about `leave` bytes free.
 fn fill(disk: &Path, leave: usize) -> PathBuf {

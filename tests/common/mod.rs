@@ -313,3 +313,33 @@ pub fn example_binary(name: &str) -> PathBuf {
     assert!(binary.exists(), "{} not found", binary.display());
     binary
 }
+
+/// A tmpfs mounted on a temporary directory, unmounted on drop: a real disk
+/// that fills up. Mounting needs root (CI runs as root); `mount` gives
+/// `None` elsewhere, and the test says so and returns.
+pub struct SmallDisk {
+    dir: TempDir,
+}
+
+impl SmallDisk {
+    pub fn mount(bytes: usize) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().ok()?;
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then_some(SmallDisk { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
