@@ -180,13 +180,21 @@ impl FailedLine {
         // one after (an unterminated last line must not have grown longer),
         // the same checks as `Position::seek_offset`.
         let before = u64::from(self.offset > 0);
+        // The recorded place is checked against the input before anything
+        // is read, so a record that points past its end (a truncated input)
+        // costs no read and no memory.
+        let input_len = reader.seek(SeekFrom::End(0)).map_err(io_err)?;
+        let end = self.offset.saturating_add(self.len);
+        if end > input_len {
+            return Err(self.changed(format!("an input that ends at byte {input_len}")));
+        }
         reader
             .seek(SeekFrom::Start(self.offset - before))
             .map_err(io_err)?;
         buf.clear();
         reader
             .by_ref()
-            .take(before + self.len.saturating_add(1))
+            .take(before.saturating_add(self.len).saturating_add(1))
             .read_to_end(buf)
             .map_err(io_err)?;
         let start = before as usize;
@@ -212,5 +220,31 @@ impl FailedLine {
         buf.truncate(end);
         buf.drain(..start);
         Ok(Line::new(buf, self.line, self.offset))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_past_the_end_of_the_input_is_a_change_found_without_reading() {
+        let input = b"one\ntwo\n";
+        let recorded = FailedLine::from_parts(2, 4, 4, digest(b"two\n"), 1, "x".into());
+        let mut buf = Vec::new();
+        let line = recorded
+            .read_from(&mut std::io::Cursor::new(&input[..]), &mut buf)
+            .unwrap();
+        assert_eq!(line.raw(), b"two\n");
+        // A length no input of this size can hold: refused before reading.
+        let huge = FailedLine::from_parts(2, 4, u64::MAX - 4, 0, 1, "x".into());
+        let mut buf = Vec::new();
+        match huge.read_from(&mut std::io::Cursor::new(&input[..]), &mut buf) {
+            Err(Error::InputChanged { found, .. }) => {
+                assert!(found.contains("ends at byte 8"), "{found}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(buf.capacity(), 0, "nothing was read");
     }
 }

@@ -111,12 +111,18 @@ impl Record {
             }
             "failed" => {
                 let line = fields.number("line")?;
-                let offset = fields.number("offset")?;
+                let offset: u64 = fields.number("offset")?;
                 let len = fields.number("len")?;
                 let digest = fields.hex("digest")?;
                 let attempts = fields.number("attempts")?;
                 let error = unescape(fields.rest("error")?)?;
-                if line == 0 || len == 0 {
+                // The same bounds as a done line: the line ends within what
+                // a file can hold, after at least one byte per line.
+                let possible = offset
+                    .checked_add(len)
+                    .and_then(|end| Position::from_parts(end, line, len, digest))
+                    .is_some_and(|end| end.line() > 0);
+                if !possible {
                     return Err("impossible failed line".into());
                 }
                 Record::Failed(FailedLine::from_parts(
@@ -338,6 +344,39 @@ mod tests {
         ] {
             let line = format!("{body} crc={:08x}", crc32fast::hash(body.as_bytes()));
             assert!(Record::decode(line.as_bytes()).is_err(), "{body}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod range_tests {
+    use super::*;
+
+    /// A record with a valid CRC around whatever body is given.
+    fn signed(body: &str) -> Vec<u8> {
+        format!("{body}{CRC_FIELD}{:08x}", crc32fast::hash(body.as_bytes())).into_bytes()
+    }
+
+    #[test]
+    fn numbers_no_input_can_have_are_refused_even_with_a_valid_crc() {
+        for body in [
+            // A length that runs past any offset a file can have.
+            "failed line=3 offset=10 len=18446744073709551615 digest=00000000 attempts=1 error=\"x\"",
+            "failed line=3 offset=18446744073709551615 len=2 digest=00000000 attempts=1 error=\"x\"",
+            // More lines than bytes before the line's end.
+            "failed line=99 offset=10 len=5 digest=00000000 attempts=1 error=\"x\"",
+            "done line=99 offset=10 len=5 digest=00000000",
+            "pos offset=10 line=99 len=5 digest=00000000",
+        ] {
+            assert!(Record::decode(&signed(body)).is_err(), "accepted: {body}");
+        }
+        // The same records with possible numbers are fine.
+        for body in [
+            "failed line=3 offset=10 len=5 digest=00000000 attempts=1 error=\"x\"",
+            "done line=3 offset=10 len=5 digest=00000000",
+            "pos offset=15 line=3 len=5 digest=00000000",
+        ] {
+            assert!(Record::decode(&signed(body)).is_ok(), "refused: {body}");
         }
     }
 }
