@@ -71,6 +71,17 @@ impl Record {
         let _ = writeln!(out, "{CRC_FIELD}{crc:08x}");
     }
 
+    /// Whether a line carries a CRC that matches it: a record that does but
+    /// cannot be decoded was written that way, not torn by a crash.
+    pub(crate) fn crc_matches(line: &[u8]) -> bool {
+        let Ok(text) = std::str::from_utf8(line) else {
+            return false;
+        };
+        text.rsplit_once(CRC_FIELD)
+            .and_then(|(body, crc)| Some((body, parse_hex8(crc)?)))
+            .is_some_and(|(body, crc)| crc32fast::hash(body.as_bytes()) == crc)
+    }
+
     /// Decodes one record from a line without its `\n`.
     pub(crate) fn decode(line: &[u8]) -> Result<Record, String> {
         let text = std::str::from_utf8(line).map_err(|_| "not UTF-8".to_string())?;

@@ -194,6 +194,12 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<(State, bool, u64)> {
                 valid_len = (offset + len + 1) as u64;
             }
             Err(reason) => {
+                let record = &bytes[offset..offset + len];
+                if Record::crc_matches(record) {
+                    // Whole and intact, yet impossible: not the torn end of
+                    // a write but a file that cannot be trusted.
+                    return Err(corrupt(offset, reason));
+                }
                 first_bad.get_or_insert((offset as u64, reason));
             }
         }

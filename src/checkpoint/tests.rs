@@ -562,3 +562,27 @@ fn records_written_during_a_background_compaction_are_never_lost() {
     checkpoint.crash();
     assert_eq!(open_strict(&path).position(), all[9_999]);
 }
+
+#[test]
+fn an_impossible_record_with_a_valid_crc_is_corruption_even_at_the_end() {
+    // A torn write fails its CRC; a record whose CRC matches but whose
+    // numbers no input can have was written so: refuse the file rather than
+    // drop the record as a torn tail.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c");
+    let mut checkpoint = open_strict(&path);
+    checkpoint.commit(positions(1)[0]).unwrap();
+    checkpoint.close().unwrap();
+    let body =
+        "failed line=3 offset=10 len=18446744073709551615 digest=00000000 attempts=1 error=\"x\"";
+    let record = format!("{body} crc={:08x}\n", crc32fast::hash(body.as_bytes()));
+    let mut file = fs::OpenOptions::new().append(true).open(&path).unwrap();
+    std::io::Write::write_all(&mut file, record.as_bytes()).unwrap();
+    drop(file);
+    let before = fs::read(&path).unwrap();
+    match Checkpoint::open(&path) {
+        Err(Error::Corrupt { path: named, .. }) => assert_eq!(named, path),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fs::read(&path).unwrap(), before, "the file is left alone");
+}
