@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::file::{load, remove_leftover_temp_files, take_lock};
+use super::file::{load, remove_leftover_temp_files, resolve, take_lock};
 use super::fs::{Fs, RealFs};
 use super::slot::{Slot, SlotWriter};
 use super::state::Pending;
@@ -197,8 +197,10 @@ impl CheckpointBuilder {
     /// [`Error::Corrupt`] for a file that cannot be trusted (it is left
     /// untouched), [`Error::Io`] when the file or its lock cannot be read.
     pub fn open(&self, path: impl AsRef<Path>) -> Result<Checkpoint> {
-        let path = path.as_ref().to_path_buf();
-        let lock = take_lock(&path)?;
+        let given = path.as_ref().to_path_buf();
+        let path = resolve(&given)
+            .map_err(|err| Error::io(Some(&given), "resolving the checkpoint's path", err))?;
+        let lock = take_lock(&path, &given)?;
         let fs = Arc::clone(&self.fs);
         let loaded = load(fs.as_ref(), &path)?;
         remove_leftover_temp_files(fs.as_ref(), &path);
@@ -252,6 +254,7 @@ impl CheckpointBuilder {
         };
         let service_at = if write_each { 1 } else { max_records };
         Ok(Checkpoint {
+            given,
             slot: SlotWriter::new(&inner.slot),
             inner,
             durability: self.durability,

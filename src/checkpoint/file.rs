@@ -2,8 +2,9 @@
 //! foreign or damaged one), its lock, and the names of its temporary files.
 
 use std::ffi::OsString;
+use std::fs;
 use std::fs::{File, OpenOptions};
-use std::io::Read;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,7 +19,32 @@ pub(crate) fn lock_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-pub(crate) fn take_lock(path: &Path) -> Result<File> {
+/// The file a checkpoint path names: symbolic links followed (a dangling
+/// one to the file it will create) and the directory made canonical, so
+/// that every spelling of one checkpoint takes the same lock, and writes
+/// and renames happen next to the real file instead of replacing a link.
+pub(crate) fn resolve(path: &Path) -> io::Result<PathBuf> {
+    let mut path = path.to_path_buf();
+    let mut links = 0;
+    while fs::symlink_metadata(&path).is_ok_and(|meta| meta.file_type().is_symlink()) {
+        links += 1;
+        if links > 40 {
+            return Err(io::Error::other("too many levels of symbolic links"));
+        }
+        // A relative target is relative to the link's directory; an
+        // absolute one replaces the path.
+        let target = fs::read_link(&path)?;
+        path = parent_dir(&path).join(target);
+    }
+    let Some(name) = path.file_name().map(ToOwned::to_owned) else {
+        return Ok(path);
+    };
+    Ok(fs::canonicalize(parent_dir(&path))?.join(name))
+}
+
+/// Takes the lock of the checkpoint file `path` (resolved), naming `given`
+/// when another holder has it.
+pub(crate) fn take_lock(path: &Path, given: &Path) -> Result<File> {
     let lock_path = lock_path(path);
     let lock = OpenOptions::new()
         .read(true)
@@ -39,7 +65,7 @@ pub(crate) fn take_lock(path: &Path) -> Result<File> {
             Err(err) if err.kind() == fs2::lock_contended_error().kind() => {
                 if retries == 0 {
                     return Err(Error::Locked {
-                        path: path.to_path_buf(),
+                        path: given.to_path_buf(),
                     });
                 }
                 retries -= 1;

@@ -15,7 +15,7 @@ mod sim;
 mod tests;
 
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
 use std::time::{Duration, Instant};
@@ -264,6 +264,8 @@ impl Default for Durability {
 /// ```
 #[derive(Debug)]
 pub struct Checkpoint {
+    /// The path as the user gave it (`inner.path` is the resolved one).
+    given: PathBuf,
     inner: Arc<Inner>,
     /// The committing thread's half of the slot its lines are published in.
     slot: SlotWriter,
@@ -336,8 +338,12 @@ impl Checkpoint {
 
     /// The path of the checkpoint file.
     #[must_use]
+    ///
+    /// A symbolic link is followed when the checkpoint is opened: the real
+    /// file is locked, written and replaced by compaction, and the link is
+    /// left as it is.
     pub fn path(&self) -> &Path {
-        &self.inner.path
+        &self.given
     }
 
     /// The durability chosen when opening.
