@@ -57,6 +57,21 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// The lock file of a checkpoint this run holds open was deleted or
+    /// replaced, so another run may have taken a new lock and be running
+    /// alongside. Noticed before each write and sync; the run stops, and
+    /// this checkpoint writes nothing more.
+    #[error(
+        "{}: the checkpoint's lock file was deleted or replaced during the run, so another \
+         run may be using the checkpoint too; this run stopped and wrote nothing more (the \
+         lock file must not be deleted while a run is going on)",
+        path.display()
+    )]
+    LockLost {
+        /// The lock file.
+        path: PathBuf,
+    },
+
     /// The checkpoint file is damaged before its last valid record, so part
     /// of the recorded progress cannot be trusted.
     #[error(
@@ -249,6 +264,7 @@ impl Error {
             | Error::LineTooLong { path, .. } => path.as_deref(),
             Error::InvalidShard { .. } | Error::InvalidPosition { .. } => None,
             Error::Locked { path }
+            | Error::LockLost { path }
             | Error::Corrupt { path, .. }
             | Error::NotACheckpoint { path }
             | Error::UnsupportedVersion { path, .. } => Some(path),
@@ -263,6 +279,7 @@ impl From<Error> for io::Error {
         let kind = match &err {
             Error::Io { source, .. } => source.kind(),
             Error::Locked { .. } => io::ErrorKind::WouldBlock,
+            Error::LockLost { .. } => io::ErrorKind::Other,
             Error::InvalidUtf8 { .. }
             | Error::Corrupt { .. }
             | Error::NotACheckpoint { .. }

@@ -74,3 +74,52 @@ fn two_links_to_one_checkpoint_lock_each_other_out() {
     drop(held);
     strict(&second).unwrap();
 }
+
+#[test]
+fn a_run_whose_lock_file_was_deleted_stops_and_writes_nothing_more() {
+    // Deleting `PATH.lock` during a run lets a second run take a new lock:
+    // the first must notice at its next write or sync, stop with an error,
+    // and never write over the second run's progress.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("job.checkpoint");
+    let mut first = Checkpoint::builder()
+        .durability(Durability::group(
+            1_000_000,
+            std::time::Duration::from_millis(50),
+        ))
+        .open(&path)
+        .unwrap();
+    let mut position = Position::start();
+    for n in 0..3 {
+        position = position.after(format!("first {n}\n").as_bytes());
+        first.commit(position).unwrap();
+    }
+    first.sync().unwrap();
+    fs::remove_file(dir.path().join("job.checkpoint.lock")).unwrap();
+    let mut second = Checkpoint::open(&path).unwrap();
+    second.commit(Position::start().after(b"x\n")).unwrap();
+    second.sync().unwrap();
+    let theirs = fs::read(&path).unwrap();
+
+    // The first run's next commits: its writer thread notices within the
+    // write delay, and a sync at the latest.
+    let mut noticed = None;
+    for n in 3..1_000 {
+        position = position.after(format!("first {n}\n").as_bytes());
+        if let Err(err) = first.commit(position) {
+            noticed = Some(err);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    match noticed {
+        Some(Error::LockLost { path: lock }) => {
+            assert_eq!(lock, dir.path().join("job.checkpoint.lock"));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(first.sync(), Err(Error::LockLost { .. })));
+    drop(first);
+    assert_eq!(fs::read(&path).unwrap(), theirs, "the first run wrote on");
+    second.close().unwrap();
+}

@@ -6,11 +6,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::file::{load, remove_leftover_temp_files, resolve, take_lock};
+use super::file::{load, lock_path, remove_leftover_temp_files, resolve, take_lock};
 use super::fs::{Fs, RealFs};
 use super::slot::{Slot, SlotWriter};
 use super::state::Pending;
-use super::writer::{Core, Inner, Io, Schedule};
+use super::writer::{Core, Inner, Io, Schedule, file_id};
 use super::{Checkpoint, Durability};
 use crate::error::{Error, Result};
 
@@ -242,6 +242,9 @@ impl CheckpointBuilder {
             sync_requested: AtomicBool::new(false),
             compact_requested: AtomicBool::new(false),
             input: Mutex::new(None),
+            lock_id: lock.metadata().ok().and_then(|meta| file_id(&meta)),
+            lock_path: lock_path(&path),
+            lock_lost: AtomicBool::new(false),
         });
         let (max_records, max_delay) = self.durability.batch();
         let every_commit = matches!(self.durability, Durability::EveryCommit);

@@ -69,6 +69,27 @@ pub(crate) struct Inner {
     pub(crate) compact_requested: AtomicBool,
     /// The input that located lines are read back from.
     pub(crate) input: Mutex<Option<ReadBack>>,
+    /// The lock file, and the identity (device, inode) of the file the lock
+    /// was taken on, to notice that it was deleted or replaced.
+    pub(crate) lock_path: PathBuf,
+    pub(crate) lock_id: Option<(u64, u64)>,
+    /// Set once the lock was found lost: nothing is written any more.
+    pub(crate) lock_lost: AtomicBool,
+}
+
+/// The identity of a file: device and inode (Unix); `None` elsewhere, where
+/// an open file cannot be deleted anyway.
+pub(crate) fn file_id(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((meta.dev(), meta.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        None
+    }
 }
 
 /// A second handle on the input, to read a committed line back by its place.
@@ -176,6 +197,28 @@ impl Inner {
         self.sync_lock
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Checks, before a write or sync, that the lock path still names the
+    /// file this checkpoint locked. A lock file deleted during the run would
+    /// let a second run take a new lock and write alongside.
+    fn check_lock(&self) -> Result<()> {
+        let lost = || Error::LockLost {
+            path: self.lock_path.clone(),
+        };
+        if self.lock_lost.load(Ordering::Acquire) {
+            return Err(lost());
+        }
+        if let Some(id) = self.lock_id {
+            let now = std::fs::metadata(&self.lock_path)
+                .ok()
+                .and_then(|meta| file_id(&meta));
+            if now != Some(id) {
+                self.lock_lost.store(true, Ordering::Release);
+                return Err(lost());
+            }
+        }
+        Ok(())
     }
 
     pub(crate) fn io_error(&self, action: &'static str, err: io::Error) -> Error {
@@ -311,6 +354,7 @@ impl Inner {
     /// caller has folded the published line. `seen` is when the oldest of
     /// the commits written was first seen, for the sync deadline.
     pub(crate) fn write(&self, io: &mut Io, seen: Instant) -> Result<()> {
+        self.check_lock()?;
         let (plan, position) = {
             let mut core = self.lock_core();
             let plan = if io.needs_rewrite {
@@ -409,6 +453,7 @@ impl Inner {
     /// of the directory if the file's name is new.
     pub(crate) fn sync_to_disk(&self) -> Result<()> {
         let _sync = self.lock_sync();
+        self.check_lock()?;
         let (handle, upto, position, dir, generation) = {
             let mut io = self.lock_io();
             if io.sync_failed {
@@ -507,6 +552,7 @@ impl Inner {
     /// `io` lock while it waits for the disk; see the module docs.
     pub(crate) fn compact(&self) -> Result<()> {
         let _sync = self.lock_sync();
+        self.check_lock()?;
         let (snapshot, position, upto, generation) = {
             let mut io = self.lock_io();
             if !Inner::wants_compaction(&io, self.compact_at) || io.needs_rewrite {
