@@ -72,6 +72,29 @@ pub enum Error {
         path: PathBuf,
     },
 
+    /// The checkpoint records the progress of other lines than the run
+    /// asks for: another shard (`index` of `count`; 0 of 1 is every line).
+    /// Using it would leave lines undone or do them twice.
+    #[error(
+        "{}: this checkpoint belongs to shard {}/{} of the lines{}, but this run asks for shard {}/{}{}; \
+         give each shard its own checkpoint (the default path does)",
+        path.display(),
+        recorded.0,
+        recorded.1,
+        if recorded.1 == 1 { " (every line)" } else { "" },
+        asked.0,
+        asked.1,
+        if asked.1 == 1 { " (every line)" } else { "" }
+    )]
+    ShardMismatch {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The shard recorded in the checkpoint: (index, count).
+        recorded: (u64, u64),
+        /// The shard the run asked for.
+        asked: (u64, u64),
+    },
+
     /// The checkpoint file is damaged before its last valid record, so part
     /// of the recorded progress cannot be trusted.
     #[error(
@@ -265,6 +288,7 @@ impl Error {
             Error::InvalidShard { .. } | Error::InvalidPosition { .. } => None,
             Error::Locked { path }
             | Error::LockLost { path }
+            | Error::ShardMismatch { path, .. }
             | Error::Corrupt { path, .. }
             | Error::NotACheckpoint { path }
             | Error::UnsupportedVersion { path, .. } => Some(path),
@@ -285,9 +309,9 @@ impl From<Error> for io::Error {
             | Error::NotACheckpoint { .. }
             | Error::UnsupportedVersion { .. }
             | Error::LineTooLong { .. } => io::ErrorKind::InvalidData,
-            Error::InvalidShard { .. } | Error::InvalidPosition { .. } => {
-                io::ErrorKind::InvalidInput
-            }
+            Error::InvalidShard { .. }
+            | Error::InvalidPosition { .. }
+            | Error::ShardMismatch { .. } => io::ErrorKind::InvalidInput,
             Error::InputChanged { .. }
             | Error::LastLineNotFound { .. }
             | Error::AmbiguousLastLine { .. } => io::ErrorKind::InvalidInput,

@@ -9,7 +9,9 @@ use crate::failed::FailedLine;
 use crate::position::Position;
 
 /// The format version this build writes and reads.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
+/// The oldest version still read. Version 2 added the `shard` record.
+pub(crate) const OLDEST_VERSION: u32 = 1;
 /// First word of every checkpoint file.
 pub(crate) const MAGIC: &str = "linemark-checkpoint";
 
@@ -26,6 +28,12 @@ pub(crate) enum Record {
     Failed(FailedLine),
     Resolved {
         line: u64,
+    },
+    /// The lines the checkpoint owns: those whose 0-based index is `index`
+    /// modulo `count` (0 of 1: every line).
+    Shard {
+        index: u64,
+        count: u64,
     },
 }
 
@@ -66,6 +74,7 @@ impl Record {
                 Ok(())
             }
             Record::Resolved { line } => write!(out, "resolved line={line}"),
+            Record::Shard { index, count } => write!(out, "shard index={index} count={count}"),
         };
         let crc = crc32fast::hash(&out.as_bytes()[start..]);
         let _ = writeln!(out, "{CRC_FIELD}{crc:08x}");
@@ -143,6 +152,14 @@ impl Record {
             "resolved" => Record::Resolved {
                 line: fields.number("line")?,
             },
+            "shard" => {
+                let index = fields.number("index")?;
+                let count = fields.number("count")?;
+                if index >= count {
+                    return Err("impossible shard".into());
+                }
+                Record::Shard { index, count }
+            }
             other => return Err(format!("unknown record kind {other:?}")),
         };
         if !fields.0.is_empty() {
@@ -281,6 +298,7 @@ mod tests {
         ));
         round_trip(Record::Done(Position::start().after(b"a\n").after(b"bb\n")));
         round_trip(Record::Resolved { line: 7 });
+        round_trip(Record::Shard { index: 2, count: 8 });
         round_trip(Record::Failed(FailedLine::from_parts(
             3,
             10,

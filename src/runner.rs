@@ -453,11 +453,15 @@ impl Runner {
                 return Err(Error::InvalidShard { index, count });
             }
         }
-        Checkpoint::builder()
+        let mut checkpoint = Checkpoint::builder()
             .durability(self.durability)
             .write_delay(self.write_delay)
             .before_write_hook(self.before_write.clone())
-            .open(path)
+            .open(path)?;
+        // The lines a checkpoint owns are recorded in it, so that it is never
+        // reused by a run over other lines (another shard, or all of them).
+        checkpoint.claim_shard(self.shard.unwrap_or((0, 1)))?;
+        Ok(checkpoint)
     }
 
     fn line_reader<R: BufRead>(&self, reader: R, at: Position) -> LineReader<R> {

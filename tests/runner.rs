@@ -730,3 +730,50 @@ fn a_line_rewritten_under_the_run_before_its_commit_is_written_is_an_input_chang
     // Lines 1 and 2 were recorded; line 3 never was.
     assert_eq!(Checkpoint::inspect(&checkpoint).unwrap().position.line(), 2);
 }
+
+#[test]
+fn a_checkpoint_is_refused_by_a_run_over_other_lines_than_it_records() {
+    // A checkpoint written by shard 0/2, reused by a run without a shard or
+    // with another one, would leave lines undone and exit 0.
+    let dir = tempfile::tempdir().unwrap();
+    let input = input_with(dir.path(), 10);
+    let checkpoint = dir.path().join("shared.checkpoint");
+    let ok = |_: &Line<'_>| -> Result<(), std::convert::Infallible> { Ok(()) };
+    let report = Runner::new()
+        .checkpoint(&checkpoint)
+        .shard(0, 2)
+        .run(&input, &ok)
+        .unwrap();
+    assert_eq!(report.done, 5);
+    for (asked, shard) in [
+        ((0, 1), None),
+        ((0, 4), Some((0, 4))),
+        ((1, 2), Some((1, 2))),
+    ] {
+        let mut runner = Runner::new();
+        runner.checkpoint(&checkpoint);
+        if let Some((index, count)) = shard {
+            runner.shard(index, count);
+        }
+        match runner.run(&input, &ok) {
+            Err(linemark::Error::ShardMismatch {
+                path,
+                recorded,
+                asked: got,
+            }) => {
+                assert_eq!(path, checkpoint);
+                assert_eq!(recorded, (0, 2));
+                assert_eq!(got, asked);
+            }
+            other => panic!("{shard:?}: {other:?}"),
+        }
+    }
+    // The same shard resumes; a run over every line claims a new checkpoint.
+    let again = Runner::new()
+        .checkpoint(&checkpoint)
+        .shard(0, 2)
+        .run(&input, &ok)
+        .unwrap();
+    assert_eq!((again.done, again.is_complete()), (0, true));
+    assert_eq!(Checkpoint::open(&checkpoint).unwrap().shard(), Some((0, 2)));
+}

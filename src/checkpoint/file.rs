@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::fs::Fs;
 use super::state::State;
 use crate::error::{Error, Result};
-use crate::record::{MAGIC, Record, VERSION};
+use crate::record::{MAGIC, OLDEST_VERSION, Record, VERSION};
 
 pub(crate) fn lock_path(path: &Path) -> PathBuf {
     let mut name = OsString::from(path.as_os_str());
@@ -200,13 +200,14 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<(State, bool, u64)> {
                 }
                 match record {
                     Record::Header { version } if offset == 0 => {
-                        if version != VERSION {
+                        if !(OLDEST_VERSION..=VERSION).contains(&version) {
                             return Err(Error::UnsupportedVersion {
                                 path: path.to_path_buf(),
                                 version,
                                 supported: VERSION,
                             });
                         }
+                        state.version = version;
                         has_header = true;
                     }
                     Record::Header { .. } => {

@@ -202,7 +202,9 @@ impl Default for Durability {
 /// lowercase hex digits, line numbers 1-based.
 ///
 /// ```text
-/// linemark-checkpoint version=1 crc=…                    header, always first
+/// linemark-checkpoint version=2 crc=…                    header, always first
+/// shard index=I count=C crc=…                            the lines it owns: 0-based index I modulo C
+///                                                        (0 of 1: every line); recorded by the runner
 /// pos offset=O line=N len=L digest=D crc=…               lines 1..=N are finished; the next starts at byte O;
 ///                                                        line N is L bytes long (newline included), digest D
 /// done line=N offset=O len=L digest=D crc=…              line N (after the last pos), starting at byte O,
@@ -228,9 +230,12 @@ impl Default for Durability {
 /// `linemark-checkpoint` is [`Error::NotACheckpoint`] and is never
 /// overwritten; an empty file, or a torn header alone, is a fresh start.
 ///
-/// Compatibility: files written in version 1 of the format will be read by
-/// every later linemark 0.x and 1.x release. A file of a newer version is
-/// refused with [`Error::UnsupportedVersion`], never misread.
+/// Compatibility: files written in versions 1 and 2 of the format will be
+/// read by every later linemark 0.x and 1.x release. Version 2 added the
+/// `shard` record; a version 1 file is rewritten in version 2 when a shard
+/// is recorded in it. A file of a newer version is refused with
+/// [`Error::UnsupportedVersion`], never misread. A run over other lines than
+/// the recorded shard is refused with [`Error::ShardMismatch`].
 ///
 /// # Examples
 ///
@@ -518,6 +523,46 @@ impl Checkpoint {
         let done = core.state.done.keys().next_back().copied().unwrap_or(0);
         let failed = core.state.failed.keys().next_back().copied().unwrap_or(0);
         done.max(failed)
+    }
+
+    /// The lines this checkpoint owns, as recorded by the runner: the
+    /// lines whose 0-based index is `index` modulo `count` (`(0, 1)`: every
+    /// line); `None` for a checkpoint no run has claimed yet.
+    #[must_use]
+    pub fn shard(&self) -> Option<(u64, u64)> {
+        self.inner.lock_core().state.shard
+    }
+
+    /// Records that the checkpoint holds the progress of shard `asked`, or
+    /// checks that it does. A checkpoint that records none (a new one, one
+    /// written by a hand-written loop or by a version before shards were
+    /// recorded) takes `asked`.
+    pub(crate) fn claim_shard(&mut self, asked: (u64, u64)) -> Result<()> {
+        {
+            let mut io = self.inner.lock_io();
+            let mut core = self.inner.lock_core();
+            match core.state.shard {
+                Some(recorded) if recorded == asked => return Ok(()),
+                Some(recorded) => {
+                    return Err(Error::ShardMismatch {
+                        path: self.given.clone(),
+                        recorded,
+                        asked,
+                    });
+                }
+                None => {
+                    core.state.shard = Some(asked);
+                    core.pending.shard = true;
+                    if io.file.is_some() && core.state.version < crate::record::VERSION {
+                        // A file of the format before the shard record is
+                        // rewritten in the current one, which an older
+                        // linemark refuses instead of misreading.
+                        io.needs_rewrite = true;
+                    }
+                }
+            }
+        }
+        self.note_commit()
     }
 
     /// Whether the line is recorded as failed.

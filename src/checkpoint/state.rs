@@ -12,6 +12,10 @@ pub(crate) struct State {
     /// Lines finished beyond the position: the position just after each.
     pub(crate) done: BTreeMap<u64, Position>,
     pub(crate) failed: BTreeMap<u64, FailedLine>,
+    /// The lines the checkpoint owns (index, count), once a run recorded it.
+    pub(crate) shard: Option<(u64, u64)>,
+    /// The format version of the file's header (0 before any header).
+    pub(crate) version: u32,
 }
 
 impl State {
@@ -30,6 +34,7 @@ impl State {
             Record::Resolved { line } => {
                 self.failed.remove(&line);
             }
+            Record::Shard { index, count } => self.shard = Some((index, count)),
         }
     }
 
@@ -78,6 +83,9 @@ impl State {
     pub(crate) fn snapshot(&self) -> String {
         let mut out = String::new();
         Record::Header { version: VERSION }.encode(&mut out);
+        if let Some((index, count)) = self.shard {
+            Record::Shard { index, count }.encode(&mut out);
+        }
         Record::Position(self.position).encode(&mut out);
         for &end in self.done.values() {
             Record::Done(end).encode(&mut out);
@@ -98,11 +106,13 @@ pub(crate) struct Pending {
     pub(crate) done: Vec<u64>,
     /// `failed` and `resolved` records, in order.
     pub(crate) failed: Vec<Record>,
+    /// The shard was recorded.
+    pub(crate) shard: bool,
 }
 
 impl Pending {
     pub(crate) fn is_empty(&self) -> bool {
-        !self.position && self.done.is_empty() && self.failed.is_empty()
+        !self.position && self.done.is_empty() && self.failed.is_empty() && !self.shard
     }
 
     /// The records to append. Each line's net outcome among the `failed`
@@ -122,6 +132,9 @@ impl Pending {
             };
         }
         let mut out = String::new();
+        if let Some((index, count)) = state.shard.filter(|_| self.shard) {
+            Record::Shard { index, count }.encode(&mut out);
+        }
         for record in net.values().filter(|r| matches!(r, Record::Failed(_))) {
             record.encode(&mut out);
         }

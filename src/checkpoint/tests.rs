@@ -125,16 +125,43 @@ fn a_newer_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c");
     let mut text = String::new();
-    Record::Header { version: 2 }.encode(&mut text);
+    Record::Header { version: 3 }.encode(&mut text);
     fs::write(&path, &text).unwrap();
     assert!(matches!(
         Checkpoint::open(&path),
         Err(Error::UnsupportedVersion {
-            version: 2,
-            supported: 1,
+            version: 3,
+            supported: 2,
             ..
         })
     ));
+}
+
+#[test]
+fn a_version_1_file_is_read_and_rewritten_in_version_2_when_a_shard_is_recorded() {
+    // Version 2 added the shard record. A file of version 1 still opens;
+    // recording a shard in it rewrites it in version 2, which a linemark
+    // that knows only version 1 refuses instead of misreading.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c");
+    let mut text = String::new();
+    Record::Header { version: 1 }.encode(&mut text);
+    Record::Position(positions(2)[1]).encode(&mut text);
+    fs::write(&path, &text).unwrap();
+    let mut checkpoint = open_strict(&path);
+    assert_eq!(checkpoint.position(), positions(2)[1]);
+    assert_eq!(checkpoint.shard(), None);
+    checkpoint.claim_shard((1, 3)).unwrap();
+    checkpoint.close().unwrap();
+    let written = fs::read_to_string(&path).unwrap();
+    assert!(
+        written.starts_with("linemark-checkpoint version=2 "),
+        "{written}"
+    );
+    assert!(written.contains("\nshard index=1 count=3 "), "{written}");
+    let reopened = open_strict(&path);
+    assert_eq!(reopened.shard(), Some((1, 3)));
+    assert_eq!(reopened.position(), positions(2)[1]);
 }
 
 #[test]
