@@ -321,6 +321,9 @@ pub struct Snapshot {
     pub done_beyond: Vec<u64>,
     /// Lines that failed for good, by line number.
     pub failed: Vec<FailedLine>,
+    /// The shard whose lines the checkpoint holds (see
+    /// [`Checkpoint::shard`]).
+    pub shard: Option<(u64, u64)>,
 }
 
 impl Checkpoint {
@@ -460,6 +463,7 @@ impl Checkpoint {
             position: loaded.state.position,
             done_beyond: loaded.state.done.into_keys().collect(),
             failed: loaded.state.failed.into_values().collect(),
+            shard: loaded.state.shard,
         })
     }
 
