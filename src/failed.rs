@@ -3,7 +3,7 @@
 use std::io::{BufRead, Read, Seek, SeekFrom};
 
 use crate::error::{Error, Result};
-use crate::line::{Line, describe, describe_bytes};
+use crate::line::{Line, LongLine, describe, describe_bytes, scan_line};
 use crate::position::{Position, digest};
 
 /// A line whose task failed for good (out of attempts, or an error not worth
@@ -161,6 +161,42 @@ impl FailedLine {
     #[must_use]
     pub fn error(&self) -> &str {
         &self.error
+    }
+
+    /// Checks this line at its offset in `reader` (the whole input) as
+    /// [`read_from`](FailedLine::read_from) does, for a line longer than
+    /// `limit`: streamed over, never held in memory.
+    pub(crate) fn scan_long<R: BufRead + Seek>(
+        &self,
+        reader: &mut R,
+        limit: usize,
+    ) -> Result<LongLine> {
+        let io_err = |err| Error::io(None, "reading a failed line", err);
+        let input_len = reader.seek(SeekFrom::End(0)).map_err(io_err)?;
+        if self.offset.saturating_add(self.len) > input_len {
+            return Err(self.changed(format!("an input that ends at byte {input_len}")));
+        }
+        if self.offset > 0 {
+            reader
+                .seek(SeekFrom::Start(self.offset - 1))
+                .map_err(io_err)?;
+            let mut before = [0u8];
+            reader.read_exact(&mut before).map_err(io_err)?;
+            if before[0] != b'\n' {
+                return Err(self.changed(format!(
+                    "no line starting at byte {} (the byte before is not a newline)",
+                    self.offset
+                )));
+            }
+        } else {
+            reader.seek(SeekFrom::Start(0)).map_err(io_err)?;
+        }
+        let Some(scanned) = scan_line(reader).map_err(io_err)? else {
+            return Err(self.missing());
+        };
+        let long = LongLine::new(self.line, self.offset, limit, scanned);
+        long.check(self.offset, self.len, self.digest)?;
+        Ok(long)
     }
 
     /// Reads this line again from `reader` (the whole input) by seeking to

@@ -123,7 +123,9 @@ impl<'a> Line<'a> {
 /// A line that lies whole in the underlying reader's buffer is handed out
 /// in place, without a copy; one that spans buffer refills is copied into a
 /// reused buffer. Either way reading a line costs no allocation once that
-/// buffer has grown to the longest line.
+/// buffer has grown to the longest line. With a
+/// [`max_line_len`](LineReader::max_line_len), that buffer never grows past
+/// the limit: a longer line is streamed over, not buffered.
 ///
 /// # Examples
 ///
@@ -178,7 +180,31 @@ impl<R: BufRead> LineReader<R> {
     }
 
     /// Refuses lines longer than `limit` bytes (terminator included) with
-    /// [`Error::LineTooLong`] instead of buffering them. No limit by default.
+    /// [`Error::LineTooLong`] instead of buffering them. No limit by default:
+    /// a line is buffered whole, however long.
+    ///
+    /// A line over the limit is streamed over to its `\n` (or the end of
+    /// the input), so at most `limit` bytes of it are ever held in memory;
+    /// [`next_line`](LineReader::next_line) returns the error for it, and
+    /// the next call reads the line after it, numbered and placed as usual.
+    /// [`Runner`](crate::Runner) has a limit by default and makes such a line
+    /// a failed line.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use linemark::{Error, LineReader};
+    ///
+    /// let mut lines = LineReader::new(&b"short\nmuch too long\nnext\n"[..]).max_line_len(8);
+    /// assert_eq!(lines.next_line()?.unwrap().as_str()?, "short");
+    /// assert!(matches!(
+    ///     lines.next_line(),
+    ///     Err(Error::LineTooLong { line: 2, offset: 6, limit: 8, .. })
+    /// ));
+    /// let next = lines.next_line()?.unwrap();
+    /// assert_eq!((next.as_str()?, next.number(), next.offset()), ("next", 3, 20));
+    /// # Ok::<(), linemark::Error>(())
+    /// ```
     #[must_use]
     pub fn max_line_len(mut self, limit: usize) -> LineReader<R> {
         self.max_len = Some(limit);
@@ -196,17 +222,33 @@ impl<R: BufRead> LineReader<R> {
     ///
     /// # Errors
     ///
-    /// [`Error::Io`] when reading fails, [`Error::LineTooLong`] when a limit
-    /// is set and the line exceeds it. After an error the reader is in the
-    /// middle of a line; line numbers and offsets are no longer meaningful.
+    /// [`Error::Io`] when reading fails: the reader is then in the middle of
+    /// a line, and line numbers and offsets are no longer meaningful.
+    /// [`Error::LineTooLong`] when a limit is set and the line exceeds it:
+    /// the reader has moved past that line, and the next call reads the one
+    /// after it.
     #[inline]
     pub fn next_line(&mut self) -> Result<Option<Line<'_>>> {
+        match self.next_item()? {
+            Some(Next::Line(line)) => Ok(Some(line)),
+            Some(Next::TooLong(long)) => Err(long.into_error()),
+            None => Ok(None),
+        }
+    }
+
+    /// The next line, or what was found of one over the limit.
+    #[inline]
+    pub(crate) fn next_item(&mut self) -> Result<Option<Next<'_>>> {
         self.consume_last();
         // Fast path: the whole line is in the reader's buffer (found in one
         // borrow, handed out from a second one).
         match self.line_in_place() {
-            Ok(Some(len)) => self.hand_out(len).map(Some),
-            Ok(None) => self.next_line_copied(),
+            Ok(Some(len)) => self.hand_out(len).map(|line| Some(Next::Line(line))),
+            Ok(None) => match self.read_copied()? {
+                Copied::Line => Ok(Some(Next::Line(self.take_copied()))),
+                Copied::End => Ok(None),
+                Copied::TooLong(long) => Ok(Some(Next::TooLong(long))),
+            },
             Err(err) => Err(read_error(self.path.as_deref(), err)),
         }
     }
@@ -232,11 +274,13 @@ impl<R: BufRead> LineReader<R> {
     }
 
     /// Calls `f` on every remaining line until it returns `Ok(false)` or an
-    /// error, or the input ends; returns whether the input ended. The same
-    /// lines as [`next_line`](LineReader::next_line), without a `Result` to
-    /// pass back per line, which keeps the runner's hot loop in registers.
+    /// error, the input ends, or a line is over the limit; returns which.
+    /// The same lines as [`next_line`](LineReader::next_line), without a
+    /// `Result` to pass back per line, which keeps the runner's hot loop in
+    /// registers. After a line over the limit, calling it again goes on
+    /// with the next line.
     #[inline(always)]
-    pub(crate) fn for_each_line<F>(&mut self, mut f: F) -> Result<bool>
+    pub(crate) fn for_each_line<F>(&mut self, mut f: F) -> Result<Paused>
     where
         F: FnMut(&Line<'_>) -> Result<bool>,
     {
@@ -246,16 +290,17 @@ impl<R: BufRead> LineReader<R> {
                 Ok(Some(len)) => {
                     let line = self.hand_out(len)?;
                     if !f(&line)? {
-                        return Ok(false);
+                        return Ok(Paused::Asked);
                     }
                 }
-                Ok(None) => match self.next_line_copied()? {
-                    Some(line) => {
-                        if !f(&line)? {
-                            return Ok(false);
+                Ok(None) => match self.read_copied()? {
+                    Copied::Line => {
+                        if !f(&self.take_copied())? {
+                            return Ok(Paused::Asked);
                         }
                     }
-                    None => return Ok(true),
+                    Copied::End => return Ok(Paused::EndOfInput),
+                    Copied::TooLong(long) => return Ok(Paused::TooLong(long)),
                 },
                 Err(err) => return Err(read_error(self.path.as_deref(), err)),
             }
@@ -279,17 +324,17 @@ impl<R: BufRead> LineReader<R> {
     }
 
     /// The slow path: a line that spans buffer refills (or the last line,
-    /// or one over the length limit) is copied into the reused buffer.
+    /// or one over the length limit) is copied into the reused buffer, to
+    /// be handed out by [`take_copied`](LineReader::take_copied); one over
+    /// the limit is streamed over instead.
     #[inline(never)]
-    fn next_line_copied(&mut self) -> Result<Option<Line<'_>>> {
+    fn read_copied(&mut self) -> Result<Copied> {
         self.buf.clear();
         loop {
             let available = match self.reader.fill_buf() {
                 Ok(available) => available,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => {
-                    return Err(Error::io(self.path.as_deref(), "reading the input", err));
-                }
+                Err(err) => return Err(read_error(self.path.as_deref(), err)),
             };
             if available.is_empty() {
                 break;
@@ -299,13 +344,15 @@ impl<R: BufRead> LineReader<R> {
                 None => (false, available.len()),
             };
             if let Some(limit) = self.max_len {
-                if self.buf.len() + used > limit {
-                    return Err(Error::LineTooLong {
-                        path: self.path.clone(),
-                        line: self.next_number,
-                        offset: self.next_offset,
-                        limit,
-                    });
+                let wanted = self.buf.len() + used;
+                if wanted > limit {
+                    return self.stream_over_long_line(limit).map(Copied::TooLong);
+                }
+                if wanted > self.buf.capacity() {
+                    // Grows as a `Vec` would, but never past the limit: a
+                    // line just under it costs the limit, not twice that.
+                    let target = (self.buf.capacity() * 2).clamp(wanted, limit);
+                    self.buf.reserve_exact(target - self.buf.len());
                 }
             }
             self.buf.extend_from_slice(&available[..used]);
@@ -314,13 +361,50 @@ impl<R: BufRead> LineReader<R> {
                 break;
             }
         }
-        if self.buf.is_empty() {
-            return Ok(None);
-        }
-        let line = Line::new(&self.buf, self.next_number, self.next_offset);
+        Ok(if self.buf.is_empty() {
+            Copied::End
+        } else {
+            Copied::Line
+        })
+    }
+
+    /// Hands out the line [`read_copied`](LineReader::read_copied) put in
+    /// the buffer.
+    fn take_copied(&mut self) -> Line<'_> {
+        let (number, offset) = (self.next_number, self.next_offset);
         self.next_number += 1;
         self.next_offset += self.buf.len() as u64;
-        Ok(Some(line))
+        Line::new(&self.buf, number, offset)
+    }
+
+    /// Streams over the rest of a line found to be over the limit, whose
+    /// first bytes (without a `\n`) are in the buffer, computing its length
+    /// and digest without holding more of it.
+    #[cold]
+    fn stream_over_long_line(&mut self, limit: usize) -> Result<LongLine> {
+        let mut hasher = crc32fast::Hasher::new();
+        let mut scanned = ScannedLine {
+            len: self.buf.len() as u64,
+            terminated: false,
+            digest: 0,
+            preview: Vec::new(),
+        };
+        hasher.update(&self.buf);
+        push_preview(&mut scanned.preview, &self.buf);
+        self.buf.clear();
+        stream_rest(&mut self.reader, &mut hasher, &mut scanned)
+            .map_err(|err| read_error(self.path.as_deref(), err))?;
+        scanned.digest = hasher.finalize();
+        let long = LongLine {
+            number: self.next_number,
+            offset: self.next_offset,
+            limit,
+            scanned,
+            path: self.path.clone(),
+        };
+        self.next_number += 1;
+        self.next_offset += long.scanned.len;
+        Ok(long)
     }
 
     /// Consumes the line handed out last, if it was handed out in place.
@@ -386,6 +470,21 @@ pub(crate) fn scan_line<R: BufRead>(reader: &mut R) -> io::Result<Option<Scanned
         digest: 0,
         preview: Vec::new(),
     };
+    stream_rest(reader, &mut hasher, &mut scanned)?;
+    if scanned.len == 0 {
+        return Ok(None);
+    }
+    scanned.digest = hasher.finalize();
+    Ok(Some(scanned))
+}
+
+/// Streams over the rest of a line, to its `\n` or the end of the input,
+/// adding it to `scanned` and its content (without the `\n`) to `hasher`.
+fn stream_rest<R: BufRead>(
+    reader: &mut R,
+    hasher: &mut crc32fast::Hasher,
+    scanned: &mut ScannedLine,
+) -> io::Result<()> {
     loop {
         let available = match reader.fill_buf() {
             Ok(available) => available,
@@ -393,7 +492,7 @@ pub(crate) fn scan_line<R: BufRead>(reader: &mut R) -> io::Result<Option<Scanned
             Err(err) => return Err(err),
         };
         if available.is_empty() {
-            break;
+            return Ok(());
         }
         let (content, used) = match memchr::memchr(b'\n', available) {
             Some(at) => {
@@ -407,14 +506,106 @@ pub(crate) fn scan_line<R: BufRead>(reader: &mut R) -> io::Result<Option<Scanned
         scanned.len += used as u64;
         reader.consume(used);
         if scanned.terminated {
-            break;
+            return Ok(());
         }
     }
-    if scanned.len == 0 {
-        return Ok(None);
+}
+
+/// What [`LineReader::next_item`] found.
+#[derive(Debug)]
+pub(crate) enum Next<'a> {
+    Line(Line<'a>),
+    /// A line over the limit, streamed over.
+    TooLong(LongLine),
+}
+
+/// Why [`LineReader::for_each_line`] returned.
+#[derive(Debug)]
+pub(crate) enum Paused {
+    EndOfInput,
+    /// The callback returned `false`.
+    Asked,
+    /// A line over the limit, streamed over.
+    TooLong(LongLine),
+}
+
+/// What the slow path put in the buffer.
+enum Copied {
+    Line,
+    End,
+    TooLong(LongLine),
+}
+
+/// A line over a [`LineReader`]'s limit: where it is, and what a streaming
+/// pass over it found (its length and digest, as a failed record needs).
+#[derive(Debug)]
+pub(crate) struct LongLine {
+    pub(crate) number: u64,
+    pub(crate) offset: u64,
+    pub(crate) limit: usize,
+    pub(crate) scanned: ScannedLine,
+    path: Option<PathBuf>,
+}
+
+impl LongLine {
+    /// A line over `limit` found by a streaming pass at `offset`.
+    pub(crate) fn new(number: u64, offset: u64, limit: usize, scanned: ScannedLine) -> LongLine {
+        LongLine {
+            number,
+            offset,
+            limit,
+            scanned,
+            path: None,
+        }
     }
-    scanned.digest = hasher.finalize();
-    Ok(Some(scanned))
+
+    /// The position just after the line.
+    pub(crate) fn end_position(&self) -> Position {
+        Position::from_parts_unchecked(
+            self.offset + self.scanned.len,
+            self.number,
+            self.scanned.len,
+            self.scanned.digest,
+        )
+    }
+
+    /// The error text of the line made a failed line: the limit, where the
+    /// line is, how long it is and how it starts.
+    pub(crate) fn message(&self) -> String {
+        let scanned = &self.scanned;
+        format!(
+            "line {} (byte {}) is longer than the limit of {} bytes: {}",
+            self.number,
+            self.offset,
+            self.limit,
+            describe(scanned.len, scanned.digest, Some(&scanned.preview)),
+        )
+    }
+
+    /// Checks that this is the line recorded (as failed or done) at
+    /// `offset` with `len` bytes and `digest`, as for any recorded line.
+    pub(crate) fn check(&self, offset: u64, len: u64, digest: u32) -> Result<()> {
+        let scanned = &self.scanned;
+        if self.offset == offset && scanned.len == len && scanned.digest == digest {
+            return Ok(());
+        }
+        Err(Error::InputChanged {
+            path: None,
+            line: self.number,
+            offset,
+            expected: describe(len, digest, None),
+            found: describe(scanned.len, scanned.digest, Some(&scanned.preview)),
+        })
+    }
+
+    fn into_error(self) -> Error {
+        Error::LineTooLong {
+            path: self.path,
+            line: self.number,
+            offset: self.offset,
+            limit: self.limit,
+        }
+    }
 }
 
 /// Skips `count` lines without looking at their content. Returns the number
@@ -453,7 +644,6 @@ pub(crate) fn skip_lines<R: BufRead>(reader: &mut R, count: u64) -> io::Result<(
     Ok((bytes, lines))
 }
 
-/// Shows the start of a line in an error message.
 /// Shows a line found in the input, from its raw bytes.
 pub(crate) fn describe_bytes(raw: &[u8]) -> String {
     describe(
@@ -471,6 +661,8 @@ pub(crate) fn push_preview(preview: &mut Vec<u8>, content: &[u8]) {
     }
 }
 
+/// Shows a line in an error message: its length, its digest and, when
+/// known, how it starts.
 pub(crate) fn describe(len: u64, digest: u32, preview: Option<&[u8]>) -> String {
     match preview {
         Some(preview) if !preview.is_empty() => {

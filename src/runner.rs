@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::checkpoint::{BeforeWrite, Checkpoint, CheckpointBuilder, Durability};
 use crate::error::{Error, Result};
 use crate::failed::FailedLine;
-use crate::line::{Line, LineReader};
+use crate::line::{Line, LineReader, LongLine, Next, Paused};
 use crate::position::Position;
 use crate::progress::{Event, Observer};
 use crate::retry::RetryPolicy;
@@ -170,7 +170,7 @@ pub struct Runner {
     halt_after: Option<u64>,
     retry_failed: bool,
     shard: Option<(u64, u64)>,
-    max_line_len: Option<usize>,
+    max_line_len: usize,
     seek: SeekMode,
     before_write: Option<BeforeWrite>,
 }
@@ -207,6 +207,9 @@ impl Runner {
     /// The default window: lines in flight or finished beyond the watermark.
     pub const DEFAULT_WINDOW: usize = 1024;
 
+    /// The default [`max_line_len`](Runner::max_line_len): 64 MiB.
+    pub const DEFAULT_MAX_LINE_LEN: usize = 64 << 20;
+
     /// One worker, default durability, retry policy and window, the
     /// default checkpoint path.
     #[must_use]
@@ -223,7 +226,7 @@ impl Runner {
             halt_after: None,
             retry_failed: false,
             shard: None,
-            max_line_len: None,
+            max_line_len: Runner::DEFAULT_MAX_LINE_LEN,
             seek: SeekMode::default(),
             before_write: None,
         }
@@ -310,9 +313,19 @@ impl Runner {
         self
     }
 
-    /// Refuses lines longer than `bytes` with [`Error::LineTooLong`].
+    /// The longest line, in bytes with its `\n`, handed to the task
+    /// (default [`DEFAULT_MAX_LINE_LEN`](Runner::DEFAULT_MAX_LINE_LEN),
+    /// 64 MiB; `usize::MAX` for none).
+    ///
+    /// A longer line is never held in memory: it is streamed over, and
+    /// recorded as a failed line (with its offset, length, digest, and an
+    /// error naming the limit; attempts 0) without running the task, and
+    /// the run goes on. A rerun skips it like any failed line;
+    /// [`retry_failed`](Runner::retry_failed) with a higher limit runs it.
+    /// So a run takes memory bounded by the limit (one copy a worker, plus
+    /// the reader's), never by the longest line of the input.
     pub fn max_line_len(&mut self, bytes: usize) -> &mut Runner {
-        self.max_line_len = Some(bytes);
+        self.max_line_len = bytes.max(1);
         self
     }
 
@@ -396,6 +409,7 @@ impl Runner {
                 reader: &mut reader,
                 lines: failed.into(),
                 buf: Vec::new(),
+                limit: self.max_line_len,
             };
             return self
                 .drive_failed(&mut checkpoint, source, Some(input_len), task)
@@ -465,11 +479,28 @@ impl Runner {
     }
 
     fn line_reader<R: BufRead>(&self, reader: R, at: Position) -> LineReader<R> {
-        let lines = LineReader::resume(reader, at);
-        match self.max_line_len {
-            Some(limit) => lines.max_line_len(limit),
-            None => lines,
+        LineReader::resume(reader, at).max_line_len(self.max_line_len)
+    }
+
+    /// Deals with a line over the length limit, which never runs: not in
+    /// the shard, recorded by an earlier run (checked to be the same line),
+    /// or made a failed line now. The caller then finishes it.
+    #[cold]
+    #[inline(never)]
+    fn long_line(&self, run: &mut RunState<'_, '_>, long: &LongLine) -> Result<()> {
+        let end = long.end_position();
+        if !self.in_shard(long.number) {
+            return Ok(());
         }
+        if run.checkpoint.is_recorded_long(long)? {
+            run.skipped += 1;
+            run.emit(&Event::Skipped {
+                line: long.number,
+                end_offset: end.offset(),
+            });
+            return Ok(());
+        }
+        run.record_failure(FailedLine::ending_at(end, 0, long.message()))
     }
 
     fn in_shard(&self, line: u64) -> bool {
@@ -527,50 +558,67 @@ impl Runner {
         let last_recorded = run.checkpoint.last_recorded_line();
         let shared = Arc::clone(&run.shared);
         let stop = shared.user_stop.clone();
-        // Returns whether to go on with the next line.
-        let mut one_line = |line: &Line<'_>| -> Result<bool> {
-            if stop.is_stopped() {
-                run.stopped = true;
-                return Ok(false);
-            }
-            let number = line.number();
-            if !self.in_shard(number) {
-                run.checkpoint.commit_read_line(line)?;
-                return Ok(true);
-            }
-            if number <= last_recorded && is_recorded(run.checkpoint, line)? {
-                run.skipped += 1;
-                let end_offset = line.offset() + line.raw().len() as u64;
-                run.emit(&Event::Skipped {
-                    line: number,
-                    end_offset,
-                });
-                run.checkpoint.commit_read_line(line)?;
-                return Ok(true);
-            }
-            match shared.attempt(task, line, &shared.user_stop) {
-                Outcome::Done => {
-                    run.note_done(number, line.offset() + line.raw().len() as u64);
-                    run.checkpoint.commit_read_line(line)?;
-                }
-                Outcome::Failed { attempts, error } => {
-                    run.record_failure(FailedLine::new(line, attempts, error))?;
-                    run.checkpoint.commit_read_line(line)?;
-                    if run.halted {
-                        return Ok(false);
-                    }
-                }
-                Outcome::Abandoned => {
+        loop {
+            // Returns whether to go on with the next line.
+            let mut one_line = |line: &Line<'_>| -> Result<bool> {
+                if stop.is_stopped() {
                     run.stopped = true;
                     return Ok(false);
                 }
+                let number = line.number();
+                if !self.in_shard(number) {
+                    run.checkpoint.commit_read_line(line)?;
+                    return Ok(true);
+                }
+                if number <= last_recorded && is_recorded(run.checkpoint, line)? {
+                    run.skipped += 1;
+                    let end_offset = line.offset() + line.raw().len() as u64;
+                    run.emit(&Event::Skipped {
+                        line: number,
+                        end_offset,
+                    });
+                    run.checkpoint.commit_read_line(line)?;
+                    return Ok(true);
+                }
+                match shared.attempt(task, line, &shared.user_stop) {
+                    Outcome::Done => {
+                        run.note_done(number, line.offset() + line.raw().len() as u64);
+                        run.checkpoint.commit_read_line(line)?;
+                    }
+                    Outcome::Failed { attempts, error } => {
+                        run.record_failure(FailedLine::new(line, attempts, error))?;
+                        run.checkpoint.commit_read_line(line)?;
+                        if run.halted {
+                            return Ok(false);
+                        }
+                    }
+                    Outcome::Abandoned => {
+                        run.stopped = true;
+                        return Ok(false);
+                    }
+                }
+                run.note_sync();
+                Ok(true)
+            };
+            match lines.for_each_line(&mut one_line)? {
+                Paused::EndOfInput => {
+                    run.reached_end = true;
+                    return Ok(());
+                }
+                Paused::Asked => return Ok(()),
+                Paused::TooLong(long) => {
+                    if stop.is_stopped() {
+                        run.stopped = true;
+                        return Ok(());
+                    }
+                    self.long_line(run, &long)?;
+                    run.checkpoint.commit(long.end_position())?;
+                    if run.halted {
+                        return Ok(());
+                    }
+                }
             }
-            run.note_sync();
-            Ok(true)
-        };
-        let ended = lines.for_each_line(&mut one_line)?;
-        run.reached_end = ended;
-        Ok(())
+        }
     }
 
     /// The retry-failed run: exactly the lines recorded as failed.
@@ -663,8 +711,19 @@ impl<R: BufRead> Feed for WindowedLines<'_, R> {
         task: &T,
     ) -> Result<bool> {
         while self.window.has_room() && exec.can_submit() {
-            let Some(line) = self.lines.next_line()? else {
-                return Ok(true);
+            let line = match self.lines.next_item()? {
+                Some(Next::Line(line)) => line,
+                Some(Next::TooLong(long)) => {
+                    let end = long.end_position();
+                    self.window.start(end);
+                    self.runner.long_line(run, &long)?;
+                    run.finish(&mut self.window, end, false)?;
+                    if run.stopping() {
+                        return Ok(false);
+                    }
+                    continue;
+                }
+                None => return Ok(true),
             };
             let end = line.end_position();
             let number = line.number();
@@ -722,11 +781,20 @@ impl<S: BufRead + Seek, R: BufRead> Feed for FailedLines<'_, S, R> {
         task: &T,
     ) -> Result<bool> {
         while exec.can_submit() {
-            let Some((failed, line)) = self.source.next_line()? else {
-                return Ok(true);
-            };
-            exec.submit(&line, task, &run.shared);
-            self.in_flight.insert(failed.line(), failed);
+            match self.source.next_line()? {
+                None => return Ok(true),
+                Some((failed, Found::Line(line))) => {
+                    exec.submit(&line, task, &run.shared);
+                    self.in_flight.insert(failed.line(), failed);
+                }
+                Some((failed, Found::TooLong(long))) => {
+                    // Still over the limit: failed again, without a run.
+                    run.record_failure(failed.failed_again(0, long.message()))?;
+                    if run.stopping() {
+                        return Ok(false);
+                    }
+                }
+            }
         }
         Ok(false)
     }
@@ -762,6 +830,8 @@ enum FailedSource<'a, S, R> {
         reader: &'a mut S,
         lines: VecDeque<FailedLine>,
         buf: Vec<u8>,
+        /// Longer lines are checked by streaming over them, not read.
+        limit: usize,
     },
     /// A stream: scanned for the failed lines' numbers.
     Scan {
@@ -771,32 +841,54 @@ enum FailedSource<'a, S, R> {
 }
 
 impl<S: BufRead + Seek, R: BufRead> FailedSource<'_, S, R> {
-    fn next_line(&mut self) -> Result<Option<(FailedLine, Line<'_>)>> {
+    fn next_line(&mut self) -> Result<Option<(FailedLine, Found<'_>)>> {
         match self {
-            FailedSource::Seek { reader, lines, buf } => {
+            FailedSource::Seek {
+                reader,
+                lines,
+                buf,
+                limit,
+            } => {
                 let Some(failed) = lines.pop_front() else {
                     return Ok(None);
                 };
+                if failed.len() > *limit as u64 {
+                    let long = failed.scan_long(*reader, *limit)?;
+                    return Ok(Some((failed, Found::TooLong(long))));
+                }
                 let line = failed.read_from(*reader, buf)?;
-                Ok(Some((failed, line)))
+                Ok(Some((failed, Found::Line(line))))
             }
             FailedSource::Scan { lines, failed } => {
                 let Some(wanted) = failed.pop_front() else {
                     return Ok(None);
                 };
                 while lines.lines_before() + 1 < wanted.line() {
-                    if lines.next_line()?.is_none() {
+                    if lines.next_item()?.is_none() {
                         return Err(wanted.missing());
                     }
                 }
-                let Some(line) = lines.next_line()? else {
-                    return Err(wanted.missing());
-                };
-                wanted.check(&line)?;
-                Ok(Some((wanted, line)))
+                match lines.next_item()? {
+                    None => Err(wanted.missing()),
+                    Some(Next::Line(line)) => {
+                        wanted.check(&line)?;
+                        Ok(Some((wanted, Found::Line(line))))
+                    }
+                    Some(Next::TooLong(long)) => {
+                        long.check(wanted.offset(), wanted.len(), wanted.digest())?;
+                        Ok(Some((wanted, Found::TooLong(long))))
+                    }
+                }
             }
         }
     }
+}
+
+/// A failed line found again for a retry-failed run.
+enum Found<'a> {
+    Line(Line<'a>),
+    /// Over the length limit: not read, not run.
+    TooLong(LongLine),
 }
 
 /// Counters and the checkpoint of one run.

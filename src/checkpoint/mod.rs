@@ -484,29 +484,67 @@ impl Checkpoint {
     /// [`Error::InputChanged`] when the input holds another line under that
     /// number than the one recorded.
     pub fn is_recorded(&self, line: &Line<'_>) -> Result<bool> {
-        let number = line.number();
+        let raw = line.raw();
+        self.is_recorded_as(
+            line.number(),
+            line.offset(),
+            raw.len() as u64,
+            || crate::position::digest(raw),
+            || crate::line::describe_bytes(raw),
+        )
+    }
+
+    /// [`is_recorded`](Checkpoint::is_recorded) for a line over the
+    /// runner's length limit, known by a streaming pass over it.
+    pub(crate) fn is_recorded_long(&self, long: &crate::line::LongLine) -> Result<bool> {
+        let scanned = &long.scanned;
+        self.is_recorded_as(
+            long.number,
+            long.offset,
+            scanned.len,
+            || scanned.digest,
+            || crate::line::describe(scanned.len, scanned.digest, Some(&scanned.preview)),
+        )
+    }
+
+    /// Whether line `number`, found at `offset` with `len` bytes, is
+    /// recorded as done or failed; the digest is computed only for a
+    /// recorded line, and `found` describes the line for the error.
+    fn is_recorded_as(
+        &self,
+        number: u64,
+        offset: u64,
+        len: u64,
+        digest: impl FnOnce() -> u32,
+        found: impl FnOnce() -> String,
+    ) -> Result<bool> {
         let core = self.inner.lock_core();
-        if let Some(end) = core.state.done.get(&number) {
-            let raw = line.raw();
-            let same = line.offset() + raw.len() as u64 == end.offset()
-                && raw.len() as u64 == end.last_len()
-                && crate::position::digest(raw) == end.last_digest();
-            if !same {
-                return Err(Error::InputChanged {
-                    path: None,
-                    line: number,
-                    offset: line.offset(),
-                    expected: crate::line::describe(end.last_len(), end.last_digest(), None),
-                    found: crate::line::describe_bytes(raw),
-                });
-            }
+        let (recorded_offset, recorded_len, recorded_digest) =
+            if let Some(end) = core.state.done.get(&number) {
+                (
+                    end.offset() - end.last_len(),
+                    end.last_len(),
+                    end.last_digest(),
+                )
+            } else if let Some(failed) = core.state.failed.get(&number) {
+                (failed.offset(), failed.len(), failed.digest())
+            } else {
+                return Ok(false);
+            };
+        if offset == recorded_offset && len == recorded_len && digest() == recorded_digest {
             return Ok(true);
         }
-        if let Some(failed) = core.state.failed.get(&number) {
-            failed.check(line)?;
-            return Ok(true);
-        }
-        Ok(false)
+        Err(Error::InputChanged {
+            path: None,
+            line: number,
+            offset: recorded_offset,
+            expected: crate::line::describe(recorded_len, recorded_digest, None),
+            found: if offset == recorded_offset {
+                found()
+            } else {
+                format!("{} at byte {offset}", found())
+            },
+        })
     }
 
     /// Whether the line with this 1-based number is finished (before the
