@@ -4,13 +4,16 @@
 //! cargo run --release --example each -- [OPTIONS] INPUT -- CMD [ARGS...]
 //! ```
 //!
-//! Runs `CMD` once per line of `INPUT`. Every `{}` in `CMD` and `ARGS` is
-//! replaced by the line (without its `\n`, and without a `\r` before it);
-//! when there is no `{}`, the line is appended as the last argument. A line
-//! that is not valid UTF-8 is passed as the raw bytes it is, an empty line as
-//! an empty argument. The command is started directly (no shell), with
-//! stdin from `/dev/null` and stdout inherited; its stderr is forwarded to
-//! ours and its last 500 bytes are kept as the error of a failed line.
+//! Runs `CMD` once per line of `INPUT`: a file, or `-` for standard input,
+//! or a pipe (a FIFO, `/dev/stdin`, a process substitution `<(...)`).
+//! Every `{}` in `CMD` and `ARGS` is replaced by the line (without its
+//! `\n`, and without a `\r` before it); when there is no `{}`, the line is
+//! appended as the last argument. A line that is not valid UTF-8 is passed
+//! as the raw bytes it is, an empty line as an empty argument. The command
+//! is started directly (no shell), with stdin from `/dev/null` (never
+//! `each`'s own, which may hold the lines) and stdout inherited; its stderr
+//! is forwarded to ours and its last 500 bytes are kept as the error of a
+//! failed line.
 //!
 //! A command that exits with a non-zero status (or is killed by a signal)
 //! is a failed attempt. It is tried again `--retries` more times (default
@@ -23,11 +26,21 @@
 //! lines whose commit reached the disk are skipped, the others are run again
 //! (at least once; see `--durability`).
 //!
+//! An input that cannot seek (`-`, a pipe, a device) has no place for a
+//! checkpoint next to it, so it needs `--checkpoint PATH`; without one,
+//! `each` stops before it creates or reads anything. To resume, feed it the
+//! same lines again from the first: the finished ones are counted, the last
+//! of them is checked against the checkpoint, and they are skipped. While
+//! `each` waits for a line, a stop (Ctrl-C) takes effect when the next line
+//! arrives or the stream ends. `--status` reads only the checkpoint, never
+//! the stream.
+//!
 //! Options:
 //!
 //! - `-j, --jobs N`: lines run in parallel (default 1: in order).
 //! - `--retries N`: extra attempts after the first (default 0).
-//! - `--checkpoint PATH`: the checkpoint file.
+//! - `--checkpoint PATH`: the checkpoint file; required when `INPUT` is `-`
+//!   or a pipe.
 //! - `--retry-failed`: run exactly the lines recorded as failed, nothing else.
 //! - `--shard I/N`: only lines whose 0-based index is `I` modulo `N`, with a
 //!   checkpoint of its own; shards `0/N` to `N-1/N` cover every line once.
@@ -62,7 +75,7 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader, IsTerminal, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
@@ -91,7 +104,8 @@ const EXIT_STOPPED: u8 = 130;
                   checkpoint error, 130 stopped by a signal."
 )]
 struct Args {
-    /// The input: one job per line.
+    /// The input, one job per line: a file, or `-` for standard input, or a
+    /// pipe (these two need --checkpoint).
     input: PathBuf,
 
     /// The command and its arguments.
@@ -112,7 +126,8 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 0)]
     retries: u32,
 
-    /// The checkpoint file [default: INPUT.checkpoint].
+    /// The checkpoint file [default: INPUT.checkpoint; required when INPUT
+    /// is `-` or a pipe].
     #[arg(long, value_name = "PATH")]
     checkpoint: Option<PathBuf>,
 
@@ -185,15 +200,22 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
+    // Before anything is opened or created: a stream opened too early is
+    // lines taken, a checkpoint made in the wrong place is litter.
+    let input = Input::of(&args.input)?;
     let mut runner = Runner::new();
     if let Some((index, count)) = args.shard {
         runner.shard(index, count);
     }
-    if let Some(path) = &args.checkpoint {
-        runner.checkpoint(path);
+    match &args.checkpoint {
+        Some(path) => {
+            runner.checkpoint(path);
+        }
+        None => input.check_default_checkpoint(&runner.default_checkpoint_path(&input.path))?,
     }
+    let checkpoint = runner.checkpoint_path(&input.path);
     if args.status {
-        print_status(&args.input, &runner.checkpoint_path(&args.input))?;
+        print_status(&input, &checkpoint)?;
         return Ok(ExitCode::SUCCESS);
     }
 
@@ -221,10 +243,18 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     } else {
         ProgressBar::hidden()
     };
+    let template = match input.kind {
+        InputKind::File => "{bar:40} {percent:>3}% {msg} [{elapsed_precise}, eta {eta}]",
+        // No length to go by (Event::Begin says `input_len: None`): how far,
+        // not how much is left, and a spinner to show it is waiting for lines.
+        InputKind::Stream => "{spinner} {bytes} of the input done {msg} [{elapsed_precise}]",
+    };
     bar.set_style(
-        ProgressStyle::with_template("{bar:40} {percent:>3}% {msg} [{elapsed_precise}, eta {eta}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    if show_bar && input.kind == InputKind::Stream {
+        bar.enable_steady_tick(Duration::from_millis(200));
+    }
     runner.observer(Progress::new(bar.clone(), args.quiet));
 
     let task = RunCommand {
@@ -233,9 +263,17 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         stop,
         bar: bar.clone(),
     };
-    let report = runner.run(&args.input, &task);
+    let report = match input.kind {
+        InputKind::File => runner.run(&input.path, &task),
+        InputKind::Stream => {
+            let reader = BufReader::with_capacity(64 * 1024, StreamReader::new(&input.path));
+            runner
+                .run_reader(reader, &checkpoint, &task)
+                .map_err(|err| err.with_input_path(&input.path))
+        }
+    };
     bar.finish_and_clear();
-    let report = report?;
+    let report = report.map_err(|err| input.explain(err, &checkpoint))?;
 
     if !args.quiet {
         let secs = report.elapsed.as_secs_f64();
@@ -253,8 +291,9 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     if report.stopped {
         // Even with --quiet: the exit status alone does not say how to go on.
         eprintln!(
-            "each: stopped, lines 1 to {} done; to resume, run the same command again:\n  {}",
+            "each: stopped, lines 1 to {} done; to resume, run the same command again{}:\n  {}",
             report.position.line(),
+            input.refeed(),
             shell_words(std::env::args_os()),
         );
         return Ok(ExitCode::from(EXIT_STOPPED));
@@ -263,14 +302,166 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         if !args.quiet {
             eprintln!(
                 "each: {} line(s) recorded as failed; list them with --status, rerun them with \
-                 --retry-failed:\n  {}",
+                 --retry-failed{}:\n  {}",
                 report.failed_total,
+                input.refeed(),
                 shell_words(with_flag(std::env::args_os(), "--retry-failed")),
             );
         }
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `INPUT` is, found out before anything is opened or created.
+struct Input {
+    path: PathBuf,
+    kind: InputKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum InputKind {
+    /// A regular file: read with seeks, its length known, the checkpoint
+    /// next to it by default.
+    File,
+    /// `-` (standard input), a FIFO, a pipe, a device: read once from its
+    /// first byte, and resumed by counting the finished lines again.
+    Stream,
+}
+
+impl Input {
+    fn of(path: &Path) -> Result<Input, String> {
+        let kind = if path == Path::new("-") {
+            InputKind::Stream
+        } else {
+            match std::fs::metadata(path) {
+                Ok(meta) if meta.is_dir() => {
+                    return Err(format!(
+                        "{}: is a directory, not a file of lines",
+                        path.display()
+                    ));
+                }
+                Ok(meta) if !meta.is_file() => InputKind::Stream,
+                // A missing file is the run's error to report (and --status
+                // says "input not found"), as before.
+                _ => InputKind::File,
+            }
+        };
+        Ok(Input {
+            path: path.to_path_buf(),
+            kind,
+        })
+    }
+
+    fn is_stdin(&self) -> bool {
+        self.path == Path::new("-")
+    }
+
+    /// Refuses to go on without `--checkpoint` where `default`, the
+    /// checkpoint next to the input, cannot be: next to a stream (it cannot
+    /// seek, and `/dev/stdin.checkpoint` is no place for progress), or among
+    /// devices (`/dev/stdin` redirected from a file).
+    fn check_default_checkpoint(&self, default: &Path) -> Result<(), String> {
+        match self.kind {
+            InputKind::Stream => Err(format!(
+                "{} cannot seek, so the progress through it must be kept in a file you name: add \
+                 --checkpoint PATH. To resume, run again with the same --checkpoint and feed it \
+                 the same lines from the first: the finished ones are counted, checked against \
+                 the checkpoint and skipped.",
+                self.describe(),
+            )),
+            InputKind::File if in_device_dir(&self.path) => Err(format!(
+                "{}: the checkpoint would be {}, among devices; name one with --checkpoint PATH",
+                self.path.display(),
+                default.display(),
+            )),
+            InputKind::File => Ok(()),
+        }
+    }
+
+    /// The input in an error message, with what kind of stream it is.
+    fn describe(&self) -> String {
+        if self.is_stdin() {
+            return "standard input (-)".into();
+        }
+        let file_type = std::fs::metadata(&self.path).map(|meta| meta.file_type());
+        let what = match file_type {
+            Ok(t) if t.is_fifo() => " (a pipe)",
+            Ok(t) if t.is_char_device() || t.is_block_device() => " (a device)",
+            Ok(t) if t.is_socket() => " (a socket)",
+            _ => "",
+        };
+        format!("{}{what}", self.path.display())
+    }
+
+    /// What a rerun must do besides running the same command.
+    fn refeed(&self) -> String {
+        match self.kind {
+            InputKind::File => String::new(),
+            InputKind::Stream if self.is_stdin() => {
+                ", with the same lines on its standard input, from the first".into()
+            }
+            InputKind::Stream => format!(
+                ", with the same lines in {}, from the first",
+                self.path.display()
+            ),
+        }
+    }
+
+    /// `err`, with what to do when a stream does not match its checkpoint.
+    fn explain(&self, err: linemark::Error, checkpoint: &Path) -> Box<dyn std::error::Error> {
+        if self.kind == InputKind::Stream && matches!(err, linemark::Error::InputChanged { .. }) {
+            return format!(
+                "{err}\n  a stream must bring the lines of the runs before, from the first; to \
+                 start over on other lines instead, remove {}",
+                checkpoint.display()
+            )
+            .into();
+        }
+        err.into()
+    }
+}
+
+/// Whether `path` lies in `/dev` or `/proc` (`/dev/stdin`, `/dev/fd/3`,
+/// `/proc/self/fd/0`), where no checkpoint belongs. `/dev/shm` is a real
+/// directory for files and is not one of them.
+fn in_device_dir(path: &Path) -> bool {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    dir.canonicalize()
+        .is_ok_and(|dir| dir == Path::new("/dev") || dir.starts_with("/proc"))
+}
+
+/// A stream input, opened at its first read: after the runner opened and
+/// locked the checkpoint, so a run refused for its checkpoint neither waits
+/// for a FIFO's writer nor takes lines from it.
+struct StreamReader {
+    path: PathBuf,
+    reader: Option<Box<dyn Read>>,
+}
+
+impl StreamReader {
+    fn new(path: &Path) -> StreamReader {
+        StreamReader {
+            path: path.to_path_buf(),
+            reader: None,
+        }
+    }
+}
+
+impl Read for StreamReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let reader = match self.reader.take() {
+            Some(reader) => reader,
+            // Not locked: io::stdin() is not used anywhere else, and the
+            // commands' stdin is /dev/null.
+            None if self.path == Path::new("-") => Box::new(io::stdin()),
+            None => Box::new(File::open(&self.path)?),
+        };
+        self.reader.insert(reader).read(buf)
+    }
 }
 
 fn durability(args: &Args) -> Result<Durability, String> {
@@ -550,10 +741,15 @@ fn indent(error: &str) -> String {
     error.replace('\n', "\n    ")
 }
 
-/// `--status`: what the checkpoint says, read without its lock.
-fn print_status(input: &Path, checkpoint: &Path) -> Result<(), Box<dyn std::error::Error>> {
+/// `--status`: what the checkpoint says, read without its lock. A stream
+/// is neither opened nor read: that would take lines from it.
+fn print_status(input: &Input, checkpoint: &Path) -> Result<(), Box<dyn std::error::Error>> {
     let snapshot = Checkpoint::inspect(checkpoint)?;
-    let input_len = std::fs::metadata(input).map(|meta| meta.len()).ok();
+    let stream = input.kind == InputKind::Stream;
+    let input_len = match input.kind {
+        InputKind::File => std::fs::metadata(&input.path).map(|meta| meta.len()).ok(),
+        InputKind::Stream => None,
+    };
     let mut out = io::stdout().lock();
     let exists = if checkpoint.exists() {
         ""
@@ -563,6 +759,7 @@ fn print_status(input: &Path, checkpoint: &Path) -> Result<(), Box<dyn std::erro
     writeln!(out, "checkpoint: {}{exists}", checkpoint.display())?;
     let position = snapshot.position;
     let of = match input_len {
+        _ if stream => " (the input is a stream: its length is unknown)".to_string(),
         Some(0) => " of 0 (100.0%)".to_string(),
         Some(len) => format!(
             " of {len} ({:.1}%)",
@@ -590,10 +787,14 @@ fn print_status(input: &Path, checkpoint: &Path) -> Result<(), Box<dyn std::erro
         writeln!(out, "complete")?;
     }
     writeln!(out, "failed: {} line(s)", snapshot.failed.len())?;
-    let mut reader = File::open(input).ok().map(BufReader::new);
+    let mut reader = match input.kind {
+        InputKind::File => File::open(&input.path).ok().map(BufReader::new),
+        InputKind::Stream => None,
+    };
     let mut buf = Vec::new();
     for failed in &snapshot.failed {
         let content = match reader.as_mut().map(|r| failed.read_from(r, &mut buf)) {
+            None if stream => String::new(),
             Some(Ok(line)) => {
                 let text = String::from_utf8_lossy(line.as_bytes());
                 let text = text.trim_end_matches('\r');
@@ -601,14 +802,14 @@ fn print_status(input: &Path, checkpoint: &Path) -> Result<(), Box<dyn std::erro
                 if shown.len() < text.len() {
                     shown.push('…');
                 }
-                format!("{shown:?}")
+                format!(" {shown:?}")
             }
-            Some(Err(_)) => "(changed in the input)".to_string(),
-            None => "(input not readable)".to_string(),
+            Some(Err(_)) => " (changed in the input)".to_string(),
+            None => " (input not readable)".to_string(),
         };
         writeln!(
             out,
-            "  line {} {content}, {} attempt(s): {}",
+            "  line {}{content}, {} attempt(s): {}",
             failed.line(),
             failed.attempts(),
             indent(failed.error()),
