@@ -137,7 +137,9 @@ pub enum Error {
     },
 
     /// The input is not the one the checkpoint was recorded against: the
-    /// recorded last finished line is not where, or not what, it was.
+    /// recorded last finished line is not where, or not what, it was, or
+    /// (see [`Runner::verify_prefix`](crate::Runner::verify_prefix)) the
+    /// lines before it are not as many, or not the bytes, they were.
     ///
     /// An input that only grew at its end is not a change.
     #[error(

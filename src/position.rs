@@ -429,6 +429,109 @@ impl Position {
     }
 }
 
+/// What a checkpoint knows of the whole finished part of a file input: its
+/// first `offset` bytes (at most to the position; not always a line end) hold `newlines` newlines and have
+/// CRC-32 `crc`. The checkpoint's writer thread extends it as the job goes,
+/// reading the input back; a resume checks it
+/// ([`check_prefix`]), so no byte of the finished lines can change unseen.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Prefix {
+    pub(crate) offset: u64,
+    pub(crate) newlines: u64,
+    pub(crate) crc: u32,
+}
+
+impl Prefix {
+    /// Extends the prefix over the `bytes` that follow it.
+    pub(crate) fn extend(&mut self, bytes: &[u8]) {
+        let mut hasher = crc32fast::Hasher::new_with_initial_len(self.crc, self.offset);
+        hasher.update(bytes);
+        self.crc = hasher.finalize();
+        self.offset += bytes.len() as u64;
+        self.newlines += memchr::memchr_iter(b'\n', bytes).count() as u64;
+    }
+}
+
+/// Checks the finished part of a file input before `position`, reading it
+/// from its first byte (at memory speed; the cost grows with the offset):
+/// the lines before the last finished one must be exactly `line() - 1`, so
+/// every later line keeps the number the checkpoint's records give it;
+/// and with a `prefix`, the first `prefix.offset` bytes must be the ones
+/// finished, so that no edit of a finished line goes unseen. The last
+/// finished line itself is checked by [`Position::seek_offset`], which the
+/// caller runs first: an input shorter than the position is its error.
+pub(crate) fn check_prefix<R: io::Read>(
+    reader: &mut R,
+    position: &Position,
+    prefix: Option<Prefix>,
+) -> Result<()> {
+    if position.is_start() {
+        return Ok(());
+    }
+    let io_err = |err| Error::io(None, "reading the finished part of the input", err);
+    let lines_end = position.last_line_offset();
+    let prefix = prefix.filter(|prefix| prefix.offset <= position.offset);
+    let end = prefix.map_or(lines_end, |prefix| prefix.offset.max(lines_end));
+    let mut found = Prefix::default();
+    let mut buf = vec![0u8; 1 << 20];
+    // The two places to check, in order of offset.
+    let mut checks = [Some(lines_end), prefix.map(|prefix| prefix.offset)];
+    checks.sort_unstable_by_key(|at| at.unwrap_or(u64::MAX));
+    let mut checks = checks.into_iter().flatten().peekable();
+    let check = |found: &Prefix| -> Result<()> {
+        if found.offset == lines_end && found.newlines != position.line - 1 {
+            return Err(Error::InputChanged {
+                path: None,
+                line: position.line,
+                offset: lines_end,
+                expected: format!(
+                    "{} lines before it, as when they were finished",
+                    position.line - 1
+                ),
+                found: format!(
+                    "{} lines in the first {lines_end} bytes (lines before the resume point were joined, split, added or removed)",
+                    found.newlines
+                ),
+            });
+        }
+        if let Some(prefix) = prefix.filter(|prefix| prefix.offset == found.offset) {
+            if prefix.crc != found.crc {
+                return Err(Error::InputChanged {
+                    path: None,
+                    line: position.line,
+                    offset: lines_end,
+                    expected: format!(
+                        "the first {} bytes as finished, with digest {:08x}",
+                        prefix.offset, prefix.crc
+                    ),
+                    found: format!(
+                        "other bytes, with digest {:08x} (a finished line was edited)",
+                        found.crc
+                    ),
+                });
+            }
+        }
+        Ok(())
+    };
+    while let Some(&at) = checks.peek() {
+        if found.offset == at {
+            check(&found)?;
+            checks.next();
+            continue;
+        }
+        let want = usize::try_from(at - found.offset).map_or(buf.len(), |want| want.min(buf.len()));
+        let read = match reader.read(&mut buf[..want]) {
+            Ok(0) => return Ok(()),
+            Ok(read) => read,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(io_err(err)),
+        };
+        found.extend(&buf[..read]);
+    }
+    debug_assert_eq!(found.offset, end);
+    Ok(())
+}
+
 /// Reads until `buf` is full or the input ends; returns the bytes read.
 fn read_full<R: io::Read>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;

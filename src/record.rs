@@ -6,11 +6,12 @@
 use std::fmt::Write as _;
 
 use crate::failed::FailedLine;
-use crate::position::Position;
+use crate::position::{Position, Prefix};
 
 /// The format version this build writes and reads.
-pub(crate) const VERSION: u32 = 2;
-/// The oldest version still read. Version 2 added the `shard` record.
+pub(crate) const VERSION: u32 = 3;
+/// The oldest version still read. Version 2 added the `shard` record,
+/// version 3 the `prefix` record.
 pub(crate) const OLDEST_VERSION: u32 = 1;
 /// First word of every checkpoint file.
 pub(crate) const MAGIC: &str = "linemark-checkpoint";
@@ -35,6 +36,8 @@ pub(crate) enum Record {
         index: u64,
         count: u64,
     },
+    /// The CRC-32 and newline count of the input's first bytes, finished.
+    Prefix(Prefix),
 }
 
 impl Record {
@@ -75,6 +78,11 @@ impl Record {
             }
             Record::Resolved { line } => write!(out, "resolved line={line}"),
             Record::Shard { index, count } => write!(out, "shard index={index} count={count}"),
+            Record::Prefix(prefix) => write!(
+                out,
+                "prefix offset={} newlines={} digest={:08x}",
+                prefix.offset, prefix.newlines, prefix.crc
+            ),
         };
         let crc = crc32fast::hash(&out.as_bytes()[start..]);
         let _ = writeln!(out, "{CRC_FIELD}{crc:08x}");
@@ -159,6 +167,19 @@ impl Record {
                     return Err("impossible shard".into());
                 }
                 Record::Shard { index, count }
+            }
+            "prefix" => {
+                let offset = fields.number("offset")?;
+                let newlines = fields.number("newlines")?;
+                let crc = fields.hex("digest")?;
+                if newlines > offset {
+                    return Err("impossible prefix".into());
+                }
+                Record::Prefix(Prefix {
+                    offset,
+                    newlines,
+                    crc,
+                })
             }
             other => return Err(format!("unknown record kind {other:?}")),
         };

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek};
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
@@ -15,7 +15,7 @@ use crate::checkpoint::{BeforeWrite, Checkpoint, CheckpointBuilder, Durability};
 use crate::error::{Error, Result};
 use crate::failed::FailedLine;
 use crate::line::{Line, LineReader, LongLine, Next, Paused};
-use crate::position::Position;
+use crate::position::{Position, check_prefix};
 use crate::progress::{Event, Observer};
 use crate::retry::RetryPolicy;
 use crate::stop::StopToken;
@@ -172,6 +172,7 @@ pub struct Runner {
     shard: Option<(u64, u64)>,
     max_line_len: usize,
     seek: SeekMode,
+    verify_prefix: bool,
     before_write: Option<BeforeWrite>,
 }
 
@@ -188,6 +189,7 @@ impl std::fmt::Debug for Runner {
             .field("shard", &self.shard)
             .field("max_line_len", &self.max_line_len)
             .field("seek", &self.seek)
+            .field("verify_prefix", &self.verify_prefix)
             .field("before_write", &self.before_write.is_some())
             .finish_non_exhaustive()
     }
@@ -228,6 +230,7 @@ impl Runner {
             shard: None,
             max_line_len: Runner::DEFAULT_MAX_LINE_LEN,
             seek: SeekMode::default(),
+            verify_prefix: true,
             before_write: None,
         }
     }
@@ -347,6 +350,32 @@ impl Runner {
         self
     }
 
+    /// Whether a resume of a file input reads the whole finished part of it
+    /// to check that it did not change (default `true`).
+    ///
+    /// With it, a resume by [`SeekMode::Offset`] or [`SeekMode::Lines`]
+    /// reads the input from its first byte to the resume point, at memory
+    /// (or disk) speed, and refuses ([`Error::InputChanged`]) an input
+    /// whose finished part has a different number of lines (lines joined,
+    /// split, added or removed: every later line would change its number,
+    /// and with it its shard and its records) or, as far as the checkpoint
+    /// has digested it (up to the last write of the checkpoint, normally),
+    /// any other byte. The digest is kept by the checkpoint's writer thread,
+    /// which reads the finished lines again off the hot path.
+    ///
+    /// Without it a resume costs the same at any point of any input: it
+    /// checks the offset, length and digest of the last finished line only,
+    /// so an edit further back that keeps that line where it was goes
+    /// unnoticed, and a change in the number of lines before it makes the
+    /// run skip or repeat lines by number. Turn it off for huge inputs that
+    /// are never edited. [`SeekMode::Content`] never checks the prefix
+    /// (its finished lines may be gone); a stream ([`run_reader`](Runner::run_reader))
+    /// always counts its finished lines and checks the last one.
+    pub fn verify_prefix(&mut self, verify: bool) -> &mut Runner {
+        self.verify_prefix = verify;
+        self
+    }
+
     /// The checkpoint path used for `input` when none is set: `INPUT.checkpoint`,
     /// or `INPUT.shard-I-of-N.checkpoint` for a shard.
     ///
@@ -427,6 +456,15 @@ impl Runner {
             SeekMode::Content => position.seek_content(&mut reader),
         }
         .map_err(|err| err.with_input_path(input))?;
+        if self.verify_prefix && self.seek != SeekMode::Content && !position.is_start() {
+            let seek_err = |err| Error::io(Some(input), "seeking the input", err);
+            reader.rewind().map_err(seek_err)?;
+            check_prefix(&mut reader, &position, checkpoint.prefix())
+                .map_err(|err| err.with_input_path(input))?;
+            reader
+                .seek(SeekFrom::Start(resumed.offset()))
+                .map_err(seek_err)?;
+        }
         let lines = self.line_reader(reader, resumed).path(input);
         self.drive(&mut checkpoint, lines, resumed, Some(input_len), task)
             .map_err(|err| err.with_input_path(input))

@@ -242,6 +242,7 @@ impl CheckpointBuilder {
             sync_requested: AtomicBool::new(false),
             compact_requested: AtomicBool::new(false),
             input: Mutex::new(None),
+            prefix: Mutex::new(None),
             lock_id: lock.metadata().ok().and_then(|meta| file_id(&meta)),
             lock_path: lock_path(&path),
             lock_lost: AtomicBool::new(false),

@@ -31,7 +31,7 @@ use crate::record::Record;
 use file::load;
 use fs::RealFs;
 use slot::{SlotWriter, WANT_FOLD};
-use writer::{Background, Core, Inner, ReadBack, Request, Schedule};
+use writer::{Background, Catch, Core, Inner, PrefixReader, ReadBack, Request, Schedule};
 
 /// When commits reach the disk.
 ///
@@ -399,6 +399,12 @@ impl Checkpoint {
             return Ok(());
         }
         let file = File::open(input).map_err(open_err)?;
+        let again = File::open(input).map_err(open_err)?;
+        *self
+            .inner
+            .prefix
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(PrefixReader::new(again));
         let mut core = self.inner.lock_core();
         self.inner.fold_own(&mut core, &self.slot)?;
         *self
@@ -555,6 +561,11 @@ impl Checkpoint {
         let core = self.core();
         (line <= core.state.position.line() && !core.state.failed.contains_key(&line))
             || core.state.done.contains_key(&line)
+    }
+
+    /// What the checkpoint knows of the whole finished part of its input.
+    pub(crate) fn prefix(&self) -> Option<crate::position::Prefix> {
+        self.core().state.prefix
     }
 
     /// The highest line number recorded as done beyond the position or as
@@ -876,22 +887,23 @@ impl Checkpoint {
     /// (unless [`Durability::NoSync`]) and starts counting the next.
     fn write_group(&mut self) -> Result<()> {
         let full = self.count >= self.max_records;
-        self.write_now(full && self.durability.syncs())?;
+        self.write_now(full && self.durability.syncs(), Catch::Up)?;
         if full {
             self.count = 0;
         }
         Ok(())
     }
 
-    /// Writes (and syncs, if `sync`) everything committed, from this thread.
-    fn write_now(&mut self, sync: bool) -> Result<()> {
+    /// Writes (and syncs, if `sync`) everything committed, from this thread,
+    /// the prefix read to the position as `prefix` says.
+    fn write_now(&mut self, sync: bool, prefix: Catch) -> Result<()> {
         // A line that cannot be read back does not hold back the other
         // records: they are written, then the error is returned.
         let folded = {
             let mut io = self.inner.lock_io();
             let folded = self.inner.fold_own(&mut self.inner.lock_core(), &self.slot);
             let seen = io.seen_since.take().unwrap_or_else(Instant::now);
-            self.inner.write(&mut io, seen)?;
+            self.inner.write(&mut io, seen, prefix)?;
             folded
         };
         folded?;
@@ -954,7 +966,7 @@ impl Checkpoint {
     /// commits stay in memory; a later `sync` retries them.
     pub fn sync(&mut self) -> Result<()> {
         let earlier = self.inner.take_error();
-        self.write_now(true)
+        self.write_now(true, Catch::All)
             .map_err(|error| earlier.unwrap_or(error))
     }
 
@@ -1013,7 +1025,7 @@ impl Drop for Checkpoint {
             !io.unsynced.is_empty() || io.dir_unsynced
         };
         if unwritten || unsynced {
-            let _ = self.write_now(self.durability.syncs());
+            let _ = self.write_now(self.durability.syncs(), Catch::All);
         }
     }
 }

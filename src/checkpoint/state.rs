@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use crate::failed::FailedLine;
-use crate::position::Position;
+use crate::position::{Position, Prefix};
 use crate::record::{Record, VERSION};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -14,6 +14,9 @@ pub(crate) struct State {
     pub(crate) failed: BTreeMap<u64, FailedLine>,
     /// The lines the checkpoint owns (index, count), once a run recorded it.
     pub(crate) shard: Option<(u64, u64)>,
+    /// What is known of the whole finished part of the input, at an offset
+    /// at or before the position's.
+    pub(crate) prefix: Option<Prefix>,
     /// The format version of the file's header (0 before any header).
     pub(crate) version: u32,
 }
@@ -35,11 +38,27 @@ impl State {
                 self.failed.remove(&line);
             }
             Record::Shard { index, count } => self.shard = Some((index, count)),
+            Record::Prefix(prefix) => {
+                // One past the position was never written so (see
+                // `Pending::encode`); such a record is not relied on, and
+                // the one before it stands.
+                if prefix.offset <= self.position.offset() {
+                    self.prefix = Some(prefix);
+                }
+            }
         }
     }
 
     pub(crate) fn advance(&mut self, position: Position) {
         self.position = position;
+        // A position moved back (a hand-written loop may) drops a prefix
+        // that reaches past it.
+        if self
+            .prefix
+            .is_some_and(|prefix| prefix.offset > position.offset())
+        {
+            self.prefix = None;
+        }
         self.done = self.done.split_off(&(position.line().saturating_add(1)));
     }
 
@@ -78,15 +97,23 @@ impl State {
             })
             .collect();
         self.position = position;
+        // Lines before the position may have been removed or edited.
+        self.prefix = None;
     }
 
-    pub(crate) fn snapshot(&self) -> String {
+    /// The whole state as the records of a new file, of the current format
+    /// version (which the state then has).
+    pub(crate) fn snapshot(&mut self) -> String {
+        self.version = VERSION;
         let mut out = String::new();
         Record::Header { version: VERSION }.encode(&mut out);
         if let Some((index, count)) = self.shard {
             Record::Shard { index, count }.encode(&mut out);
         }
         Record::Position(self.position).encode(&mut out);
+        if let Some(prefix) = self.prefix {
+            Record::Prefix(prefix).encode(&mut out);
+        }
         for &end in self.done.values() {
             Record::Done(end).encode(&mut out);
         }
@@ -108,11 +135,17 @@ pub(crate) struct Pending {
     pub(crate) failed: Vec<Record>,
     /// The shard was recorded.
     pub(crate) shard: bool,
+    /// The prefix was extended.
+    pub(crate) prefix: bool,
 }
 
 impl Pending {
     pub(crate) fn is_empty(&self) -> bool {
-        !self.position && self.done.is_empty() && self.failed.is_empty() && !self.shard
+        !self.position
+            && self.done.is_empty()
+            && self.failed.is_empty()
+            && !self.shard
+            && !self.prefix
     }
 
     /// The records to append. Each line's net outcome among the `failed`
@@ -140,6 +173,11 @@ impl Pending {
         }
         if self.position {
             Record::Position(state.position).encode(&mut out);
+        }
+        // After the position: a prefix never reaches past the position
+        // before it in the file, even when the append is torn.
+        if let Some(prefix) = state.prefix.filter(|_| self.prefix) {
+            Record::Prefix(prefix).encode(&mut out);
         }
         for line in &self.done {
             if let Some(&end) = state.done.get(line) {

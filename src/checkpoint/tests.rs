@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::file::parse;
 use super::writer::RewriteStep;
 use super::*;
+use crate::position::Prefix;
 
 fn open_strict(path: &Path) -> Checkpoint {
     Checkpoint::builder()
@@ -125,23 +126,24 @@ fn a_newer_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c");
     let mut text = String::new();
-    Record::Header { version: 3 }.encode(&mut text);
+    let newer = crate::record::VERSION + 1;
+    Record::Header { version: newer }.encode(&mut text);
     fs::write(&path, &text).unwrap();
-    assert!(matches!(
-        Checkpoint::open(&path),
-        Err(Error::UnsupportedVersion {
-            version: 3,
-            supported: 2,
-            ..
-        })
-    ));
+    let err = Checkpoint::open(&path).unwrap_err();
+    assert!(
+        matches!(err, Error::UnsupportedVersion { version, supported, .. }
+            if version == newer && supported == crate::record::VERSION),
+        "{err}"
+    );
+    assert_eq!(fs::read_to_string(&path).unwrap(), text, "left alone");
 }
 
 #[test]
-fn a_version_1_file_is_read_and_rewritten_in_version_2_when_a_shard_is_recorded() {
-    // Version 2 added the shard record. A file of version 1 still opens;
-    // recording a shard in it rewrites it in version 2, which a linemark
-    // that knows only version 1 refuses instead of misreading.
+fn an_older_version_is_read_and_rewritten_in_the_current_one_when_a_shard_is_recorded() {
+    // Version 2 added the shard record, version 3 the prefix record. A
+    // file of version 1 still opens; recording a shard in it rewrites it in
+    // the current version, which a linemark that knows only version 1
+    // refuses instead of misreading.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c");
     let mut text = String::new();
@@ -155,13 +157,125 @@ fn a_version_1_file_is_read_and_rewritten_in_version_2_when_a_shard_is_recorded(
     checkpoint.close().unwrap();
     let written = fs::read_to_string(&path).unwrap();
     assert!(
-        written.starts_with("linemark-checkpoint version=2 "),
+        written.starts_with(&format!(
+            "linemark-checkpoint version={} ",
+            crate::record::VERSION
+        )),
         "{written}"
     );
     assert!(written.contains("\nshard index=1 count=3 "), "{written}");
     let reopened = open_strict(&path);
     assert_eq!(reopened.shard(), Some((1, 3)));
     assert_eq!(reopened.position(), positions(2)[1]);
+}
+
+/// The input `positions` describes, as a file in `dir`.
+fn input_file(dir: &Path, lines: usize) -> std::path::PathBuf {
+    let path = dir.join("input");
+    let text: String = (0..lines).map(|i| format!("line number {i}\n")).collect();
+    fs::write(&path, text).unwrap();
+    path
+}
+
+/// The prefix of the first `len` bytes of `bytes`.
+fn prefix_of(bytes: &[u8], len: u64) -> Prefix {
+    let mut prefix = Prefix::default();
+    prefix.extend(&bytes[..len as usize]);
+    prefix
+}
+
+#[test]
+fn the_writer_digests_the_finished_prefix_of_the_input_it_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = input_file(dir.path(), 50);
+    let bytes = fs::read(&input).unwrap();
+    let path = dir.path().join("c");
+    let all = positions(50);
+    let mut checkpoint = open_strict(&path);
+    checkpoint.read_back_from(&input).unwrap();
+    for pos in &all[..30] {
+        checkpoint.commit(*pos).unwrap();
+        // Every write (strict: every commit) brings the prefix to the
+        // position.
+        assert_eq!(
+            checkpoint.prefix(),
+            Some(prefix_of(&bytes, pos.offset())),
+            "{pos:?}"
+        );
+    }
+    checkpoint.close().unwrap();
+    let reopened = open_strict(&path);
+    let expected = prefix_of(&bytes, all[29].offset());
+    assert_eq!(reopened.prefix(), Some(expected));
+    assert_eq!(expected.newlines, 30);
+}
+
+#[test]
+fn a_checkpoint_without_a_prefix_gets_one_and_is_rewritten_in_the_current_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = input_file(dir.path(), 10);
+    let bytes = fs::read(&input).unwrap();
+    let path = dir.path().join("c");
+    let all = positions(10);
+    let mut text = String::new();
+    Record::Header { version: 2 }.encode(&mut text);
+    Record::Position(all[4]).encode(&mut text);
+    fs::write(&path, &text).unwrap();
+    let mut checkpoint = open_strict(&path);
+    assert_eq!(checkpoint.prefix(), None);
+    checkpoint.read_back_from(&input).unwrap();
+    checkpoint.commit(all[6]).unwrap();
+    checkpoint.close().unwrap();
+    let written = fs::read_to_string(&path).unwrap();
+    assert!(
+        written.starts_with(&format!(
+            "linemark-checkpoint version={} ",
+            crate::record::VERSION
+        )),
+        "{written}"
+    );
+    assert_eq!(
+        open_strict(&path).prefix(),
+        Some(prefix_of(&bytes, all[6].offset()))
+    );
+}
+
+#[test]
+fn a_prefix_is_relied_on_only_up_to_the_position_at_every_truncation() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = input_file(dir.path(), 6);
+    let bytes = fs::read(&input).unwrap();
+    let all = positions(6);
+    let mut text = String::new();
+    Record::Header {
+        version: crate::record::VERSION,
+    }
+    .encode(&mut text);
+    for pos in &all[..4] {
+        Record::Position(*pos).encode(&mut text);
+        Record::Prefix(prefix_of(&bytes, pos.offset())).encode(&mut text);
+    }
+    // A prefix past the position (never written so) is not relied on.
+    Record::Prefix(prefix_of(&bytes, all[5].offset())).encode(&mut text);
+    let path = dir.path().join("c");
+    for len in 0..=text.len() {
+        fs::write(&path, &text.as_bytes()[..len]).unwrap();
+        let checkpoint = Checkpoint::open(&path).unwrap();
+        let position = checkpoint.position();
+        match checkpoint.prefix() {
+            None => {}
+            Some(prefix) => {
+                assert!(prefix.offset <= position.offset(), "at {len}");
+                assert_eq!(prefix, prefix_of(&bytes, prefix.offset), "at {len}");
+            }
+        }
+        if len == text.len() {
+            assert_eq!(
+                checkpoint.prefix(),
+                Some(prefix_of(&bytes, all[3].offset()))
+            );
+        }
+    }
 }
 
 #[test]
@@ -612,4 +726,34 @@ fn an_impossible_record_with_a_valid_crc_is_corruption_even_at_the_end() {
         other => panic!("{other:?}"),
     }
     assert_eq!(fs::read(&path).unwrap(), before, "the file is left alone");
+}
+
+#[test]
+fn a_sync_catches_the_prefix_up_however_far_behind_it_is() {
+    // A checkpoint without a prefix, 20 MiB into its input: more than one
+    // write of the writer thread reads (16 MiB).
+    let dir = tempfile::tempdir().unwrap();
+    let lines = 1_300_000;
+    let input = input_file(dir.path(), lines);
+    let bytes = fs::read(&input).unwrap();
+    assert!(bytes.len() > 20 << 20);
+    let all = positions(lines);
+    let path = dir.path().join("c");
+    let mut text = String::new();
+    Record::Header { version: 2 }.encode(&mut text);
+    Record::Position(all[lines - 2]).encode(&mut text);
+    fs::write(&path, &text).unwrap();
+    let mut checkpoint = Checkpoint::builder().open(&path).unwrap();
+    checkpoint.read_back_from(&input).unwrap();
+    checkpoint.commit(all[lines - 1]).unwrap();
+    checkpoint.sync().unwrap();
+    assert_eq!(
+        checkpoint.prefix(),
+        Some(prefix_of(&bytes, bytes.len() as u64))
+    );
+    drop(checkpoint);
+    assert_eq!(
+        open_strict(&path).prefix(),
+        Some(prefix_of(&bytes, bytes.len() as u64))
+    );
 }

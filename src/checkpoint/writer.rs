@@ -45,7 +45,7 @@ use super::fs::{Fs, FsFile};
 use super::slot::{HAS_ERROR, Located, Mark, Published, Slot, SlotWriter, WANT_FOLD, fingerprint};
 use super::state::{Pending, State};
 use crate::error::{Error, Result};
-use crate::position::Position;
+use crate::position::{Position, Prefix};
 
 /// What the committing thread and the background threads share.
 #[derive(Debug)]
@@ -69,6 +69,9 @@ pub(crate) struct Inner {
     pub(crate) compact_requested: AtomicBool,
     /// The input that located lines are read back from.
     pub(crate) input: Mutex<Option<ReadBack>>,
+    /// The input read again to extend the prefix; a handle of its own, so
+    /// reading it never holds up a read-back.
+    pub(crate) prefix: Mutex<Option<PrefixReader>>,
     /// The lock file, and the identity (device, inode) of the file the lock
     /// was taken on, to notice that it was deleted or replaced.
     pub(crate) lock_path: PathBuf,
@@ -97,6 +100,59 @@ pub(crate) fn file_id(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
 pub(crate) struct ReadBack {
     pub(crate) path: PathBuf,
     pub(crate) file: File,
+}
+
+/// How far a write reads the input to extend the prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Catch {
+    /// At most [`PrefixReader::MAX_READ`] bytes, so that no write waits
+    /// long: the writer thread's writes, a group's.
+    Up,
+    /// To the position: an explicit sync, the last write.
+    All,
+}
+
+/// The input, read again from where the recorded prefix ends to where the
+/// position is, before each write.
+#[derive(Debug)]
+pub(crate) struct PrefixReader {
+    pub(crate) file: File,
+    pub(crate) buf: Vec<u8>,
+}
+
+impl PrefixReader {
+    /// Most bytes read by one write: a prefix that starts far behind (a
+    /// checkpoint without one) catches up over several writes, and no write
+    /// waits long for it.
+    const MAX_READ: u64 = 16 << 20;
+
+    /// A reader of the input `file`.
+    pub(crate) fn new(file: File) -> PrefixReader {
+        PrefixReader {
+            file,
+            buf: vec![0; 256 << 10],
+        }
+    }
+
+    /// Extends `prefix` over the input towards `target`, by at most
+    /// [`MAX_READ`](PrefixReader::MAX_READ) bytes. On an error (or an input
+    /// that ends before `target`) `prefix` keeps what was read.
+    fn extend(&mut self, prefix: &mut Prefix, target: u64) -> io::Result<()> {
+        self.file.seek(SeekFrom::Start(prefix.offset))?;
+        let stop = target.min(prefix.offset.saturating_add(Self::MAX_READ));
+        while prefix.offset < stop {
+            let left = stop - prefix.offset;
+            let want =
+                usize::try_from(left).map_or(self.buf.len(), |left| left.min(self.buf.len()));
+            match self.file.read(&mut self.buf[..want]) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(read) => prefix.extend(&self.buf[..read]),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The state and the commits not yet written.
@@ -353,8 +409,9 @@ impl Inner {
     /// creates the file, or replaces it when it cannot be appended to. The
     /// caller has folded the published line. `seen` is when the oldest of
     /// the commits written was first seen, for the sync deadline.
-    pub(crate) fn write(&self, io: &mut Io, seen: Instant) -> Result<()> {
+    pub(crate) fn write(&self, io: &mut Io, seen: Instant, prefix: Catch) -> Result<()> {
         self.check_lock()?;
+        self.extend_prefix(io, prefix);
         let (plan, position) = {
             let mut core = self.lock_core();
             let plan = if io.needs_rewrite {
@@ -416,6 +473,59 @@ impl Inner {
             compacting.extend_from_slice(out.as_bytes());
         }
         Ok(())
+    }
+
+    /// Extends the recorded prefix towards the position, reading the input
+    /// from where the prefix ends (for a checkpoint that reads its input
+    /// back). The core is not locked meanwhile: commits go on. Best effort:
+    /// an input that cannot be read there (cut or failing while the job
+    /// runs) leaves the prefix where it got to and the write goes on, as the
+    /// records must not wait on the input; a resume then finds what changed.
+    fn extend_prefix(&self, io: &mut Io, catch: Catch) {
+        let mut reader = self.prefix.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(reader) = reader.as_mut() else {
+            return;
+        };
+        while self.extend_prefix_once(io, reader) && catch == Catch::All {}
+    }
+
+    /// One step of [`extend_prefix`](Inner::extend_prefix); returns whether
+    /// the prefix grew.
+    fn extend_prefix_once(&self, io: &mut Io, reader: &mut PrefixReader) -> bool {
+        // Always from the recorded prefix, never from a copy of it: a
+        // rebase (which clears it) then starts again from the first byte.
+        let (base, target) = {
+            let core = self.lock_core();
+            let base = core.state.prefix.unwrap_or_default();
+            let target = core.state.position.offset();
+            if base.offset >= target {
+                return false;
+            }
+            (base, target)
+        };
+        let mut prefix = base;
+        // Whatever was read is kept, even short of the target.
+        let _ = reader.extend(&mut prefix, target);
+        if prefix == base {
+            return false;
+        }
+        let mut core = self.lock_core();
+        // Recorded unless the state moved on under it (a rebase, a position
+        // moved back) meanwhile.
+        if core.state.prefix.unwrap_or_default() == base
+            && core.state.position.offset() >= prefix.offset
+        {
+            core.state.prefix = Some(prefix);
+            core.pending.prefix = true;
+            if io.file.is_some() && core.state.version < crate::record::VERSION {
+                // A file of a format before the prefix record is rewritten
+                // in the current one, which an older linemark refuses
+                // instead of misreading.
+                io.needs_rewrite = true;
+            }
+            return true;
+        }
+        false
     }
 
     fn append(&self, io: &mut Io, out: &str) -> Result<()> {
@@ -558,7 +668,7 @@ impl Inner {
             if !Inner::wants_compaction(&io, self.compact_at) || io.needs_rewrite {
                 return Ok(());
             }
-            let core = self.lock_core();
+            let mut core = self.lock_core();
             let taken = (
                 core.state.snapshot(),
                 core.state.position,
@@ -853,7 +963,7 @@ fn look(inner: &Inner, schedule: Schedule, tick: Duration) {
         let mut failed = folded.err();
         if unwritten && schedule.write_delay.is_some() {
             let seen = io.seen_since.take().unwrap_or(now);
-            if let Err(error) = inner.write(&mut io, seen) {
+            if let Err(error) = inner.write(&mut io, seen, Catch::Up) {
                 io.seen_since = Some(seen);
                 failed.get_or_insert(error);
             }
