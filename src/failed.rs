@@ -3,7 +3,7 @@
 use std::io::{BufRead, Read, Seek, SeekFrom};
 
 use crate::error::{Error, Result};
-use crate::line::{Line, LongLine, describe, describe_bytes, scan_line};
+use crate::line::{Line, LongLine, describe, describe_bytes, line_changed, scan_line};
 use crate::position::{Position, digest};
 
 /// A line whose task failed for good (out of attempts, or an error not worth
@@ -90,7 +90,12 @@ impl FailedLine {
         {
             return Ok(());
         }
-        Err(self.changed(describe_bytes(raw)))
+        Err(line_changed(
+            self.line,
+            (self.offset, self.len, self.digest),
+            line.offset(),
+            describe_bytes(raw),
+        ))
     }
 
     /// The error for an input that ends before this line.

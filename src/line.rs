@@ -454,8 +454,20 @@ pub(crate) struct ScannedLine {
     pub(crate) len: u64,
     pub(crate) terminated: bool,
     pub(crate) digest: u32,
-    /// The first bytes of the line, to show in error messages.
+    /// The first bytes of the line's content, to show in error messages.
     pub(crate) preview: Vec<u8>,
+}
+
+impl ScannedLine {
+    /// Shows the line in an error message (see [`describe`]).
+    pub(crate) fn describe(&self) -> String {
+        let content = self.len - u64::from(self.terminated);
+        describe(
+            self.len,
+            self.digest,
+            Some((&self.preview, self.preview.len() as u64 == content)),
+        )
+    }
 }
 
 const PREVIEW_LEN: usize = 40;
@@ -578,7 +590,7 @@ impl LongLine {
             self.number,
             self.offset,
             self.limit,
-            describe(scanned.len, scanned.digest, Some(&scanned.preview)),
+            scanned.describe(),
         )
     }
 
@@ -589,13 +601,12 @@ impl LongLine {
         if self.offset == offset && scanned.len == len && scanned.digest == digest {
             return Ok(());
         }
-        Err(Error::InputChanged {
-            path: None,
-            line: self.number,
-            offset,
-            expected: describe(len, digest, None),
-            found: describe(scanned.len, scanned.digest, Some(&scanned.preview)),
-        })
+        Err(line_changed(
+            self.number,
+            (offset, len, digest),
+            self.offset,
+            scanned.describe(),
+        ))
     }
 
     fn into_error(self) -> Error {
@@ -646,10 +657,12 @@ pub(crate) fn skip_lines<R: BufRead>(reader: &mut R, count: u64) -> io::Result<(
 
 /// Shows a line found in the input, from its raw bytes.
 pub(crate) fn describe_bytes(raw: &[u8]) -> String {
+    let content = raw.strip_suffix(b"\n").unwrap_or(raw);
+    let preview = &content[..content.len().min(PREVIEW_LEN)];
     describe(
         raw.len() as u64,
         digest(raw),
-        Some(&raw[..raw.len().min(PREVIEW_LEN)]),
+        Some((preview, preview.len() == content.len())),
     )
 }
 
@@ -661,17 +674,36 @@ pub(crate) fn push_preview(preview: &mut Vec<u8>, content: &[u8]) {
     }
 }
 
+/// The error for line `number`, recorded as `(offset, len, digest)`, found
+/// at `found_offset` as `found` (see [`describe`]): both sides in full, the
+/// offset found only when it differs.
+pub(crate) fn line_changed(
+    number: u64,
+    (offset, len, digest): (u64, u64, u32),
+    found_offset: u64,
+    found: String,
+) -> Error {
+    Error::InputChanged {
+        path: None,
+        line: number,
+        offset,
+        expected: describe(len, digest, None),
+        found: if found_offset == offset {
+            found
+        } else {
+            format!("{found} at byte {found_offset}")
+        },
+    }
+}
+
 /// Shows a line in an error message: its length, its digest and, when
-/// known, how it starts.
-pub(crate) fn describe(len: u64, digest: u32, preview: Option<&[u8]>) -> String {
+/// known, how its content (without the `\n`) starts and whether that is
+/// all of it.
+pub(crate) fn describe(len: u64, digest: u32, preview: Option<(&[u8], bool)>) -> String {
     match preview {
-        Some(preview) if !preview.is_empty() => {
+        Some((preview, whole)) if !preview.is_empty() => {
             let shown = String::from_utf8_lossy(preview);
-            let more = if (preview.len() as u64) < len {
-                "..."
-            } else {
-                ""
-            };
+            let more = if whole { "" } else { "..." };
             format!("a {len}-byte line with digest {digest:08x} ({shown:?}{more})")
         }
         _ => format!("a {len}-byte line with digest {digest:08x}"),

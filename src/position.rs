@@ -248,7 +248,14 @@ impl Position {
                         ),
                     ));
                 }
-                _ => return Err(self.changed(start, format!("the input ends at byte {from}"))),
+                _ => {
+                    // The seek went past the end: say where the end is.
+                    let len = reader.seek(SeekFrom::End(0)).map_err(io_err)?;
+                    return Err(self.changed(
+                        start,
+                        format!("the input ends at byte {len}, before the line"),
+                    ));
+                }
             }
         }
         let scanned = read_exact_line(reader, self.last_len).map_err(io_err)?;
@@ -259,7 +266,7 @@ impl Position {
             let found = if scanned.len < self.last_len {
                 format!("the input ends at byte {}", start + scanned.len)
             } else {
-                describe(scanned.len, scanned.digest, Some(&scanned.preview))
+                scanned.describe()
             };
             return Err(self.changed(start, found));
         };
@@ -318,35 +325,31 @@ impl Position {
         }
         let io_err = |err| Error::io(None, "reading the input", err);
         let (skipped_bytes, skipped_lines) = skip_lines(reader, self.line - 1).map_err(io_err)?;
-        if skipped_lines < self.line - 1 {
-            return Err(self.changed(
-                skipped_bytes,
-                format!("the input ends after {skipped_lines} lines"),
-            ));
-        }
         let start = self.last_line_offset();
+        let ends = || {
+            self.changed(
+                start,
+                format!("the input ends after {skipped_lines} lines, at byte {skipped_bytes}"),
+            )
+        };
+        if skipped_lines < self.line - 1 {
+            return Err(ends());
+        }
         let scanned = scan_line(reader).map_err(io_err)?;
         let Some(scanned) = scanned else {
-            return Err(self.changed(
-                skipped_bytes,
-                format!("the input ends after {skipped_lines} lines"),
-            ));
+            return Err(ends());
         };
         if skipped_bytes != start {
             return Err(self.changed(
-                skipped_bytes,
+                start,
                 format!(
-                    "line {} starts at byte {skipped_bytes}, not {start} (an earlier line changed)",
-                    self.line
+                    "{} at byte {skipped_bytes} (an earlier line changed length)",
+                    scanned.describe()
                 ),
             ));
         }
-        self.matching(start, self.line, &scanned).ok_or_else(|| {
-            self.changed(
-                start,
-                describe(scanned.len, scanned.digest, Some(&scanned.preview)),
-            )
-        })
+        self.matching(start, self.line, &scanned)
+            .ok_or_else(|| self.changed(start, scanned.describe()))
     }
 
     /// Finds the last finished line by its content, the classic way of

@@ -509,7 +509,7 @@ impl Checkpoint {
             long.offset,
             scanned.len,
             || scanned.digest,
-            || crate::line::describe(scanned.len, scanned.digest, Some(&scanned.preview)),
+            || scanned.describe(),
         )
     }
 
@@ -540,17 +540,12 @@ impl Checkpoint {
         if offset == recorded_offset && len == recorded_len && digest() == recorded_digest {
             return Ok(true);
         }
-        Err(Error::InputChanged {
-            path: None,
-            line: number,
-            offset: recorded_offset,
-            expected: crate::line::describe(recorded_len, recorded_digest, None),
-            found: if offset == recorded_offset {
-                found()
-            } else {
-                format!("{} at byte {offset}", found())
-            },
-        })
+        Err(crate::line::line_changed(
+            number,
+            (recorded_offset, recorded_len, recorded_digest),
+            offset,
+            found(),
+        ))
     }
 
     /// Whether the line with this 1-based number is finished (before the
