@@ -202,11 +202,13 @@ impl Default for Durability {
 /// lowercase hex digits, line numbers 1-based.
 ///
 /// ```text
-/// linemark-checkpoint version=2 crc=…                    header, always first
+/// linemark-checkpoint version=3 crc=…                    header, always first
 /// shard index=I count=C crc=…                            the lines it owns: 0-based index I modulo C
 ///                                                        (0 of 1: every line); recorded by the runner
 /// pos offset=O line=N len=L digest=D crc=…               lines 1..=N are finished; the next starts at byte O;
 ///                                                        line N is L bytes long (newline included), digest D
+/// prefix offset=O newlines=N digest=C crc=…              the input's first O bytes (O at most the last pos's
+///                                                        offset) hold N newlines and have CRC-32 C
 /// done line=N offset=O len=L digest=D crc=…              line N (after the last pos), starting at byte O,
 ///                                                        L bytes long, digest D, is finished too
 /// failed line=N offset=O len=L digest=D attempts=A error="…" crc=…
@@ -217,8 +219,9 @@ impl Default for Durability {
 /// The digest is [`digest`](crate::digest). Error texts are double-quoted
 /// with `\\`, `\"`, `\n`, `\r`, `\t` and `\u{…}` escapes. The state is the
 /// result of applying the records in order; a `pos` drops the `done` lines it
-/// covers. Compaction rewrites the file as the header, one `pos`, and the
-/// `done` and `failed` records still in force. `done` and `failed` records
+/// covers; a `prefix` past the last `pos` is ignored. Compaction rewrites
+/// the file as the header, one `pos`, one `prefix`, and the `done` and
+/// `failed` records still in force. `done` and `failed` records
 /// carry the line's offset, length and digest so that a later run checks the
 /// line is still the same before skipping or retrying it
 /// ([`Checkpoint::is_recorded`]).
@@ -230,10 +233,13 @@ impl Default for Durability {
 /// `linemark-checkpoint` is [`Error::NotACheckpoint`] and is never
 /// overwritten; an empty file, or a torn header alone, is a fresh start.
 ///
-/// Compatibility: files written in versions 1 and 2 of the format will be
+/// Compatibility: files written in versions 1 to 3 of the format will be
 /// read by every later linemark 0.x and 1.x release. Version 2 added the
-/// `shard` record; a version 1 file is rewritten in version 2 when a shard
-/// is recorded in it. A file of a newer version is refused with
+/// `shard` record, version 3 the `prefix` record (which the runner keeps
+/// and checks on resume: see
+/// [`Runner::verify_prefix`](crate::Runner::verify_prefix)); an older file
+/// is rewritten in the current version when such a record is first written
+/// in it. A file of a newer version is refused with
 /// [`Error::UnsupportedVersion`], never misread. A run over other lines than
 /// the recorded shard is refused with [`Error::ShardMismatch`].
 ///
