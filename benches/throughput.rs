@@ -9,6 +9,10 @@
 //! that makes the run durable are. All variants read through a 64 KiB
 //! `BufReader`, the runner's own buffer size, from the page cache.
 //!
+//! The runner runs twice: with its defaults, which include the checkpoint's
+//! writer thread reading the finished lines again for the digest a resume
+//! checks (`Runner::verify_prefix`), and without that.
+//!
 //! After criterion's figures, the runner and the raw loop are also timed
 //! alternately (see `common::paired`), for a ratio that drifts in machine
 //! load do not skew.
@@ -73,11 +77,14 @@ fn line_reader_commit_line(input: &Path, checkpoint: &Path) -> Duration {
     started.elapsed()
 }
 
-fn runner_sequential(input: &Path, checkpoint: &Path) -> Duration {
+/// The runner with its defaults or, if not `verify`, without keeping the
+/// digest of the finished part (`Runner::verify_prefix(false)`).
+fn runner_sequential(input: &Path, checkpoint: &Path, verify: bool) -> Duration {
     common::remove_if_present(checkpoint);
     let started = Instant::now();
     let report = Runner::new()
         .checkpoint(checkpoint)
+        .verify_prefix(verify)
         .run(input, &common::no_op)
         .unwrap();
     assert_eq!((report.done, report.failed), (LINES, 0));
@@ -112,7 +119,10 @@ fn throughput(c: &mut Criterion) {
         b.iter_custom(|iters| repeat(iters, || line_reader_commit_line(&input, &checkpoint)));
     });
     group.bench_function("runner_sequential", |b| {
-        b.iter_custom(|iters| repeat(iters, || runner_sequential(&input, &checkpoint)));
+        b.iter_custom(|iters| repeat(iters, || runner_sequential(&input, &checkpoint, true)));
+    });
+    group.bench_function("runner_sequential_unverified", |b| {
+        b.iter_custom(|iters| repeat(iters, || runner_sequential(&input, &checkpoint, false)));
     });
     group.finish();
 
@@ -120,7 +130,13 @@ fn throughput(c: &mut Criterion) {
         "throughput_1m_lines: runner_sequential vs raw_read_until",
         41,
         || raw_read_until(&input),
-        || runner_sequential(&input, &checkpoint),
+        || runner_sequential(&input, &checkpoint, true),
+    );
+    common::paired(
+        "throughput_1m_lines: runner_sequential_unverified vs raw_read_until",
+        41,
+        || raw_read_until(&input),
+        || runner_sequential(&input, &checkpoint, false),
     );
 }
 

@@ -433,14 +433,13 @@ impl Position {
 }
 
 /// What a checkpoint knows of the whole finished part of a file input: its
-/// first `offset` bytes (at most to the position; not always a line end) hold `newlines` newlines and have
-/// CRC-32 `crc`. The checkpoint's writer thread extends it as the job goes,
-/// reading the input back; a resume checks it
-/// ([`check_prefix`]), so no byte of the finished lines can change unseen.
+/// first `offset` bytes (at most to the position; not always a line end)
+/// have CRC-32 `crc`. The checkpoint's writer thread extends it as the job
+/// goes, reading the input back; a resume checks it ([`check_prefix`]), so
+/// that no byte of the finished lines can change unseen.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Prefix {
     pub(crate) offset: u64,
-    pub(crate) newlines: u64,
     pub(crate) crc: u32,
 }
 
@@ -451,18 +450,18 @@ impl Prefix {
         hasher.update(bytes);
         self.crc = hasher.finalize();
         self.offset += bytes.len() as u64;
-        self.newlines += memchr::memchr_iter(b'\n', bytes).count() as u64;
     }
 }
 
 /// Checks the finished part of a file input before `position`, reading it
 /// from its first byte (at memory speed; the cost grows with the offset):
 /// the lines before the last finished one must be exactly `line() - 1`, so
-/// every later line keeps the number the checkpoint's records give it;
+/// that every later line keeps the number the checkpoint's records give it;
 /// and with a `prefix`, the first `prefix.offset` bytes must be the ones
 /// finished, so that no edit of a finished line goes unseen. The last
-/// finished line itself is checked by [`Position::seek_offset`], which the
-/// caller runs first: an input shorter than the position is its error.
+/// finished line itself is checked by [`Position::seek_offset`] or
+/// [`Position::seek_lines`], which the caller runs first: an input shorter
+/// than the position is their error.
 pub(crate) fn check_prefix<R: io::Read>(
     reader: &mut R,
     position: &Position,
@@ -471,18 +470,41 @@ pub(crate) fn check_prefix<R: io::Read>(
     if position.is_start() {
         return Ok(());
     }
-    let io_err = |err| Error::io(None, "reading the finished part of the input", err);
     let lines_end = position.last_line_offset();
     let prefix = prefix.filter(|prefix| prefix.offset <= position.offset);
     let end = prefix.map_or(lines_end, |prefix| prefix.offset.max(lines_end));
     let mut found = Prefix::default();
+    let mut newlines = 0u64;
     let mut buf = vec![0u8; 1 << 20];
-    // The two places to check, in order of offset.
-    let mut checks = [Some(lines_end), prefix.map(|prefix| prefix.offset)];
-    checks.sort_unstable_by_key(|at| at.unwrap_or(u64::MAX));
-    let mut checks = checks.into_iter().flatten().peekable();
-    let check = |found: &Prefix| -> Result<()> {
-        if found.offset == lines_end && found.newlines != position.line - 1 {
+    while found.offset < end {
+        // Stop at each place to check, so that each sees exactly its bytes.
+        let stop = [Some(lines_end), prefix.map(|prefix| prefix.offset)]
+            .into_iter()
+            .flatten()
+            .filter(|&at| at > found.offset)
+            .min()
+            .unwrap_or(end);
+        let want =
+            usize::try_from(stop - found.offset).map_or(buf.len(), |want| want.min(buf.len()));
+        let read = match reader.read(&mut buf[..want]) {
+            // Shorter than the position: not this check's to report.
+            Ok(0) => return Ok(()),
+            Ok(read) => read,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err) => {
+                return Err(Error::io(
+                    None,
+                    "reading the finished part of the input",
+                    err,
+                ));
+            }
+        };
+        let bytes = &buf[..read];
+        if found.offset < lines_end {
+            newlines += memchr::memchr_iter(b'\n', bytes).count() as u64;
+        }
+        found.extend(bytes);
+        if found.offset == lines_end && newlines != position.line - 1 {
             return Err(Error::InputChanged {
                 path: None,
                 line: position.line,
@@ -492,8 +514,7 @@ pub(crate) fn check_prefix<R: io::Read>(
                     position.line - 1
                 ),
                 found: format!(
-                    "{} lines in the first {lines_end} bytes (lines before the resume point were joined, split, added or removed)",
-                    found.newlines
+                    "{newlines} lines in the first {lines_end} bytes (lines before the resume point were joined, split, added or removed)"
                 ),
             });
         }
@@ -514,24 +535,7 @@ pub(crate) fn check_prefix<R: io::Read>(
                 });
             }
         }
-        Ok(())
-    };
-    while let Some(&at) = checks.peek() {
-        if found.offset == at {
-            check(&found)?;
-            checks.next();
-            continue;
-        }
-        let want = usize::try_from(at - found.offset).map_or(buf.len(), |want| want.min(buf.len()));
-        let read = match reader.read(&mut buf[..want]) {
-            Ok(0) => return Ok(()),
-            Ok(read) => read,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => return Err(io_err(err)),
-        };
-        found.extend(&buf[..read]);
     }
-    debug_assert_eq!(found.offset, end);
     Ok(())
 }
 

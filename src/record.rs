@@ -36,7 +36,7 @@ pub(crate) enum Record {
         index: u64,
         count: u64,
     },
-    /// The CRC-32 and newline count of the input's first bytes, finished.
+    /// The CRC-32 of the input's first bytes, finished.
     Prefix(Prefix),
 }
 
@@ -80,8 +80,8 @@ impl Record {
             Record::Shard { index, count } => write!(out, "shard index={index} count={count}"),
             Record::Prefix(prefix) => write!(
                 out,
-                "prefix offset={} newlines={} digest={:08x}",
-                prefix.offset, prefix.newlines, prefix.crc
+                "prefix offset={} digest={:08x}",
+                prefix.offset, prefix.crc
             ),
         };
         let crc = crc32fast::hash(&out.as_bytes()[start..]);
@@ -168,19 +168,10 @@ impl Record {
                 }
                 Record::Shard { index, count }
             }
-            "prefix" => {
-                let offset = fields.number("offset")?;
-                let newlines = fields.number("newlines")?;
-                let crc = fields.hex("digest")?;
-                if newlines > offset {
-                    return Err("impossible prefix".into());
-                }
-                Record::Prefix(Prefix {
-                    offset,
-                    newlines,
-                    crc,
-                })
-            }
+            "prefix" => Record::Prefix(Prefix {
+                offset: fields.number("offset")?,
+                crc: fields.hex("digest")?,
+            }),
             other => return Err(format!("unknown record kind {other:?}")),
         };
         if !fields.0.is_empty() {

@@ -363,7 +363,8 @@ impl Runner {
     /// any other byte. The digest is kept by the checkpoint's writer thread,
     /// which reads the finished lines again off the hot path.
     ///
-    /// Without it a resume costs the same at any point of any input: it
+    /// Without it a resume costs the same at any point of any input, and
+    /// the checkpoint does not read the finished lines again: a resume
     /// checks the offset, length and digest of the last finished line only,
     /// so an edit further back that keeps that line where it was goes
     /// unnoticed, and a change in the number of lines before it makes the
@@ -430,7 +431,7 @@ impl Runner {
         let mut checkpoint = self.open_checkpoint(self.checkpoint_path(input))?;
         // Committed lines are read back from the file for their digest, so
         // a commit costs a few stores, not a copy of the line.
-        checkpoint.read_back_from(input)?;
+        checkpoint.read_back_from(input, self.verify_prefix)?;
         let mut reader = BufReader::with_capacity(64 * 1024, file);
         if self.retry_failed {
             let failed: Vec<FailedLine> = checkpoint.failed().collect();

@@ -207,8 +207,8 @@ impl Default for Durability {
 ///                                                        (0 of 1: every line); recorded by the runner
 /// pos offset=O line=N len=L digest=D crc=…               lines 1..=N are finished; the next starts at byte O;
 ///                                                        line N is L bytes long (newline included), digest D
-/// prefix offset=O newlines=N digest=C crc=…              the input's first O bytes (O at most the last pos's
-///                                                        offset) hold N newlines and have CRC-32 C
+/// prefix offset=O digest=C crc=…                        the input's first O bytes (O at most the last pos's
+///                                                        offset) have CRC-32 C
 /// done line=N offset=O len=L digest=D crc=…              line N (after the last pos), starting at byte O,
 ///                                                        L bytes long, digest D, is finished too
 /// failed line=N offset=O len=L digest=D attempts=A error="…" crc=…
@@ -396,8 +396,9 @@ impl Checkpoint {
 
     /// From now on, lines committed by `commit_read_line` come from the
     /// regular file `input`: publish them by their place, and read them
-    /// back from the file when their digest is needed (see `slot.rs`).
-    pub(crate) fn read_back_from(&mut self, input: &Path) -> Result<()> {
+    /// back from the file when their digest is needed (see `slot.rs`); and,
+    /// if `digest_prefix`, keep the CRC-32 of the finished part of it.
+    pub(crate) fn read_back_from(&mut self, input: &Path, digest_prefix: bool) -> Result<()> {
         let open_err = |err| Error::io(Some(input), "opening the input to read lines back", err);
         // Checked before opening: opening a named pipe blocks until a
         // writer comes, and a second reader would take its data.
@@ -405,12 +406,15 @@ impl Checkpoint {
             return Ok(());
         }
         let file = File::open(input).map_err(open_err)?;
-        let again = File::open(input).map_err(open_err)?;
-        *self
-            .inner
-            .prefix
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(PrefixReader::new(again));
+        if digest_prefix {
+            let again = File::open(input).map_err(open_err)?;
+            *self
+                .inner
+                .prefix
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(PrefixReader::new(again));
+        }
         let mut core = self.inner.lock_core();
         self.inner.fold_own(&mut core, &self.slot)?;
         *self
