@@ -750,3 +750,33 @@ fn a_sync_catches_the_prefix_up_however_far_behind_it_is() {
         Some(prefix_of(&bytes, bytes.len() as u64))
     );
 }
+
+#[test]
+fn the_prefix_is_recorded_at_most_once_a_second_and_at_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = input_file(dir.path(), 200);
+    let bytes = fs::read(&input).unwrap();
+    let path = dir.path().join("c");
+    let all = positions(200);
+    let mut checkpoint = open_strict(&path);
+    checkpoint.read_back_from(&input, true).unwrap();
+    let started = Instant::now();
+    for pos in &all {
+        checkpoint.commit(*pos).unwrap();
+    }
+    let seconds = started.elapsed().as_secs();
+    let records = |text: &str| text.lines().filter(|r| r.starts_with("prefix ")).count() as u64;
+    let written = fs::read_to_string(&path).unwrap();
+    // The first write records it; then one a second at most.
+    assert!(records(&written) <= 1 + seconds, "{written}");
+    checkpoint.close().unwrap();
+    let written = fs::read_to_string(&path).unwrap();
+    assert!(
+        written.lines().last().unwrap().starts_with("prefix "),
+        "{written}"
+    );
+    assert_eq!(
+        open_strict(&path).prefix(),
+        Some(prefix_of(&bytes, bytes.len() as u64))
+    );
+}

@@ -102,6 +102,9 @@ pub(crate) struct ReadBack {
     pub(crate) file: File,
 }
 
+/// How often, at most, a write records the prefix (besides the last write).
+pub(crate) const PREFIX_RECORD_INTERVAL: Duration = Duration::from_secs(1);
+
 /// How far a write reads the input to extend the prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Catch {
@@ -204,6 +207,10 @@ pub(crate) struct Io {
     /// the file (its before-write hook failed): the next append writes them
     /// first.
     pub(crate) carried: String,
+    /// The prefix grew since its last record.
+    pub(crate) prefix_unrecorded: bool,
+    /// When the last `prefix` record was taken into a write.
+    pub(crate) prefix_recorded: Option<Instant>,
 }
 
 impl Io {
@@ -482,17 +489,44 @@ impl Inner {
     /// runs) leaves the prefix where it got to and the write goes on, as the
     /// records must not wait on the input; a resume then finds what changed.
     fn extend_prefix(&self, io: &mut Io, catch: Catch) {
-        let mut reader = self.prefix.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(reader) = reader.as_mut() else {
+        {
+            let mut reader = self.prefix.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(reader) = reader.as_mut() else {
+                return;
+            };
+            while self.extend_prefix_once(reader) {
+                io.prefix_unrecorded = true;
+                if catch == Catch::Up {
+                    break;
+                }
+            }
+        }
+        // A record at most every PREFIX_RECORD_INTERVAL, and at the last
+        // write, rather than one beside every `pos`: with `EveryCommit`
+        // that would double the bytes of every commit.
+        let due = catch == Catch::All
+            || io
+                .prefix_recorded
+                .is_none_or(|at| at.elapsed() >= PREFIX_RECORD_INTERVAL);
+        if !(io.prefix_unrecorded && due) {
             return;
-        };
-        while self.extend_prefix_once(io, reader) && catch == Catch::All {}
+        }
+        io.prefix_unrecorded = false;
+        io.prefix_recorded = Some(Instant::now());
+        let mut core = self.lock_core();
+        core.pending.prefix = true;
+        if io.file.is_some() && core.state.version < crate::record::VERSION {
+            // A file of a format before the prefix record is rewritten in
+            // the current one, which an older linemark refuses instead of
+            // misreading.
+            io.needs_rewrite = true;
+        }
     }
 
     /// One step of [`extend_prefix`](Inner::extend_prefix); returns whether
     /// the prefix grew.
-    fn extend_prefix_once(&self, io: &mut Io, reader: &mut PrefixReader) -> bool {
-        // Always from the recorded prefix, never from a copy of it: a
+    fn extend_prefix_once(&self, reader: &mut PrefixReader) -> bool {
+        // Always from the prefix in the state, never from a copy of it: a
         // rebase (which clears it) then starts again from the first byte.
         let (base, target) = {
             let core = self.lock_core();
@@ -510,19 +544,12 @@ impl Inner {
             return false;
         }
         let mut core = self.lock_core();
-        // Recorded unless the state moved on under it (a rebase, a position
+        // Kept unless the state moved on under it (a rebase, a position
         // moved back) meanwhile.
         if core.state.prefix.unwrap_or_default() == base
             && core.state.position.offset() >= prefix.offset
         {
             core.state.prefix = Some(prefix);
-            core.pending.prefix = true;
-            if io.file.is_some() && core.state.version < crate::record::VERSION {
-                // A file of a format before the prefix record is rewritten
-                // in the current one, which an older linemark refuses
-                // instead of misreading.
-                io.needs_rewrite = true;
-            }
             return true;
         }
         false
