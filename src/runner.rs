@@ -359,7 +359,8 @@ impl Runner {
     /// whose finished part has a different number of lines (lines joined,
     /// split, added or removed: every later line would change its number,
     /// and with it its shard and its records) or, as far as the checkpoint
-    /// has digested it (up to the last write of the checkpoint, normally),
+    /// has digested it (all of it after a run that ended; after a kill, up
+    /// to its last `prefix` record, written at most a second apart),
     /// any other byte. The digest is kept by the checkpoint's writer thread,
     /// which reads the finished lines again off the hot path.
     ///

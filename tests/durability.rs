@@ -9,6 +9,10 @@
 //! commits of the last `write_delay`: the tests kill a child stuck on a line,
 //! and a child at random moments, and count what is done again.
 //!
+//! And the digest of the finished part that a resume checks (issue 10) is
+//! on disk after a kill: an edit of a finished line is refused, the same
+//! input resumes.
+//!
 //! Tests that need a second process run this test binary again as a child
 //! (see `common::spawn_self`): the same test function, started with the
 //! `LINEMARK_TEST_CHILD` environment variable, plays the child's part.
@@ -599,4 +603,79 @@ fn a_background_write_that_fails_is_returned_by_the_next_call() {
         ],
         "only the checkpoint and its lock"
     );
+}
+
+// ---------------------------------------------------------------------------
+// 5. SIGKILL, then an edit of the finished part: the digest survived the kill
+// ---------------------------------------------------------------------------
+
+fn slow_child() {
+    let output = open_output(&env_path(OUTPUT_VAR));
+    let task = |line: &Line<'_>| -> io::Result<()> {
+        thread::sleep(Duration::from_micros(300));
+        append(&output, line)
+    };
+    Runner::new().run(env_path(INPUT_VAR), &task).unwrap();
+}
+
+/// The offset of the last `prefix` record in a checkpoint file, if any.
+fn recorded_prefix(checkpoint: &Path) -> Option<u64> {
+    let text = fs::read_to_string(checkpoint).ok()?;
+    let record = text.lines().rfind(|record| record.starts_with("prefix "))?;
+    record
+        .strip_prefix("prefix offset=")?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[test]
+fn after_a_sigkill_an_edit_of_the_finished_lines_is_refused_and_without_it_the_job_completes() {
+    const TEST_NAME: &str =
+        "after_a_sigkill_an_edit_of_the_finished_lines_is_refused_and_without_it_the_job_completes";
+    if child_role().as_deref() == Some("slow") {
+        return slow_child();
+    }
+    let _serial = serial();
+    let input = Input::generated(40_000);
+    let output = input.sibling("output.txt");
+    let checkpoint = input.sibling("input.txt.checkpoint");
+    let env = [
+        (INPUT_VAR, input.path.as_os_str()),
+        (OUTPUT_VAR, output.as_os_str()),
+    ];
+    let mut child = spawn_self(TEST_NAME, "slow", &env);
+    // Killed once a prefix record covers line 2 and some lines after it.
+    let line_3 = input.positions()[2].offset();
+    wait_until("a prefix record past line 3", || {
+        recorded_prefix(&checkpoint).is_some_and(|offset| offset > line_3)
+    });
+    assert_killed(&child.kill_and_wait());
+    let finished = Checkpoint::inspect(&checkpoint).unwrap().position;
+    assert!(finished.line() >= 3, "{finished:?}");
+
+    // Line 2, finished, edited in place: same length, same line count.
+    let original = fs::read(&input.path).unwrap();
+    let mut edited = original.clone();
+    let at = input.lines[0].len();
+    edited[at] = if edited[at] == b'L' { b'M' } else { b'L' };
+    fs::write(&input.path, &edited).unwrap();
+    let err = Runner::new()
+        .run(&input.path, &|_: &Line<'_>| -> io::Result<()> { Ok(()) })
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InputChanged { found, .. } if found.contains("a finished line was edited")),
+        "{err}"
+    );
+
+    // As it was: the job completes, every line done at least once.
+    fs::write(&input.path, &original).unwrap();
+    let out = open_output(&output);
+    let report = Runner::new()
+        .run(&input.path, &|line: &Line<'_>| append(&out, line))
+        .unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    let counts = counts_by_line(&input, &output);
+    assert!(counts.iter().all(|&n| n >= 1), "a line was never done");
 }
