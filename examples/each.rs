@@ -217,11 +217,11 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let input = Input::of(&args.input)?;
     let mut runner = Runner::new();
     if let Some((index, count)) = args.shard {
-        runner.shard(index, count);
+        runner = runner.shard(index, count);
     }
     match &args.checkpoint {
         Some(path) => {
-            runner.checkpoint(path);
+            runner = runner.checkpoint(path);
         }
         None => input.check_default_checkpoint(&runner.default_checkpoint_path(&input.path))?,
     }
@@ -235,9 +235,8 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     if !has_placeholder(program) && !is_runnable(program) {
         return Err(format!("{}: command not found", program.to_string_lossy()).into());
     }
-    let mut retry = RetryPolicy::new();
-    retry.max_attempts(args.retries.saturating_add(1));
-    runner
+    let retry = RetryPolicy::new().max_attempts(args.retries.saturating_add(1));
+    runner = runner
         .workers(usize::from(args.jobs))
         .retry(retry)
         .durability(durability(args)?)
@@ -247,7 +246,7 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
 
     let stop = StopToken::new();
     watch_signals(stop.clone(), args.quiet)?;
-    runner.stop_token(stop.clone());
+    runner = runner.stop_token(stop.clone());
 
     // A bar only where it cannot be garbled by the commands' own output.
     let show_bar = !args.quiet && io::stderr().is_terminal() && !io::stdout().is_terminal();
@@ -268,7 +267,7 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     if show_bar && input.kind == InputKind::Stream {
         bar.enable_steady_tick(Duration::from_millis(200));
     }
-    runner.observer(Progress::new(bar.clone(), args.quiet));
+    runner = runner.observer(Progress::new(bar.clone(), args.quiet));
 
     let task = RunCommand {
         argv: args.command.clone(),

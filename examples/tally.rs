@@ -58,10 +58,9 @@ fn main() -> ExitCode {
         DurabilityArg::Group => Durability::default(),
         DurabilityArg::None => Durability::NoSync,
     };
-    let mut runner = Runner::new();
-    runner.workers(args.workers).durability(durability);
+    let mut runner = Runner::new().workers(args.workers).durability(durability);
     if let Some(path) = &args.checkpoint {
-        runner.checkpoint(path);
+        runner = runner.checkpoint(path);
     }
 
     let lines = AtomicU64::new(0);

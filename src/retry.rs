@@ -17,8 +17,9 @@ use std::time::Duration;
 /// use std::time::Duration;
 /// use linemark::RetryPolicy;
 ///
-/// let mut policy = RetryPolicy::new();
-/// policy.max_attempts(5).initial_delay(Duration::from_millis(10));
+/// let policy = RetryPolicy::new()
+///     .max_attempts(5)
+///     .initial_delay(Duration::from_millis(10));
 /// assert_eq!(policy.get_max_attempts(), 5);
 /// let delay = policy.delay(3, None);
 /// assert!(delay >= Duration::from_millis(20) && delay <= Duration::from_millis(40));
@@ -52,31 +53,33 @@ impl RetryPolicy {
     /// A single attempt: failures are recorded at once.
     #[must_use]
     pub fn never() -> RetryPolicy {
-        let mut policy = RetryPolicy::new();
-        policy.max_attempts(1);
-        policy
+        RetryPolicy::new().max_attempts(1)
     }
 
     /// Attempts per line in all, the first one included (at least 1).
-    pub fn max_attempts(&mut self, attempts: u32) -> &mut RetryPolicy {
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn max_attempts(mut self, attempts: u32) -> RetryPolicy {
         self.max_attempts = attempts.max(1);
         self
     }
 
     /// Delay before the second attempt.
-    pub fn initial_delay(&mut self, delay: Duration) -> &mut RetryPolicy {
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn initial_delay(mut self, delay: Duration) -> RetryPolicy {
         self.initial_delay = delay;
         self
     }
 
     /// The longest delay, for backoff and hints alike.
-    pub fn max_delay(&mut self, delay: Duration) -> &mut RetryPolicy {
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn max_delay(mut self, delay: Duration) -> RetryPolicy {
         self.max_delay = delay;
         self
     }
 
     /// Whether delays are randomised (default: yes).
-    pub fn jitter(&mut self, jitter: bool) -> &mut RetryPolicy {
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn jitter(mut self, jitter: bool) -> RetryPolicy {
         self.jitter = jitter;
         self
     }
@@ -122,8 +125,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {
-        let mut policy = RetryPolicy::new();
-        policy
+        let policy = RetryPolicy::new()
             .initial_delay(Duration::from_millis(100))
             .max_delay(Duration::from_millis(350))
             .jitter(false);
@@ -134,8 +136,7 @@ mod tests {
 
     #[test]
     fn jitter_stays_within_half_to_full() {
-        let mut policy = RetryPolicy::new();
-        policy.initial_delay(Duration::from_millis(1000));
+        let policy = RetryPolicy::new().initial_delay(Duration::from_millis(1000));
         let delays: Vec<_> = (0..200).map(|_| policy.delay(1, None)).collect();
         assert!(
             delays
@@ -152,8 +153,7 @@ mod tests {
 
     #[test]
     fn hints_replace_backoff_but_respect_the_cap() {
-        let mut policy = RetryPolicy::new();
-        policy.max_delay(Duration::from_secs(10));
+        let policy = RetryPolicy::new().max_delay(Duration::from_secs(10));
         assert_eq!(
             policy.delay(1, Some(Duration::from_secs(3))),
             Duration::from_secs(3)

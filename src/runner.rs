@@ -30,9 +30,9 @@ use crate::window::{Finished, Window};
 /// ```
 /// use linemark::{Runner, SeekMode};
 ///
-/// let mut runner = Runner::new();
 /// // The user removes finished lines from the top of the input now and then.
-/// runner.seek_mode(SeekMode::Content);
+/// let runner = Runner::new().seek_mode(SeekMode::Content);
+/// # let _ = runner;
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -237,14 +237,16 @@ impl Runner {
 
     /// The checkpoint file. Default for [`run`](Runner::run): see
     /// [`default_checkpoint_path`](Runner::default_checkpoint_path).
-    pub fn checkpoint(&mut self, path: impl AsRef<Path>) -> &mut Runner {
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn checkpoint(mut self, path: impl AsRef<Path>) -> Runner {
         self.checkpoint = Some(path.as_ref().to_path_buf());
         self
     }
 
     /// Number of worker threads (default 1: strictly in order, on the
     /// calling thread).
-    pub fn workers(&mut self, workers: usize) -> &mut Runner {
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn workers(mut self, workers: usize) -> Runner {
         self.workers = workers.max(1);
         self
     }
@@ -252,13 +254,15 @@ impl Runner {
     /// Most lines in flight or finished beyond the watermark (default
     /// [`DEFAULT_WINDOW`](Runner::DEFAULT_WINDOW)); at least the number of
     /// workers.
-    pub fn window(&mut self, lines: usize) -> &mut Runner {
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn window(mut self, lines: usize) -> Runner {
         self.window = lines.max(1);
         self
     }
 
     /// When the checkpoint's records reach the disk.
-    pub fn durability(&mut self, durability: Durability) -> &mut Runner {
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn durability(mut self, durability: Durability) -> Runner {
         self.durability = durability;
         self
     }
@@ -268,32 +272,37 @@ impl Runner {
     /// 10 ms): a kill of the process redoes the lines in progress and at
     /// most the commits of this last stretch. See
     /// [`CheckpointBuilder::write_delay`].
-    pub fn write_delay(&mut self, delay: Duration) -> &mut Runner {
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn write_delay(mut self, delay: Duration) -> Runner {
         self.write_delay = delay;
         self
     }
 
     /// How failed attempts are retried.
-    pub fn retry(&mut self, policy: RetryPolicy) -> &mut Runner {
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn retry(mut self, policy: RetryPolicy) -> Runner {
         self.retry = policy;
         self
     }
 
     /// The token that stops the run gracefully.
-    pub fn stop_token(&mut self, token: StopToken) -> &mut Runner {
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn stop_token(mut self, token: StopToken) -> Runner {
         self.stop = token;
         self
     }
 
     /// Receives progress [`Event`]s.
-    pub fn observer(&mut self, observer: impl Observer + Send + 'static) -> &mut Runner {
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn observer(mut self, observer: impl Observer + Send + 'static) -> Runner {
         self.observer = Some(Arc::new(observer));
         self
     }
 
     /// Stops the run (like the stop token) once `failures` lines have
     /// failed in it. Default: failures never stop the run.
-    pub fn halt_after_failures(&mut self, failures: u64) -> &mut Runner {
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn halt_after_failures(mut self, failures: u64) -> Runner {
         self.halt_after = Some(failures.max(1));
         self
     }
@@ -301,7 +310,8 @@ impl Runner {
     /// Reruns exactly the lines recorded as failed, and nothing else, when
     /// set. A line that succeeds is no longer failed; one that fails again
     /// keeps its record with the new error.
-    pub fn retry_failed(&mut self, yes: bool) -> &mut Runner {
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn retry_failed(mut self, yes: bool) -> Runner {
         self.retry_failed = yes;
         self
     }
@@ -311,7 +321,8 @@ impl Runner {
     /// checkpoint of its own. Shards `0..count` together cover every line
     /// exactly once. An `index` that is not below `count` makes the run
     /// fail with [`Error::InvalidShard`].
-    pub fn shard(&mut self, index: u64, count: u64) -> &mut Runner {
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn shard(mut self, index: u64, count: u64) -> Runner {
         self.shard = (count != 1 || index != 0).then_some((index, count));
         self
     }
@@ -327,7 +338,8 @@ impl Runner {
     /// [`retry_failed`](Runner::retry_failed) with a higher limit runs it.
     /// So a run takes memory bounded by the limit (one copy a worker, plus
     /// the reader's), never by the longest line of the input.
-    pub fn max_line_len(&mut self, bytes: usize) -> &mut Runner {
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn max_line_len(mut self, bytes: usize) -> Runner {
         self.max_line_len = bytes.max(1);
         self
     }
@@ -336,16 +348,18 @@ impl Runner {
     /// of finished lines that are not durable yet can be made durable once
     /// per write rather than once per line. See
     /// [`CheckpointBuilder::before_write`](crate::CheckpointBuilder::before_write).
+    #[must_use = "a builder method returns the changed builder"]
     pub fn before_checkpoint_write(
-        &mut self,
+        mut self,
         hook: impl Fn() -> std::io::Result<()> + Send + Sync + 'static,
-    ) -> &mut Runner {
+    ) -> Runner {
         self.before_write = Some(BeforeWrite(Arc::new(hook)));
         self
     }
 
     /// How a file input is sought to the resume point (default: by offset).
-    pub fn seek_mode(&mut self, mode: SeekMode) -> &mut Runner {
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn seek_mode(mut self, mode: SeekMode) -> Runner {
         self.seek = mode;
         self
     }
@@ -373,7 +387,8 @@ impl Runner {
     /// are never edited. [`SeekMode::Content`] never checks the prefix
     /// (its finished lines may be gone); a stream ([`run_reader`](Runner::run_reader))
     /// always counts its finished lines and checks the last one.
-    pub fn verify_prefix(&mut self, verify: bool) -> &mut Runner {
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn verify_prefix(mut self, verify: bool) -> Runner {
         self.verify_prefix = verify;
         self
     }
@@ -389,8 +404,7 @@ impl Runner {
     ///
     /// let runner = Runner::new();
     /// assert_eq!(runner.default_checkpoint_path("urls.txt"), Path::new("urls.txt.checkpoint"));
-    /// let mut sharded = Runner::new();
-    /// sharded.shard(2, 8);
+    /// let sharded = Runner::new().shard(2, 8);
     /// assert_eq!(
     ///     sharded.default_checkpoint_path("urls.txt"),
     ///     Path::new("urls.txt.shard-2-of-8.checkpoint"),

@@ -442,14 +442,108 @@ fn a_500_is_retried_and_then_succeeds() {
             retry_after: None,
         }],
     );
-    let ran = job.run(&[]);
+    // --verbose: the retried attempt is printed with its error.
+    let ran = job.run(&["--verbose"]);
     assert_eq!(ran.code, Some(0), "{ran:?}");
     assert!(ran.stderr.contains("HTTP 500"), "{}", ran.stderr);
+    assert!(ran.stderr.contains("; 1 retry,"), "{}", ran.stderr);
     assert_eq!(
         summary(&job.server.requests_for("/f.bin")),
         vec![(500, None), (200, None)]
     );
     assert_eq!(job.read("f.bin"), content);
+}
+
+/// A list whose first two lines fail once and then download, whose third
+/// is refused every time (2 attempts with `--retries 1`) and whose fourth
+/// is a 404 (permanent, 1 attempt): 3 retries in all. Runs it with `args`
+/// after `--retries 1` and returns the run and the stderr lines that are
+/// about a line of the list.
+fn retries_and_failures(args: &[&str]) -> (Ran, Vec<String>) {
+    let job = Job::new();
+    let refused = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/gone.bin", listener.local_addr().unwrap())
+    };
+    let flaky = generate(30, 10_000);
+    let dropped = generate(31, 200_000);
+    job.write_list(&[
+        job.file("flaky.bin", flaky.clone()),
+        job.file("dropped.bin", dropped.clone()),
+        refused,
+        job.server.url("/missing.bin"),
+    ]);
+    job.server.add_faults(
+        "/flaky.bin",
+        [Fault::Status {
+            code: 500,
+            retry_after: None,
+        }],
+    );
+    job.server
+        .add_faults("/dropped.bin", [Fault::DropAfter(100_000)]);
+    let ran = job.run(&[&["--retries", "1"], args].concat());
+    assert_eq!(ran.code, Some(1), "{ran:?}");
+    assert_eq!(job.read("flaky.bin"), flaky);
+    assert_eq!(job.read("dropped.bin"), dropped);
+    let about_lines = ran
+        .stderr
+        .lines()
+        .filter(|text| text.starts_with("line "))
+        .map(str::to_string)
+        .collect();
+    (ran, about_lines)
+}
+
+#[test]
+fn without_verbose_retries_are_counted_and_only_final_failures_are_printed() {
+    let (ran, about_lines) = retries_and_failures(&[]);
+    assert!(!ran.stderr.contains("retrying"), "{}", ran.stderr);
+    assert!(!ran.stderr.contains("HTTP 500"), "{}", ran.stderr);
+    // Each line that failed for good, once as it fails (the summary lists
+    // them again, indented).
+    assert_eq!(about_lines.len(), 2, "{}", ran.stderr);
+    assert!(
+        about_lines[..]
+            .iter()
+            .any(|text| text.starts_with("line 3: failed after 2 attempts")
+                && text.contains("refused")),
+        "{}",
+        ran.stderr
+    );
+    assert!(
+        about_lines[..]
+            .iter()
+            .any(|text| text.starts_with("line 4: failed after 1 attempt:")
+                && text.contains("HTTP 404")),
+        "{}",
+        ran.stderr
+    );
+    assert!(ran.stderr.contains("; 3 retries,"), "{}", ran.stderr);
+    assert!(ran.stderr.contains("failed lines:"), "{}", ran.stderr);
+}
+
+#[test]
+fn verbose_also_prints_each_attempt_that_is_retried() {
+    let (ran, about_lines) = retries_and_failures(&["--verbose"]);
+    let retrying: Vec<&String> = about_lines
+        .iter()
+        .filter(|text| text.contains("retrying in"))
+        .collect();
+    assert_eq!(retrying.len(), 3, "{}", ran.stderr);
+    for (line, error) in [(1, "HTTP 500"), (2, "cut short"), (3, "refused")] {
+        let prefix = format!("line {line}: attempt 1 failed, retrying in");
+        assert!(
+            retrying
+                .iter()
+                .any(|text| text.starts_with(&prefix) && text.contains(error)),
+            "no retry of line {line} ({error}) in\n{}",
+            ran.stderr
+        );
+    }
+    // The final failures and the summary as without --verbose.
+    assert_eq!(about_lines.len(), 5, "{}", ran.stderr);
+    assert!(ran.stderr.contains("; 3 retries,"), "{}", ran.stderr);
 }
 
 /// Answers `code` with `retry_after` once, then the file; returns how long

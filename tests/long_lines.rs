@@ -52,9 +52,7 @@ impl Seen {
 }
 
 fn runner(workers: usize) -> Runner {
-    let mut runner = Runner::new();
-    runner.max_line_len(LIMIT).workers(workers);
-    runner
+    Runner::new().max_line_len(LIMIT).workers(workers)
 }
 
 /// The one failed record of `checkpoint`, checked to be line 3 of

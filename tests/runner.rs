@@ -18,12 +18,10 @@ fn input_with(dir: &Path, lines: usize) -> PathBuf {
 }
 
 fn fast_retries(attempts: u32) -> RetryPolicy {
-    let mut policy = RetryPolicy::new();
-    policy
+    RetryPolicy::new()
         .max_attempts(attempts)
         .initial_delay(Duration::from_millis(1))
-        .max_delay(Duration::from_millis(5));
-    policy
+        .max_delay(Duration::from_millis(5))
 }
 
 /// Counts how often each line number ran successfully.
@@ -750,10 +748,9 @@ fn a_checkpoint_is_refused_by_a_run_over_other_lines_than_it_records() {
         ((0, 4), Some((0, 4))),
         ((1, 2), Some((1, 2))),
     ] {
-        let mut runner = Runner::new();
-        runner.checkpoint(&checkpoint);
+        let mut runner = Runner::new().checkpoint(&checkpoint);
         if let Some((index, count)) = shard {
-            runner.shard(index, count);
+            runner = runner.shard(index, count);
         }
         match runner.run(&input, &ok) {
             Err(linemark::Error::ShardMismatch {

@@ -12,6 +12,12 @@
 //! disk. Interrupt it (Ctrl-C, SIGTERM, SIGKILL, a reboot) and run the same
 //! command again: it goes on where it stopped.
 //!
+//! On stderr: a progress bar (on a terminal) with the files done, failed
+//! and the retries so far; each line that failed for good, as it fails; a
+//! summary at the end, retries counted, the failed lines listed. A failed
+//! attempt that will be retried gets a line of its own only with
+//! `--verbose`; `--quiet` prints only fatal errors.
+//!
 //! Exit codes: 0 every line done, 1 some lines failed (`--retry-failed`
 //! retries exactly them), 2 a usage error or linemark's own error (the
 //! checkpoint, the list changed, ...), 130 stopped by a signal.
@@ -37,7 +43,7 @@ use signal_hook::iterator::Signals;
 
 use crate::fetch::{Fetcher, Publisher, Stats};
 use crate::input::Plan;
-use crate::progress::{Progress, Tracked};
+use crate::progress::{Progress, Tracked, Verbosity};
 
 /// Downloads every URL of a list into a directory, resumably.
 ///
@@ -91,9 +97,17 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     checkpoint: Option<PathBuf>,
 
-    /// No progress bar, no summary: only the exit code (and fatal errors).
+    /// No progress bar, no failed lines, no summary: only the exit code
+    /// (and fatal errors).
     #[arg(short, long)]
     quiet: bool,
+
+    /// Also print each failed attempt that will be retried, with its error
+    /// and the wait before the next one. Without it retries are only
+    /// counted, in the bar and the summary; lines that fail for good are
+    /// printed either way.
+    #[arg(short, long, conflicts_with = "quiet")]
+    verbose: bool,
 
     /// Do not sync files or the output directory. After a power loss a file
     /// recorded as done may be empty or short: only for throwaway output.
@@ -126,6 +140,18 @@ struct Args {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+}
+
+impl Args {
+    fn verbosity(&self) -> Verbosity {
+        if self.quiet {
+            Verbosity::Quiet
+        } else if self.verbose {
+            Verbosity::Verbose
+        } else {
+            Verbosity::Normal
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -182,7 +208,7 @@ fn download(
     let publisher = Arc::new(Publisher::create(out, !args.no_fsync)?);
     let mut runner = Runner::new();
     if let Some(path) = &args.checkpoint {
-        runner.checkpoint(path);
+        runner = runner.checkpoint(path);
     }
     let checkpoint = runner.checkpoint_path(list);
     let snapshot = Checkpoint::inspect(&checkpoint)?;
@@ -192,7 +218,7 @@ fn download(
     let roots = args.cacert.as_deref().map(read_roots).transpose()?;
     let stop = StopToken::new();
     let stats = Arc::new(Stats::default());
-    let progress = Arc::new(Progress::new(&plan, &stats, args.quiet));
+    let progress = Arc::new(Progress::new(&plan, &stats, args.verbosity()));
     watch_signals(&stop, args.quiet)?;
 
     let fetcher = Fetcher::new(
@@ -204,9 +230,8 @@ fn download(
         Arc::clone(&stats),
         Arc::clone(&publisher),
     )?;
-    let mut retry = RetryPolicy::new();
-    retry.max_attempts(args.retries.saturating_add(1));
-    runner
+    let retry = RetryPolicy::new().max_attempts(args.retries.saturating_add(1));
+    runner = runner
         .workers(jobs)
         .retry(retry)
         .retry_failed(args.retry_failed)
@@ -214,10 +239,10 @@ fn download(
     if !args.quiet {
         // Quiet, the events would feed nothing: no observer, no event.
         let observer = Arc::clone(&progress);
-        runner.observer(move |event: &Event<'_>| observer.on_event(event));
+        runner = runner.observer(move |event: &Event<'_>| observer.on_event(event));
     }
     let hook = Arc::clone(&publisher);
-    runner.before_checkpoint_write(move || hook.publish());
+    runner = runner.before_checkpoint_write(move || hook.publish());
     let task = Tracked {
         task: fetcher,
         progress: &progress,

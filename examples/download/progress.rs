@@ -1,8 +1,12 @@
-//! The progress bar and the final summary.
+//! The progress bar, the messages above it and the final summary.
 //!
 //! The bar advances by input bytes (each finished line's length), so its ETA
 //! needs no count of lines; files and bytes downloaded are drawn from the
-//! fetcher's counters at each redraw.
+//! fetcher's counters at each redraw, failed lines and retries from the
+//! runner's events. A line that fails for good is printed as it fails; a
+//! failed attempt that will be retried only counts, unless verbose: a run
+//! against a flaky server would otherwise print a line per retry (94 in one
+//! `--demo` run) and bury the failures that need a `--retry-failed`.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -16,9 +20,22 @@ use linemark::{Event, FailedLine, Line, Report, Task};
 use crate::fetch::Stats;
 use crate::input::Plan;
 
+/// How much a run prints on stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verbosity {
+    /// Only fatal errors (`--quiet`).
+    Quiet,
+    /// The bar (on a terminal), each line that failed for good, the summary.
+    Normal,
+    /// Also each failed attempt that will be retried (`--verbose`).
+    Verbose,
+}
+
 /// Receives the runner's events; draws the bar unless quiet.
 pub struct Progress {
     bar: Option<ProgressBar>,
+    /// Whether each retried attempt gets a message of its own.
+    attempts: bool,
     /// Lengths of the lines in progress, noted by [`Tracked`]: the
     /// `Failed` event has no offsets to measure a line with.
     lengths: Mutex<HashMap<u64, u64>>,
@@ -27,10 +44,10 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn new(plan: &Plan, stats: &Arc<Stats>, quiet: bool) -> Progress {
+    pub fn new(plan: &Plan, stats: &Arc<Stats>, verbosity: Verbosity) -> Progress {
         let failed = Arc::new(AtomicU64::new(0));
         let retries = Arc::new(AtomicU64::new(0));
-        let bar = (!quiet).then(|| {
+        let bar = (verbosity != Verbosity::Quiet).then(|| {
             let started = Instant::now();
             let files = {
                 let stats = Arc::clone(stats);
@@ -61,7 +78,7 @@ impl Progress {
                 move |_: &ProgressState, w: &mut dyn std::fmt::Write| {
                     let retries = retries.load(Ordering::Relaxed);
                     if retries > 0 {
-                        let _ = write!(w, ", {retries} retries");
+                        let _ = write!(w, ", {}", counted(retries, "retry", "retries"));
                     }
                 }
             };
@@ -79,6 +96,7 @@ impl Progress {
         });
         Progress {
             bar,
+            attempts: verbosity == Verbosity::Verbose,
             lengths: Mutex::new(HashMap::new()),
             failed,
             retries,
@@ -97,8 +115,8 @@ impl Progress {
                 self.advance(line);
                 self.failed.fetch_add(1, Ordering::Relaxed);
                 self.note(&format!(
-                    "line {line}: failed after {attempts} attempt{}: {error}",
-                    if attempts == 1 { "" } else { "s" }
+                    "line {line}: failed after {}: {error}",
+                    counted(attempts.into(), "attempt", "attempts")
                 ));
             }
             Event::Retrying {
@@ -108,10 +126,12 @@ impl Progress {
                 error,
             } => {
                 self.retries.fetch_add(1, Ordering::Relaxed);
-                self.note(&format!(
-                    "line {line}: attempt {attempt} failed, retrying in {:.1} s: {error}",
-                    delay.as_secs_f64()
-                ));
+                if self.attempts {
+                    self.note(&format!(
+                        "line {line}: attempt {attempt} failed, retrying in {:.1} s: {error}",
+                        delay.as_secs_f64()
+                    ));
+                }
             }
             _ => {}
         }
@@ -197,12 +217,12 @@ pub fn summary(report: &Report, plan: &Plan, stats: &Stats, failed: &[FailedLine
     let seconds = report.elapsed.as_secs_f64().max(0.001);
     let _ = writeln!(
         out,
-        "{} in {} ({}/s, {:.0} files/s); {} retries, {resumed} resumed by range, {restarted} restarted from zero",
+        "{} in {} ({}/s, {:.0} files/s); {}, {resumed} resumed by range, {restarted} restarted from zero",
         HumanBytes(bytes),
         HumanDuration(report.elapsed),
         HumanBytes((bytes as f64 / seconds) as u64),
         downloaded as f64 / seconds,
-        report.retried,
+        counted(report.retried, "retry", "retries"),
     );
     const SHOWN: usize = 20;
     if !failed.is_empty() {
@@ -210,10 +230,10 @@ pub fn summary(report: &Report, plan: &Plan, stats: &Stats, failed: &[FailedLine
         for line in failed.iter().take(SHOWN) {
             let _ = writeln!(
                 out,
-                "  line {}: {} (after {} attempts)",
+                "  line {}: {} (after {})",
                 line.line(),
                 line.error(),
-                line.attempts()
+                counted(line.attempts().into(), "attempt", "attempts")
             );
         }
         if failed.len() > SHOWN {
@@ -226,4 +246,9 @@ pub fn summary(report: &Report, plan: &Plan, stats: &Stats, failed: &[FailedLine
         }
     }
     out
+}
+
+/// `count` and the noun in the right number: "1 retry", "3 retries".
+fn counted(count: u64, one: &str, many: &str) -> String {
+    format!("{count} {}", if count == 1 { one } else { many })
 }

@@ -118,24 +118,24 @@ impl CheckpointBuilder {
     /// assert_eq!(calls.load(Ordering::SeqCst), 1);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[must_use = "a builder method returns the changed builder"]
     pub fn before_write(
-        &mut self,
+        mut self,
         hook: impl Fn() -> io::Result<()> + Send + Sync + 'static,
-    ) -> &mut CheckpointBuilder {
+    ) -> CheckpointBuilder {
         self.before_write = Some(BeforeWrite(Arc::new(hook)));
         self
     }
 
-    pub(crate) fn before_write_hook(
-        &mut self,
-        hook: Option<BeforeWrite>,
-    ) -> &mut CheckpointBuilder {
+    #[must_use = "a builder method returns the changed builder"]
+    pub(crate) fn before_write_hook(mut self, hook: Option<BeforeWrite>) -> CheckpointBuilder {
         self.before_write = hook;
         self
     }
 
     /// When commits reach the disk.
-    pub fn durability(&mut self, durability: Durability) -> &mut CheckpointBuilder {
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn durability(mut self, durability: Durability) -> CheckpointBuilder {
         self.durability = durability;
         self
     }
@@ -166,7 +166,8 @@ impl CheckpointBuilder {
     /// assert_eq!(checkpoint.write_delay(), Duration::from_millis(50));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn write_delay(&mut self, delay: Duration) -> &mut CheckpointBuilder {
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn write_delay(mut self, delay: Duration) -> CheckpointBuilder {
         self.write_delay = delay;
         self
     }
@@ -174,14 +175,16 @@ impl CheckpointBuilder {
     /// Routes the checkpoint's file operations through `fs` (tests simulate
     /// power loss with it).
     #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn file_system(&mut self, fs: Arc<dyn Fs>) -> &mut CheckpointBuilder {
+    #[must_use = "a builder method returns the changed builder"]
+    pub(crate) fn file_system(mut self, fs: Arc<dyn Fs>) -> CheckpointBuilder {
         self.fs = fs;
         self
     }
 
     /// Rewrites the file as one compact snapshot once it grows past `bytes`
     /// (or past twice the snapshot's own size, if that is larger).
-    pub fn compact_at(&mut self, bytes: u64) -> &mut CheckpointBuilder {
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn compact_at(mut self, bytes: u64) -> CheckpointBuilder {
         self.compact_at = bytes;
         self
     }
