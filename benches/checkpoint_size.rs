@@ -126,7 +126,7 @@ fn measure(case: &Case, input: &Path, lines: u64, dir: &Path) -> (u64, u64, f64)
         .durability(case.durability)
         .workers(case.workers)
         .observer(observer)
-        .run(&run_input, &common::no_op)
+        .run_task(&run_input, &common::no_op)
         .unwrap();
     let elapsed = started.elapsed();
     assert_eq!((report.done, report.failed), (lines, 0));

@@ -76,7 +76,7 @@ fn run_many(iters: u64, input: &Path, checkpoint: &Path, workers: usize) -> Dura
         let report = Runner::new()
             .checkpoint(checkpoint)
             .workers(workers)
-            .run(input, &sleep_task)
+            .run_task(input, &sleep_task)
             .unwrap();
         assert_eq!((report.done, report.failed), (LINES, 0));
         assert!(report.is_complete());

@@ -102,7 +102,7 @@ fn resume(c: &mut Criterion) {
                         .checkpoint(path)
                         .verify_prefix(verify)
                         .stop_token(stop)
-                        .run(&input, &common::no_op)
+                        .run_task(&input, &common::no_op)
                         .unwrap();
                     assert!(report.stopped && report.done == 0);
                     assert_eq!(report.resumed_at, common::position_after(done));
@@ -126,7 +126,7 @@ fn run_until(input: &Path, path: &Path, done: u64) {
     let report = Runner::new()
         .checkpoint(path)
         .stop_token(stop.clone())
-        .run(input, &task)
+        .run_task(input, &task)
         .unwrap();
     assert_eq!(report.position, common::position_after(done));
     let text = std::fs::read_to_string(path).unwrap();

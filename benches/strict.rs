@@ -86,7 +86,7 @@ fn runner_every_commit(input: &Path, checkpoint: &Path) -> Duration {
     let report = Runner::new()
         .checkpoint(checkpoint)
         .durability(Durability::EveryCommit)
-        .run(input, &common::no_op)
+        .run_task(input, &common::no_op)
         .unwrap();
     assert_eq!((report.done, report.failed), (LINES, 0));
     assert_eq!(report.position, common::position_after(LINES));
@@ -99,7 +99,7 @@ fn check_record_len(input: &Path, checkpoint: &Path) {
     Runner::new()
         .checkpoint(checkpoint)
         .durability(Durability::EveryCommit)
-        .run(input, &common::no_op)
+        .run_task(input, &common::no_op)
         .unwrap();
     let text = std::fs::read_to_string(checkpoint).unwrap();
     let last = text

@@ -85,7 +85,7 @@ fn runner_sequential(input: &Path, checkpoint: &Path, verify: bool) -> Duration 
     let report = Runner::new()
         .checkpoint(checkpoint)
         .verify_prefix(verify)
-        .run(input, &common::no_op)
+        .run_task(input, &common::no_op)
         .unwrap();
     assert_eq!((report.done, report.failed), (LINES, 0));
     assert!(report.is_complete());

@@ -276,11 +276,11 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         bar: bar.clone(),
     };
     let report = match input.kind {
-        InputKind::File => runner.run(&input.path, &task),
+        InputKind::File => runner.run_task(&input.path, &task),
         InputKind::Stream => {
             let reader = BufReader::with_capacity(64 * 1024, StreamReader::new(&input.path));
             runner
-                .run_reader(reader, &checkpoint, &task)
+                .run_reader_task(reader, &checkpoint, &task)
                 .map_err(|err| err.with_input_path(&input.path))
         }
     };
@@ -543,6 +543,10 @@ impl fmt::Display for CommandError {
         }
     }
 }
+
+// The Display text says it all; no source, so the io::Error is not shown
+// twice.
+impl std::error::Error for CommandError {}
 
 impl Task for RunCommand {
     type Error = CommandError;

@@ -70,7 +70,7 @@ fn main() -> ExitCode {
         bytes.fetch_add(line.raw().len() as u64, Ordering::Relaxed);
         Ok(())
     };
-    let report = match runner.run(&args.input, &count) {
+    let report = match runner.run_task(&args.input, &count) {
         Ok(report) => report,
         Err(err) => {
             eprintln!("tally: {err}");

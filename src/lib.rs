@@ -73,7 +73,7 @@ pub use progress::{Event, Observer};
 pub use retry::RetryPolicy;
 pub use runner::{Report, Runner, SeekMode};
 pub use stop::StopToken;
-pub use task::Task;
+pub use task::{BoxError, MAX_ERROR_LEN, Permanent, Task, permanent};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

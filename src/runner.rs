@@ -19,7 +19,7 @@ use crate::position::{Position, check_prefix};
 use crate::progress::{Event, Observer};
 use crate::retry::RetryPolicy;
 use crate::stop::StopToken;
-use crate::task::Task;
+use crate::task::{BoxError, FnTask, Task, error_chain};
 use crate::window::{Finished, Window};
 
 /// How a run finds where it left off in a file input. Stream inputs
@@ -52,13 +52,12 @@ pub enum SeekMode {
 /// # Examples
 ///
 /// ```
-/// use linemark::{Line, Runner};
+/// use linemark::Runner;
 ///
 /// let dir = tempfile::tempdir()?;
 /// let input = dir.path().join("in.txt");
 /// std::fs::write(&input, "a\nb\n")?;
-/// let task = |_: &Line<'_>| -> Result<(), String> { Ok(()) };
-/// let report = Runner::new().run(&input, &task)?;
+/// let report = Runner::new().run(&input, |_| Ok(()))?;
 /// assert_eq!((report.done, report.failed, report.position.line()), (2, 0, 2));
 /// assert!(report.is_complete() && !report.stopped);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -135,24 +134,26 @@ impl Report {
 ///
 /// ```
 /// use std::sync::Mutex;
-/// use linemark::{Line, Runner};
+/// use linemark::Runner;
 ///
 /// let dir = tempfile::tempdir()?;
 /// let input = dir.path().join("numbers.txt");
 /// std::fs::write(&input, "1\n2\n3\n")?;
 ///
 /// let sum = Mutex::new(0u64);
-/// let task = |line: &Line<'_>| -> Result<(), std::num::ParseIntError> {
-///     let n: u64 = line.as_str().unwrap_or_default().parse()?;
+/// let add = |line: &linemark::Line<'_>| {
+///     let n: u64 = line.as_str()?.parse()?;
 ///     *sum.lock().unwrap() += n;
 ///     Ok(())
 /// };
-/// let report = Runner::new().workers(2).run(&input, &task)?;
+/// // A runner is a value: build it once, run it as often as needed.
+/// let runner = Runner::new().workers(2);
+/// let report = runner.run(&input, add)?;
 /// assert_eq!((report.done, report.failed), (3, 0));
 /// assert_eq!(*sum.lock().unwrap(), 6);
 ///
 /// // A rerun finds nothing to do.
-/// let again = Runner::new().run(&input, &task)?;
+/// let again = runner.run(&input, add)?;
 /// assert_eq!((again.done, again.skipped), (0, 0));
 /// assert!(again.is_complete());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -428,17 +429,53 @@ impl Runner {
             .unwrap_or_else(|| self.default_checkpoint_path(input))
     }
 
-    /// Runs `task` over the lines of the file `input`, resuming from its
-    /// checkpoint.
+    /// Runs the closure `task` over the lines of the file `input`, resuming
+    /// from its checkpoint.
+    ///
+    /// The closure's types are inferred: it takes a [`&Line`](Line) and
+    /// returns `Result<(), BoxError>`, so `?` works on any error, and
+    /// `Err(permanent(error))` fails the line without retries (see
+    /// [`permanent`](crate::permanent)). A type that implements [`Task`]
+    /// runs with [`run_task`](Runner::run_task).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use linemark::Runner;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let input = dir.path().join("ids.txt");
+    /// std::fs::write(&input, "17\n23\n")?;
+    /// let report = Runner::new().workers(2).run(&input, |line| {
+    ///     let id: u64 = line.as_str()?.parse()?;
+    ///     assert!(id > 0);
+    ///     Ok(())
+    /// })?;
+    /// assert!(report.is_complete());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     ///
     /// linemark's own errors: the checkpoint cannot be opened or written
     /// ([`Error::Locked`], [`Error::Corrupt`], [`Error::Io`], ...), the input
-    /// changed since the checkpoint ([`Error::InputChanged`]), a line is too
-    /// long. Progress recorded before the error is kept. The task's errors
-    /// are never returned: they make failed lines.
-    pub fn run<T: Task>(&self, input: impl AsRef<Path>, task: &T) -> Result<Report> {
+    /// changed since the checkpoint ([`Error::InputChanged`]). Progress
+    /// recorded before the error is kept. The task's errors are never
+    /// returned: they make failed lines.
+    pub fn run<F>(&self, input: impl AsRef<Path>, task: F) -> Result<Report>
+    where
+        F: Fn(&Line<'_>) -> std::result::Result<(), BoxError> + Sync,
+    {
+        self.run_task(input, &FnTask(task))
+    }
+
+    /// Runs `task`, a [`Task`], over the lines of the file `input`, resuming
+    /// from its checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// As [`run`](Runner::run).
+    pub fn run_task<T: Task>(&self, input: impl AsRef<Path>, task: &T) -> Result<Report> {
         let input = input.as_ref();
         let in_err = |err| Error::io(Some(input), "opening the input", err);
         let file = File::open(input).map_err(in_err)?;
@@ -486,16 +523,50 @@ impl Runner {
             .map_err(|err| err.with_input_path(input))
     }
 
-    /// Runs `task` over the lines of a stream that cannot seek (stdin, a
-    /// pipe, a decompressor), given from its first byte, with the checkpoint
-    /// at `checkpoint`. The finished lines are skipped by counting them
+    /// Runs the closure `task` (as in [`run`](Runner::run)) over the lines
+    /// of a stream that cannot seek (stdin, a pipe, a decompressor), given
+    /// from its first byte, with the checkpoint at `checkpoint`. The
+    /// finished lines are skipped by counting them
     /// ([`Position::seek_lines`]); in [`retry_failed`](Runner::retry_failed)
     /// mode the stream is scanned for the failed lines.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use linemark::Runner;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let stream: &[u8] = b"a\nb\n"; // stdin.lock() in a real program
+    /// let report = Runner::new().run_reader(stream, dir.path().join("stdin.checkpoint"), |line| {
+    ///     println!("{}", line.as_str()?);
+    ///     Ok(())
+    /// })?;
+    /// assert_eq!(report.done, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     ///
     /// As [`run`](Runner::run).
-    pub fn run_reader<R: BufRead, T: Task>(
+    pub fn run_reader<R: BufRead, F>(
+        &self,
+        reader: R,
+        checkpoint: impl AsRef<Path>,
+        task: F,
+    ) -> Result<Report>
+    where
+        F: Fn(&Line<'_>) -> std::result::Result<(), BoxError> + Sync,
+    {
+        self.run_reader_task(reader, checkpoint, &FnTask(task))
+    }
+
+    /// Runs `task`, a [`Task`], over the lines of a stream, as
+    /// [`run_reader`](Runner::run_reader) does.
+    ///
+    /// # Errors
+    ///
+    /// As [`run`](Runner::run).
+    pub fn run_reader_task<R: BufRead, T: Task>(
         &self,
         mut reader: R,
         checkpoint: impl AsRef<Path>,
@@ -1131,11 +1202,12 @@ impl Shared {
         loop {
             let (message, retryable, hint) = match result {
                 Ok(Ok(())) => return Outcome::Done,
-                Ok(Err(err)) => (
-                    err.to_string(),
-                    task.is_retryable(&err),
-                    task.retry_after(&err),
-                ),
+                Ok(Err(err)) => {
+                    let retryable = task.is_retryable(&err);
+                    let hint = task.retry_after(&err);
+                    let boxed: BoxError = err.into();
+                    (error_chain(&*boxed), retryable, hint)
+                }
                 Err(panic) => (panic_message(panic.as_ref()), false, None),
             };
             if self.stopping() {

@@ -1,9 +1,17 @@
 //! The `Task` trait: what a job does with one line.
 
+use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
 
 use crate::line::Line;
+
+/// Any error, boxed: what a closure given to
+/// [`Runner::run`](crate::Runner::run) returns. `?` converts every
+/// `std::error::Error` into it (and `anyhow::Error`), `"text".into()` and
+/// `format!(..).into()` make one from a message, and [`permanent`] marks
+/// one that retrying cannot mend.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 
 /// What a job does with one line.
 ///
@@ -17,8 +25,14 @@ use crate::line::Line;
 /// a line may be run again even if it had finished, so make the work
 /// idempotent where a repeat would hurt.
 ///
-/// A closure `Fn(&Line) -> Result<(), E>` is a task whose errors are all
-/// retryable.
+/// A closure `Fn(&Line) -> Result<(), E>` is a task too, whose errors are
+/// all retryable; give it to [`Runner::run_task`](crate::Runner::run_task).
+/// The plainer way to run a closure is [`Runner::run`](crate::Runner::run),
+/// which infers its types and lets it mark an error [`permanent`].
+///
+/// A failed line records the error's message and, joined with `: `, those
+/// of its [`source`](std::error::Error::source) chain (see
+/// [`Task::Error`]).
 ///
 /// # Examples
 ///
@@ -40,6 +54,8 @@ use crate::line::Line;
 ///         }
 ///     }
 /// }
+///
+/// impl std::error::Error for FetchError {}
 ///
 /// struct Fetch;
 ///
@@ -66,9 +82,12 @@ use crate::line::Line;
 /// assert!(Fetch.run(&Line::new(b"https://example.com/\n", 1, 0)).is_ok());
 /// ```
 pub trait Task: Sync {
-    /// The task's own error type. Its `Display` text is what the checkpoint
-    /// records for a failed line.
-    type Error: fmt::Display;
+    /// The task's own error type: anything that converts into a
+    /// [`BoxError`] (every `std::error::Error + Send + Sync`, `String`,
+    /// `&str`, `anyhow::Error`). A failed line records its `Display` text
+    /// followed by its source chain, `: `-joined, at most
+    /// [`MAX_ERROR_LEN`] bytes.
+    type Error: Into<BoxError>;
 
     /// Does the work for one line.
     ///
@@ -80,7 +99,8 @@ pub trait Task: Sync {
 
     /// Whether the error may go away if the line is tried again (default:
     /// yes). A line whose error is not retryable is recorded as failed at
-    /// once.
+    /// once. (A closure given to [`Runner::run`](crate::Runner::run) says
+    /// "not retryable" by returning [`permanent`]`(error)`.)
     fn is_retryable(&self, _error: &Self::Error) -> bool {
         true
     }
@@ -96,11 +116,171 @@ pub trait Task: Sync {
 impl<F, E> Task for F
 where
     F: Fn(&Line<'_>) -> Result<(), E> + Sync,
-    E: fmt::Display,
+    E: Into<BoxError>,
 {
     type Error = E;
 
     fn run(&self, line: &Line<'_>) -> Result<(), E> {
         self(line)
+    }
+}
+
+/// The most bytes of error text a failed line records.
+pub const MAX_ERROR_LEN: usize = 4096;
+
+/// An error that trying again cannot mend (a parse error, an HTTP 404):
+/// the line is recorded as failed at once, without retries. Make one with
+/// [`permanent`]. Its message and source chain are those of the error it
+/// wraps.
+#[derive(Debug)]
+pub struct Permanent(BoxError);
+
+impl Permanent {
+    /// The error it wraps.
+    #[must_use]
+    pub fn into_inner(self) -> BoxError {
+        self.0
+    }
+}
+
+impl fmt::Display for Permanent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl StdError for Permanent {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.0.source()
+    }
+}
+
+/// Marks `error` as one that retrying cannot mend: returned by a closure
+/// given to [`Runner::run`](crate::Runner::run), it fails the line at once.
+///
+/// # Examples
+///
+/// ```
+/// use linemark::{Runner, permanent};
+///
+/// let dir = tempfile::tempdir()?;
+/// let input = dir.path().join("ids.txt");
+/// std::fs::write(&input, "17\nnot-a-number\n")?;
+/// let report = Runner::new().run(&input, |line| {
+///     // A line that does not parse will not parse on the next attempt.
+///     let id: u64 = line.as_str()?.parse().map_err(permanent)?;
+///     println!("importing {id}");
+///     Ok(())
+/// })?;
+/// assert_eq!((report.done, report.failed), (1, 1));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn permanent(error: impl Into<BoxError>) -> BoxError {
+    Box::new(Permanent(error.into()))
+}
+
+/// A closure given to [`Runner::run`](crate::Runner::run), as a task.
+pub(crate) struct FnTask<F>(pub(crate) F);
+
+impl<F> Task for FnTask<F>
+where
+    F: Fn(&Line<'_>) -> Result<(), BoxError> + Sync,
+{
+    type Error = BoxError;
+
+    fn run(&self, line: &Line<'_>) -> Result<(), BoxError> {
+        (self.0)(line)
+    }
+
+    fn is_retryable(&self, error: &BoxError) -> bool {
+        !error.is::<Permanent>()
+    }
+}
+
+/// The text a failed line records for `error`: its message, then each
+/// source's that it does not already contain, `: `-joined, cut to
+/// [`MAX_ERROR_LEN`] bytes at a character boundary.
+pub(crate) fn error_chain(error: &(dyn StdError + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let message = cause.to_string();
+        // Many errors repeat their source's message in their own.
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        if text.len() > MAX_ERROR_LEN {
+            break;
+        }
+        source = cause.source();
+    }
+    if text.len() > MAX_ERROR_LEN {
+        let mut end = MAX_ERROR_LEN - '…'.len_utf8();
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl fmt::Display for Layer {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl StdError for Layer {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            self.1
+                .as_deref()
+                .map(|inner| inner as &(dyn StdError + 'static))
+        }
+    }
+
+    fn layers(messages: &[&'static str]) -> Layer {
+        let mut inner = None;
+        for message in messages.iter().rev() {
+            inner = Some(Box::new(Layer(message, inner)));
+        }
+        *inner.unwrap()
+    }
+
+    #[test]
+    fn the_chain_is_joined_and_repeats_are_left_out() {
+        let error = layers(&["importing line 3", "connecting to db", "connection refused"]);
+        assert_eq!(
+            error_chain(&error),
+            "importing line 3: connecting to db: connection refused"
+        );
+        let repeating = layers(&["reading: permission denied", "permission denied"]);
+        assert_eq!(error_chain(&repeating), "reading: permission denied");
+    }
+
+    #[test]
+    fn the_chain_is_bounded_at_a_character_boundary() {
+        let long: &'static str = "é".repeat(MAX_ERROR_LEN).leak();
+        let error = layers(&["top", long, "never shown"]);
+        let text = error_chain(&error);
+        assert!(text.len() <= MAX_ERROR_LEN, "{}", text.len());
+        assert!(text.starts_with("top: éé") && text.ends_with('…'));
+    }
+
+    #[test]
+    fn permanent_keeps_the_message_and_chain_and_is_not_retryable() {
+        let error = permanent(layers(&["bad id", "invalid digit"]));
+        assert_eq!(error_chain(&*error), "bad id: invalid digit");
+        let task = FnTask(|_: &Line<'_>| -> Result<(), BoxError> { Ok(()) });
+        assert!(!task.is_retryable(&error));
+        assert!(task.is_retryable(&"timeout".into()));
     }
 }

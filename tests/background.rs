@@ -216,7 +216,9 @@ fn run_on_a_fifo_returns_instead_of_hanging() {
     let input = fifo.clone();
     let runner = thread::spawn(move || {
         let task = |_: &Line<'_>| -> Result<(), String> { Ok(()) };
-        let result = Runner::new().run(&input, &task).map(|report| report.done);
+        let result = Runner::new()
+            .run_task(&input, &task)
+            .map(|report| report.done);
         let _ = done.send(format!("{result:?}"));
     });
     feeder.join().unwrap();
@@ -265,13 +267,13 @@ fn a_line_whose_middle_is_rewritten_under_the_run_is_not_recorded_as_seen() {
     let report = Runner::new()
         .checkpoint(&checkpoint)
         .durability(Durability::EveryCommit)
-        .run(&input, &rewrite_middle);
+        .run_task(&input, &rewrite_middle);
     seen.push(format!("first run: {:?}", report.as_ref().map(|r| r.done)));
 
     let recorded = Checkpoint::inspect(&checkpoint).unwrap().position;
     let original = linemark::digest(b"head-of-line: original middle :tail-end\n");
     let ok = |_: &Line<'_>| -> Result<(), std::convert::Infallible> { Ok(()) };
-    let rerun = Runner::new().checkpoint(&checkpoint).run(&input, &ok);
+    let rerun = Runner::new().checkpoint(&checkpoint).run_task(&input, &ok);
     assert!(
         report.is_err() || matches!(rerun, Err(Error::InputChanged { .. })),
         "the middle of line 3 changed under the run; {seen:?}; recorded digest \

@@ -163,7 +163,7 @@ fn runner_job(input: &Path, output: &Path, stuck_at: Option<u64>) -> linemark::R
         }
         append(&output, line)
     };
-    Runner::new().run(input, &task).unwrap()
+    Runner::new().run_task(input, &task).unwrap()
 }
 
 fn stuck_child() {
@@ -357,7 +357,7 @@ fn torture_child() {
     };
     let report = Runner::new()
         .workers(TORTURE_WORKERS)
-        .run(env_path(INPUT_VAR), &task)
+        .run_task(env_path(INPUT_VAR), &task)
         .unwrap();
     // Lines done and microseconds taken, for the throughput.
     println!("{REPORT}{} {}", report.done, report.elapsed.as_micros());
@@ -615,7 +615,7 @@ fn slow_child() {
         thread::sleep(Duration::from_micros(300));
         append(&output, line)
     };
-    Runner::new().run(env_path(INPUT_VAR), &task).unwrap();
+    Runner::new().run_task(env_path(INPUT_VAR), &task).unwrap();
 }
 
 /// The offset of the last `prefix` record in a checkpoint file, if any.
@@ -662,7 +662,7 @@ fn after_a_sigkill_an_edit_of_the_finished_lines_is_refused_and_without_it_the_j
     edited[at] = if edited[at] == b'L' { b'M' } else { b'L' };
     fs::write(&input.path, &edited).unwrap();
     let err = Runner::new()
-        .run(&input.path, &|_: &Line<'_>| -> io::Result<()> { Ok(()) })
+        .run_task(&input.path, &|_: &Line<'_>| -> io::Result<()> { Ok(()) })
         .unwrap_err();
     assert!(
         matches!(&err, Error::InputChanged { found, .. } if found.contains("a finished line was edited")),
@@ -673,7 +673,7 @@ fn after_a_sigkill_an_edit_of_the_finished_lines_is_refused_and_without_it_the_j
     fs::write(&input.path, &original).unwrap();
     let out = open_output(&output);
     let report = Runner::new()
-        .run(&input.path, &|line: &Line<'_>| append(&out, line))
+        .run_task(&input.path, &|line: &Line<'_>| append(&out, line))
         .unwrap();
     assert!(report.is_complete(), "{report:?}");
     let counts = counts_by_line(&input, &output);

@@ -92,7 +92,7 @@ fn a_line_over_the_limit_is_a_failed_line_and_the_run_goes_on() {
         let input = input_with_a_long_line();
         let seen = Seen::default();
         let report = runner(workers)
-            .run(&input.path, &seen.task())
+            .run_task(&input.path, &seen.task())
             .unwrap_or_else(|err| panic!("{workers} worker(s): {err}"));
         assert_eq!(seen.lines(), [1, 2, 4, 5], "{workers} worker(s)");
         assert_eq!((report.done, report.failed, report.failed_total), (4, 1, 1));
@@ -103,7 +103,9 @@ fn a_line_over_the_limit_is_a_failed_line_and_the_run_goes_on() {
 
         // A rerun does not stop on it, nor run anything.
         let again = Seen::default();
-        let report = runner(workers).run(&input.path, &again.task()).unwrap();
+        let report = runner(workers)
+            .run_task(&input.path, &again.task())
+            .unwrap();
         assert!(again.lines().is_empty());
         assert_eq!((report.done, report.failed, report.failed_total), (0, 0, 1));
     }
@@ -118,7 +120,7 @@ fn a_stream_with_a_line_over_the_limit_goes_on() {
         let checkpoint = input.sibling("stream.checkpoint");
         let seen = Seen::default();
         let report = runner(workers)
-            .run_reader(&text[..], &checkpoint, &seen.task())
+            .run_reader_task(&text[..], &checkpoint, &seen.task())
             .unwrap_or_else(|err| panic!("{workers} worker(s): {err}"));
         assert_eq!(seen.lines(), [1, 2, 4, 5], "{workers} worker(s)");
         assert_eq!((report.done, report.failed), (4, 1));
@@ -134,7 +136,7 @@ fn the_limit_counts_the_newline_and_applies_to_an_unterminated_last_line() {
     let over = vec![b'b'; LIMIT + 1];
     let input = Input::new(vec![at_limit, over.clone()]);
     let seen = Seen::default();
-    let report = runner(1).run(&input.path, &seen.task()).unwrap();
+    let report = runner(1).run_task(&input.path, &seen.task()).unwrap();
     assert_eq!(seen.lines(), [1]);
     assert_eq!((report.done, report.failed), (1, 1));
     assert_eq!(report.position, positions_after(&input.lines)[2]);
@@ -164,7 +166,7 @@ fn a_rerun_skips_a_recorded_long_line_without_running_it() {
         record_line_3_failed(&input, &input.lines[2]);
         let seen = Seen::default();
         let report = runner(workers)
-            .run(&input.path, &seen.task())
+            .run_task(&input.path, &seen.task())
             .unwrap_or_else(|err| panic!("{workers} worker(s): {err}"));
         assert_eq!(seen.lines(), [1, 2, 4, 5], "{workers} worker(s)");
         assert_eq!(
@@ -190,7 +192,7 @@ fn a_long_line_that_differs_from_its_record_is_an_input_change() {
         other[150] = b'y';
         record_line_3_failed(&input, &other);
         let seen = Seen::default();
-        match runner(workers).run(&input.path, &seen.task()) {
+        match runner(workers).run_task(&input.path, &seen.task()) {
             Err(Error::InputChanged {
                 line: 3, offset: 8, ..
             }) => {}
@@ -206,12 +208,12 @@ fn retry_failed_reports_a_long_line_failed_again_without_reading_it() {
         // A file: the failed line is found by its offset.
         let input = input_with_a_long_line();
         runner(workers)
-            .run(&input.path, &Seen::default().task())
+            .run_task(&input.path, &Seen::default().task())
             .unwrap();
         let seen = Seen::default();
         let report = runner(workers)
             .retry_failed(true)
-            .run(&input.path, &seen.task())
+            .run_task(&input.path, &seen.task())
             .unwrap_or_else(|err| panic!("{workers} worker(s): {err}"));
         assert!(seen.lines().is_empty());
         assert_eq!((report.done, report.failed, report.failed_total), (0, 1, 1));
@@ -221,11 +223,11 @@ fn retry_failed_reports_a_long_line_failed_again_without_reading_it() {
         let text = std::fs::read(&input.path).unwrap();
         let checkpoint = input.sibling("stream.checkpoint");
         runner(workers)
-            .run_reader(&text[..], &checkpoint, &Seen::default().task())
+            .run_reader_task(&text[..], &checkpoint, &Seen::default().task())
             .unwrap();
         let report = runner(workers)
             .retry_failed(true)
-            .run_reader(&text[..], &checkpoint, &seen.task())
+            .run_reader_task(&text[..], &checkpoint, &seen.task())
             .unwrap_or_else(|err| panic!("{workers} worker(s), stream: {err}"));
         assert!(seen.lines().is_empty());
         assert_eq!((report.done, report.failed, report.failed_total), (0, 1, 1));
@@ -235,7 +237,7 @@ fn retry_failed_reports_a_long_line_failed_again_without_reading_it() {
         let report = Runner::new()
             .workers(workers)
             .retry_failed(true)
-            .run(&input.path, &seen.task())
+            .run_task(&input.path, &seen.task())
             .unwrap();
         assert_eq!(seen.lines(), [3]);
         assert!(report.is_complete());
@@ -325,7 +327,7 @@ fn long_line_child() {
     let task = |_: &Line<'_>| -> Result<(), String> { Ok(()) };
     let report = Runner::new()
         .workers(workers)
-        .run_reader(stream, &checkpoint, &task)
+        .run_reader_task(stream, &checkpoint, &task)
         .unwrap();
     // Checked by the parent, memory first.
     println!(

@@ -48,12 +48,12 @@ fn a_truncated_input_is_reported_with_its_real_length() {
     for mode in [SeekMode::Offset, SeekMode::Lines] {
         let dir = tempfile::tempdir().unwrap();
         let input = input_with(dir.path(), 8);
-        Runner::new().seek_mode(mode).run(&input, &ok).unwrap();
+        Runner::new().seek_mode(mode).run_task(&input, &ok).unwrap();
         // 8 lines of 8 bytes were finished; 21 bytes are left.
         let bytes = std::fs::read(&input).unwrap();
         std::fs::write(&input, &bytes[..21]).unwrap();
         let (shown, line, offset, _, found) =
-            changed(Runner::new().seek_mode(mode).run(&input, &ok));
+            changed(Runner::new().seek_mode(mode).run_task(&input, &ok));
         assert_eq!((line, offset), (8, 7 * LINE), "{mode:?}: {shown}");
         let expected_found = match mode {
             SeekMode::Offset => "the input ends at byte 21, before the line".to_owned(),
@@ -72,10 +72,10 @@ fn a_truncated_input_is_reported_with_its_real_length() {
 fn an_input_cut_inside_the_last_finished_line_says_where_it_ends() {
     let dir = tempfile::tempdir().unwrap();
     let input = input_with(dir.path(), 4);
-    Runner::new().run(&input, &ok).unwrap();
+    Runner::new().run_task(&input, &ok).unwrap();
     let bytes = std::fs::read(&input).unwrap();
     std::fs::write(&input, &bytes[..3 * LINE as usize + 3]).unwrap();
-    let (shown, line, offset, _, found) = changed(Runner::new().run(&input, &ok));
+    let (shown, line, offset, _, found) = changed(Runner::new().run_task(&input, &ok));
     assert_eq!((line, offset), (4, 3 * LINE), "{shown}");
     assert_eq!(found, "the input ends at byte 27", "{shown}");
 }
@@ -86,11 +86,11 @@ fn a_short_stream_is_reported_with_its_lines_and_bytes_and_the_recorded_offset()
     let checkpoint = dir.path().join("stream.checkpoint");
     let all = text(30);
     Runner::new()
-        .run_reader(all.as_bytes(), &checkpoint, &ok)
+        .run_reader_task(all.as_bytes(), &checkpoint, &ok)
         .unwrap();
     let short = text(3);
     let (shown, line, offset, _, found) =
-        changed(Runner::new().run_reader(short.as_bytes(), &checkpoint, &ok));
+        changed(Runner::new().run_reader_task(short.as_bytes(), &checkpoint, &ok));
     assert_eq!((line, offset), (30, 29 * LINE), "{shown}");
     assert_eq!(found, "the input ends after 3 lines, at byte 24", "{shown}");
 }
@@ -102,11 +102,11 @@ fn a_moved_line_is_reported_with_both_offsets() {
     let dir = tempfile::tempdir().unwrap();
     let checkpoint = dir.path().join("stream.checkpoint");
     Runner::new()
-        .run_reader(text(5).as_bytes(), &checkpoint, &ok)
+        .run_reader_task(text(5).as_bytes(), &checkpoint, &ok)
         .unwrap();
     let grown = text(5).replacen("item-01\n", "item-01x\n", 1);
     let (shown, line, offset, expected, found) =
-        changed(Runner::new().run_reader(grown.as_bytes(), &checkpoint, &ok));
+        changed(Runner::new().run_reader_task(grown.as_bytes(), &checkpoint, &ok));
     assert_eq!((line, offset), (5, 4 * LINE), "{shown}");
     let digest = format!("{:08x}", linemark::digest(b"item-05"));
     assert_eq!(expected, format!("a 8-byte line with digest {digest}"));
@@ -131,14 +131,14 @@ fn a_moved_failed_line_is_reported_with_both_offsets() {
         }
     };
     let report = Runner::new()
-        .run_reader(text(5).as_bytes(), &checkpoint, &fail_3)
+        .run_reader_task(text(5).as_bytes(), &checkpoint, &fail_3)
         .unwrap();
     assert_eq!(report.failed_total, 1);
     let grown = text(5).replacen("item-01\n", "item-01x\n", 1);
     let (shown, line, offset, expected, found) = changed(
         Runner::new()
             .retry_failed(true)
-            .run_reader(grown.as_bytes(), &checkpoint, &ok),
+            .run_reader_task(grown.as_bytes(), &checkpoint, &ok),
     );
     assert_eq!((line, offset), (3, 2 * LINE), "{shown}");
     let digest = format!("{:08x}", linemark::digest(b"item-03"));
@@ -164,10 +164,10 @@ fn a_stopped_then_truncated_run_names_the_recorded_offset_not_the_end() {
     };
     Runner::new()
         .stop_token(stop.clone())
-        .run(&input, &task)
+        .run_task(&input, &task)
         .unwrap();
     std::fs::write(&input, text(10)).unwrap();
-    let (shown, line, offset, _, found) = changed(Runner::new().run(&input, &ok));
+    let (shown, line, offset, _, found) = changed(Runner::new().run_task(&input, &ok));
     assert_eq!((line, offset), (40, 39 * LINE), "{shown}");
     assert_eq!(
         found, "the input ends at byte 80, before the line",

@@ -54,7 +54,7 @@ fn run_shards_partly(
         let report = Runner::new()
             .shard(index, count)
             .stop_token(stop.clone())
-            .run(input, &task)
+            .run_task(input, &task)
             .unwrap();
         assert!(report.stopped && report.done == first, "{report:?}");
     }
@@ -79,7 +79,7 @@ fn partly_then_joined_then_shard_2(input: &Path, seen: &Seen) {
         seen.note(line);
         Ok(())
     };
-    let report = Runner::new().shard(2, 3).run(input, &task).unwrap();
+    let report = Runner::new().shard(2, 3).run_task(input, &task).unwrap();
     assert!(report.is_complete(), "{report:?}");
 }
 
@@ -97,7 +97,7 @@ fn joining_two_finished_lines_is_refused_by_every_shard_that_finished_them() {
         };
         let err = Runner::new()
             .shard(index, 3)
-            .run(&input, &task)
+            .run_task(&input, &task)
             .unwrap_err();
         match &err {
             Error::InputChanged {
@@ -140,7 +140,7 @@ fn joining_two_finished_lines_is_refused_without_shards_in_every_seek_mode_that_
         };
         let err = Runner::new()
             .seek_mode(mode)
-            .run(&input, &task)
+            .run_task(&input, &task)
             .unwrap_err();
         assert!(
             matches!(err, Error::InputChanged { line: 8, .. }),
@@ -165,7 +165,7 @@ fn the_opt_out_trusts_the_last_line_and_shards_then_skip_and_repeat_lines() {
         let report = Runner::new()
             .shard(index, 3)
             .verify_prefix(false)
-            .run(&input, &task)
+            .run_task(&input, &task)
             .unwrap();
         assert!(report.is_complete(), "{report:?}");
     }
@@ -183,10 +183,13 @@ fn a_same_length_edit_of_an_early_finished_line_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let input = input_with(dir.path(), 1000);
         let ok = |_: &Line<'_>| -> Result<(), String> { Ok(()) };
-        Runner::new().seek_mode(mode).run(&input, &ok).unwrap();
+        Runner::new().seek_mode(mode).run_task(&input, &ok).unwrap();
         let text = std::fs::read_to_string(&input).unwrap();
         std::fs::write(&input, text.replacen("item-10\n", "item-1X\n", 1)).unwrap();
-        let err = Runner::new().seek_mode(mode).run(&input, &ok).unwrap_err();
+        let err = Runner::new()
+            .seek_mode(mode)
+            .run_task(&input, &ok)
+            .unwrap_err();
         match &err {
             Error::InputChanged {
                 line,
@@ -208,7 +211,7 @@ fn a_same_length_edit_of_an_early_finished_line_is_refused() {
         let report = Runner::new()
             .seek_mode(mode)
             .verify_prefix(false)
-            .run(&input, &ok)
+            .run_task(&input, &ok)
             .unwrap();
         assert_eq!(report.done, 0, "{mode:?}");
     }
@@ -219,19 +222,19 @@ fn appending_lines_is_not_a_change_and_the_prefix_follows() {
     let dir = tempfile::tempdir().unwrap();
     let input = input_with(dir.path(), 10);
     let ok = |_: &Line<'_>| -> Result<(), String> { Ok(()) };
-    Runner::new().run(&input, &ok).unwrap();
+    Runner::new().run_task(&input, &ok).unwrap();
     for round in 0..3 {
         let mut text = std::fs::read_to_string(&input).unwrap();
         text.push_str(&format!("more-{round}\n"));
         std::fs::write(&input, &text).unwrap();
-        let report = Runner::new().run(&input, &ok).unwrap();
+        let report = Runner::new().run_task(&input, &ok).unwrap();
         assert_eq!(report.done, 1, "round {round}");
     }
     // The last append is digested too: an edit of it is seen.
     let text = std::fs::read_to_string(&input).unwrap();
     std::fs::write(&input, text.replace("more-1\n", "more-X\n")).unwrap();
     assert!(matches!(
-        Runner::new().run(&input, &ok),
+        Runner::new().run_task(&input, &ok),
         Err(Error::InputChanged { .. })
     ));
 }
@@ -271,7 +274,7 @@ fn a_version_2_checkpoint_still_has_its_lines_counted_and_gains_a_prefix() {
     join_lines_2_and_3(&input);
     let ok = |_: &Line<'_>| -> Result<(), String> { Ok(()) };
     assert!(matches!(
-        Runner::new().run(&input, &ok),
+        Runner::new().run_task(&input, &ok),
         Err(Error::InputChanged { line: 10, .. })
     ));
     // Left as it was by the refused run.
@@ -281,7 +284,7 @@ fn a_version_2_checkpoint_still_has_its_lines_counted_and_gains_a_prefix() {
             .starts_with("linemark-checkpoint version=2 ")
     );
     std::fs::write(&input, &original).unwrap();
-    let report = Runner::new().run(&input, &ok).unwrap();
+    let report = Runner::new().run_task(&input, &ok).unwrap();
     assert_eq!(report.done, 20);
     let written = std::fs::read_to_string(&checkpoint).unwrap();
     assert!(
@@ -290,7 +293,7 @@ fn a_version_2_checkpoint_still_has_its_lines_counted_and_gains_a_prefix() {
     );
     std::fs::write(&input, original.replacen("item-1\n", "item-X\n", 1)).unwrap();
     assert!(matches!(
-        Runner::new().run(&input, &ok),
+        Runner::new().run_task(&input, &ok),
         Err(Error::InputChanged { .. })
     ));
 }

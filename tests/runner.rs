@@ -46,6 +46,8 @@ impl fmt::Display for Failure {
     }
 }
 
+impl std::error::Error for Failure {}
+
 #[test]
 fn a_task_that_fails_k_times_then_succeeds_is_retried() {
     let dir = tempfile::tempdir().unwrap();
@@ -63,7 +65,7 @@ fn a_task_that_fails_k_times_then_succeeds_is_retried() {
     };
     let report = Runner::new()
         .retry(fast_retries(3))
-        .run(&input, &task)
+        .run_task(&input, &task)
         .unwrap();
     assert_eq!((report.done, report.failed, report.retried), (5, 0, 2));
     assert!(report.is_complete());
@@ -108,7 +110,7 @@ fn permanent_failures_are_recorded_once_and_retry_failed_reruns_exactly_them() {
     let ran = Tally::default();
     let report = Runner::new()
         .retry(fast_retries(3))
-        .run(&input, &Permanent { ran: &ran })
+        .run_task(&input, &Permanent { ran: &ran })
         .unwrap();
     assert_eq!((report.done, report.failed, report.failed_total), (7, 3, 3));
     assert!(!report.is_complete());
@@ -128,7 +130,7 @@ fn permanent_failures_are_recorded_once_and_retry_failed_reruns_exactly_them() {
     // A plain rerun does nothing, and does not redo the failed lines.
     let rerun = Tally::default();
     let report = Runner::new()
-        .run(&input, &Permanent { ran: &rerun })
+        .run_task(&input, &Permanent { ran: &rerun })
         .unwrap();
     assert_eq!((report.done, report.failed, report.failed_total), (0, 0, 3));
     assert!(rerun.counts().is_empty());
@@ -146,7 +148,7 @@ fn permanent_failures_are_recorded_once_and_retry_failed_reruns_exactly_them() {
     let report = Runner::new()
         .retry_failed(true)
         .retry(RetryPolicy::never())
-        .run(&input, &fixed)
+        .run_task(&input, &fixed)
         .unwrap();
     assert_eq!((report.done, report.failed, report.failed_total), (1, 2, 2));
     assert_eq!(
@@ -177,7 +179,7 @@ fn retry_failed_on_a_stream_scans_for_the_lines() {
     };
     let report = Runner::new()
         .retry(RetryPolicy::never())
-        .run_reader(&text[..], &checkpoint, &failing)
+        .run_reader_task(&text[..], &checkpoint, &failing)
         .unwrap();
     assert_eq!((report.done, report.failed), (4, 2));
     let seen = Tally::default();
@@ -187,7 +189,7 @@ fn retry_failed_on_a_stream_scans_for_the_lines() {
     };
     let report = Runner::new()
         .retry_failed(true)
-        .run_reader(&text[..], &checkpoint, &ok)
+        .run_reader_task(&text[..], &checkpoint, &ok)
         .unwrap();
     assert_eq!((report.done, report.failed_total), (2, 0));
     assert_eq!(
@@ -209,12 +211,12 @@ fn a_changed_failed_line_is_refused_in_retry_failed_mode() {
     };
     Runner::new()
         .retry(RetryPolicy::never())
-        .run(&input, &fail_two)
+        .run_task(&input, &fail_two)
         .unwrap();
     std::fs::write(&input, "item-1\nitem-X\nitem-3\n").unwrap();
     let err = Runner::new()
         .retry_failed(true)
-        .run(&input, &fail_two)
+        .run_task(&input, &fail_two)
         .unwrap_err();
     assert!(
         matches!(
@@ -256,13 +258,13 @@ fn graceful_stop_then_rerun_does_every_line_exactly_once() {
         let report = Runner::new()
             .workers(workers)
             .stop_token(stop.clone())
-            .run(&input, &stop_after(&tally, &stop, 100))
+            .run_task(&input, &stop_after(&tally, &stop, 100))
             .unwrap();
         assert!(report.stopped, "workers {workers}");
         assert!(report.done >= 100 && report.done < 500, "{report:?}");
         let report: Report = Runner::new()
             .workers(workers)
-            .run(&input, &stop_after(&tally, &StopToken::new(), u64::MAX))
+            .run_task(&input, &stop_after(&tally, &StopToken::new(), u64::MAX))
             .unwrap();
         assert!(report.is_complete(), "{report:?}");
         let counts = tally.counts();
@@ -288,7 +290,7 @@ fn shards_together_cover_every_line_exactly_once() {
         let report = Runner::new()
             .shard(index, 4)
             .workers(2)
-            .run(&input, &record)
+            .run_task(&input, &record)
             .unwrap();
         assert!(report.is_complete());
         assert!(
@@ -325,7 +327,7 @@ fn parallel_lines_finish_out_of_order_and_the_watermark_follows() {
     let report = Runner::new()
         .workers(8)
         .durability(Durability::EveryCommit)
-        .run(&input, &task)
+        .run_task(&input, &task)
         .unwrap();
     assert_eq!(report.done, 200);
     assert_eq!(report.position.line(), 200);
@@ -346,7 +348,7 @@ fn halt_policy_stops_after_k_failures() {
     let report = Runner::new()
         .retry(RetryPolicy::never())
         .halt_after_failures(3)
-        .run(&input, &always)
+        .run_task(&input, &always)
         .unwrap();
     assert!(report.halted && report.stopped);
     assert_eq!(report.failed, 3);
@@ -368,7 +370,7 @@ fn a_panicking_task_fails_its_line_not_the_run() {
         let report = Runner::new()
             .workers(workers)
             .checkpoint(&checkpoint)
-            .run(&input, &task)
+            .run_task(&input, &task)
             .unwrap();
         assert_eq!((report.done, report.failed), (3, 1));
         let snapshot = Checkpoint::inspect(&checkpoint).unwrap();
@@ -410,7 +412,7 @@ fn events_describe_the_run() {
             };
             sink.lock().unwrap().push(text);
         })
-        .run(&input, &task)
+        .run_task(&input, &task)
         .unwrap();
     let events = events.lock().unwrap().clone();
     assert_eq!(
@@ -436,7 +438,7 @@ fn a_second_run_on_the_same_checkpoint_is_locked_out() {
     let _held = Checkpoint::open(Runner::new().checkpoint_path(&input)).unwrap();
     let ok = |_: &Line<'_>| -> Result<(), Failure> { Ok(()) };
     assert!(matches!(
-        Runner::new().run(&input, &ok),
+        Runner::new().run_task(&input, &ok),
         Err(linemark::Error::Locked { .. })
     ));
 }
@@ -446,16 +448,16 @@ fn an_input_changed_before_the_resume_point_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let input = input_with(dir.path(), 5);
     let ok = |_: &Line<'_>| -> Result<(), Failure> { Ok(()) };
-    Runner::new().run(&input, &ok).unwrap();
+    Runner::new().run_task(&input, &ok).unwrap();
     std::fs::write(&input, "item-1\nitem-2\nitem-3\nitem-4\nitem-five\n").unwrap();
-    let err = Runner::new().run(&input, &ok).unwrap_err();
+    let err = Runner::new().run_task(&input, &ok).unwrap_err();
     assert!(
         matches!(err, linemark::Error::InputChanged { line: 5, .. }),
         "{err}"
     );
     // Appending is not a change: only the new lines run.
     std::fs::write(&input, "item-1\nitem-2\nitem-3\nitem-4\nitem-5\nitem-6\n").unwrap();
-    let report = Runner::new().run(&input, &ok).unwrap();
+    let report = Runner::new().run_task(&input, &ok).unwrap();
     assert_eq!(report.done, 1);
 }
 
@@ -468,7 +470,7 @@ fn content_seek_mode_resumes_after_finished_lines_were_removed() {
         tally.note(line.number());
         Ok(())
     };
-    Runner::new().run(&input, &record).unwrap();
+    Runner::new().run_task(&input, &record).unwrap();
     // The user trims the finished lines and appends new work.
     std::fs::write(&input, "item-4\nitem-5\nitem-6\nitem-7\n").unwrap();
     let seen = Mutex::new(Vec::new());
@@ -479,16 +481,16 @@ fn content_seek_mode_resumes_after_finished_lines_were_removed() {
         Ok(())
     };
     // By offset the change is refused...
-    assert!(Runner::new().run(&input, &names).is_err());
+    assert!(Runner::new().run_task(&input, &names).is_err());
     // ...by content the run continues after "item-5", renumbered.
     let report = Runner::new()
         .seek_mode(linemark::SeekMode::Content)
-        .run(&input, &names)
+        .run_task(&input, &names)
         .unwrap();
     assert_eq!(*seen.lock().unwrap(), vec!["item-6", "item-7"]);
     assert_eq!((report.resumed_at.line(), report.position.line()), (2, 4));
     // The rebased checkpoint now resumes by offset as usual.
-    let report = Runner::new().run(&input, &names).unwrap();
+    let report = Runner::new().run_task(&input, &names).unwrap();
     assert_eq!(report.done, 0);
 }
 
@@ -500,7 +502,7 @@ fn an_impossible_shard_is_an_error_not_a_panic() {
     for (index, count) in [(3, 3), (0, 0), (7, 2)] {
         let err = Runner::new()
             .shard(index, count)
-            .run(&input, &ok)
+            .run_task(&input, &ok)
             .unwrap_err();
         assert!(
             matches!(err, linemark::Error::InvalidShard { index: i, count: c } if (i, c) == (index, count)),
@@ -544,7 +546,7 @@ fn the_before_write_hook_runs_before_every_checkpoint_write() {
             made.append(&mut from.lock().unwrap());
             Ok(())
         })
-        .run(&input, &task)
+        .run_task(&input, &task)
         .unwrap();
     assert!(report.is_complete());
     let mut made = durable.lock().unwrap().clone();
@@ -560,7 +562,7 @@ fn a_failing_before_write_hook_fails_the_run_and_records_nothing() {
     let err = Runner::new()
         .durability(Durability::EveryCommit)
         .before_checkpoint_write(|| Err(std::io::Error::other("output directory gone")))
-        .run(&input, &ok)
+        .run_task(&input, &ok)
         .unwrap_err();
     assert!(err.to_string().contains("output directory gone"), "{err}");
     let snapshot = Checkpoint::inspect(Runner::new().checkpoint_path(&input)).unwrap();
@@ -584,7 +586,7 @@ fn after_a_content_seek_failed_records_move_with_their_lines() {
     };
     let report = Runner::new()
         .retry(RetryPolicy::never())
-        .run(&input, &fail_l5)
+        .run_task(&input, &fail_l5)
         .unwrap();
     assert_eq!(report.failed, 1);
     // The finished lines l1..l6 are removed and new work appended.
@@ -598,7 +600,7 @@ fn after_a_content_seek_failed_records_move_with_their_lines() {
     };
     let report = Runner::new()
         .seek_mode(linemark::SeekMode::Content)
-        .run(&input, &record)
+        .run_task(&input, &record)
         .unwrap();
     assert_eq!(*seen.lock().unwrap(), vec!["l11", "l12", "l13", "l14"]);
     assert_eq!(report.skipped, 0);
@@ -629,7 +631,10 @@ fn a_line_recorded_done_beyond_the_position_is_checked_before_it_is_skipped() {
     std::fs::write(&input, edited).unwrap();
     let ok = |_: &Line<'_>| -> Result<(), Failure> { Ok(()) };
     for workers in [1, 3] {
-        let err = Runner::new().workers(workers).run(&input, &ok).unwrap_err();
+        let err = Runner::new()
+            .workers(workers)
+            .run_task(&input, &ok)
+            .unwrap_err();
         assert!(
             matches!(err, linemark::Error::InputChanged { line: 8, .. }),
             "workers {workers}: {err}"
@@ -652,7 +657,7 @@ fn a_panicking_observer_fails_the_line_instead_of_hanging_the_run() {
                     panic!("observer bug");
                 }
             })
-            .run(&run_input, &ok);
+            .run_task(&run_input, &ok);
         let _ = done.send(report.map(|r| (r.done, r.failed)));
     });
     let outcome = result
@@ -675,12 +680,12 @@ fn retry_failed_refuses_an_unterminated_failed_line_that_grew() {
     };
     Runner::new()
         .retry(RetryPolicy::never())
-        .run(&input, &fail_b)
+        .run_task(&input, &fail_b)
         .unwrap();
     std::fs::write(&input, "a\nbc\n").unwrap();
     let err = Runner::new()
         .retry_failed(true)
-        .run(&input, &fail_b)
+        .run_task(&input, &fail_b)
         .unwrap_err();
     assert!(
         matches!(err, linemark::Error::InputChanged { line: 2, .. }),
@@ -689,7 +694,10 @@ fn retry_failed_refuses_an_unterminated_failed_line_that_grew() {
     // A newline appended to it is growth, not a change.
     std::fs::write(&input, "a\nb\nc\n").unwrap();
     let ok = |_: &Line<'_>| -> Result<(), Failure> { Ok(()) };
-    let report = Runner::new().retry_failed(true).run(&input, &ok).unwrap();
+    let report = Runner::new()
+        .retry_failed(true)
+        .run_task(&input, &ok)
+        .unwrap();
     assert_eq!((report.done, report.failed_total), (1, 0));
 }
 
@@ -717,7 +725,7 @@ fn a_line_rewritten_under_the_run_before_its_commit_is_written_is_an_input_chang
     let result = Runner::new()
         .checkpoint(&checkpoint)
         .durability(Durability::EveryCommit)
-        .run(&input, &rewrite);
+        .run_task(&input, &rewrite);
     match result {
         Err(linemark::Error::InputChanged { path, line, .. }) => {
             assert_eq!(path.as_deref(), Some(input.as_path()));
@@ -740,7 +748,7 @@ fn a_checkpoint_is_refused_by_a_run_over_other_lines_than_it_records() {
     let report = Runner::new()
         .checkpoint(&checkpoint)
         .shard(0, 2)
-        .run(&input, &ok)
+        .run_task(&input, &ok)
         .unwrap();
     assert_eq!(report.done, 5);
     for (asked, shard) in [
@@ -752,7 +760,7 @@ fn a_checkpoint_is_refused_by_a_run_over_other_lines_than_it_records() {
         if let Some((index, count)) = shard {
             runner = runner.shard(index, count);
         }
-        match runner.run(&input, &ok) {
+        match runner.run_task(&input, &ok) {
             Err(linemark::Error::ShardMismatch {
                 path,
                 recorded,
@@ -769,7 +777,7 @@ fn a_checkpoint_is_refused_by_a_run_over_other_lines_than_it_records() {
     let again = Runner::new()
         .checkpoint(&checkpoint)
         .shard(0, 2)
-        .run(&input, &ok)
+        .run_task(&input, &ok)
         .unwrap();
     assert_eq!((again.done, again.is_complete()), (0, true));
     assert_eq!(Checkpoint::open(&checkpoint).unwrap().shard(), Some((0, 2)));

@@ -247,7 +247,7 @@ fn download(
         task: fetcher,
         progress: &progress,
     };
-    let result = runner.run(list, &task);
+    let result = runner.run_task(list, &task);
     // Parts finished but never recorded (a stop while earlier lines were in
     // flight, a failed checkpoint write) get their final names now if they
     // can; if not, the next run resumes them.
