@@ -122,7 +122,7 @@ fn measure(case: &Case, input: &Path, lines: u64, dir: &Path) -> (u64, u64, f64)
     };
     let started = Instant::now();
     let report = Runner::new()
-        .checkpoint(&checkpoint)
+        .checkpoint_path(&checkpoint)
         .durability(case.durability)
         .workers(case.workers)
         .observer(observer)

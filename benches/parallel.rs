@@ -74,7 +74,7 @@ fn run_many(iters: u64, input: &Path, checkpoint: &Path, workers: usize) -> Dura
         common::remove_if_present(checkpoint);
         let started = Instant::now();
         let report = Runner::new()
-            .checkpoint(checkpoint)
+            .checkpoint_path(checkpoint)
             .workers(workers)
             .run_task(input, &sleep_task)
             .unwrap();

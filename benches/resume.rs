@@ -99,7 +99,7 @@ fn resume(c: &mut Criterion) {
                     let stop = StopToken::new();
                     stop.stop();
                     let report = Runner::new()
-                        .checkpoint(path)
+                        .checkpoint_path(path)
                         .verify_prefix(verify)
                         .stop_token(stop)
                         .run_task(&input, &common::no_op)
@@ -124,7 +124,7 @@ fn run_until(input: &Path, path: &Path, done: u64) {
         Ok(())
     };
     let report = Runner::new()
-        .checkpoint(path)
+        .checkpoint_path(path)
         .stop_token(stop.clone())
         .run_task(input, &task)
         .unwrap();

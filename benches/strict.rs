@@ -84,7 +84,7 @@ fn runner_every_commit(input: &Path, checkpoint: &Path) -> Duration {
     common::remove_if_present(checkpoint);
     let started = Instant::now();
     let report = Runner::new()
-        .checkpoint(checkpoint)
+        .checkpoint_path(checkpoint)
         .durability(Durability::EveryCommit)
         .run_task(input, &common::no_op)
         .unwrap();
@@ -97,7 +97,7 @@ fn runner_every_commit(input: &Path, checkpoint: &Path) -> Duration {
 fn check_record_len(input: &Path, checkpoint: &Path) {
     common::remove_if_present(checkpoint);
     Runner::new()
-        .checkpoint(checkpoint)
+        .checkpoint_path(checkpoint)
         .durability(Durability::EveryCommit)
         .run_task(input, &common::no_op)
         .unwrap();

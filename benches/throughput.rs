@@ -83,7 +83,7 @@ fn runner_sequential(input: &Path, checkpoint: &Path, verify: bool) -> Duration 
     common::remove_if_present(checkpoint);
     let started = Instant::now();
     let report = Runner::new()
-        .checkpoint(checkpoint)
+        .checkpoint_path(checkpoint)
         .verify_prefix(verify)
         .run_task(input, &common::no_op)
         .unwrap();

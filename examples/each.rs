@@ -221,11 +221,11 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     }
     match &args.checkpoint {
         Some(path) => {
-            runner = runner.checkpoint(path);
+            runner = runner.checkpoint_path(path);
         }
         None => input.check_default_checkpoint(&runner.default_checkpoint_path(&input.path))?,
     }
-    let checkpoint = runner.checkpoint_path(&input.path);
+    let checkpoint = runner.checkpoint_for(&input.path);
     if args.status {
         print_status(&input, &checkpoint)?;
         return Ok(ExitCode::SUCCESS);

@@ -60,7 +60,7 @@ fn main() -> ExitCode {
     };
     let mut runner = Runner::new().workers(args.workers).durability(durability);
     if let Some(path) = &args.checkpoint {
-        runner = runner.checkpoint(path);
+        runner = runner.checkpoint_path(path);
     }
 
     let lines = AtomicU64::new(0);

@@ -27,7 +27,7 @@ use crate::position::{Position, digest};
 /// assert_eq!(failed.error(), "exit status 1");
 /// # Ok::<(), linemark::Error>(())
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct FailedLine {
     line: u64,
     offset: u64,

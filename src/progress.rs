@@ -35,7 +35,7 @@ pub enum Event<'a> {
         /// Where the run resumes (the start, on a first run).
         resumed_at: Position,
         /// Lines recorded as failed in the checkpoint.
-        failed_before: usize,
+        failed_before: u64,
     },
     /// A task starts on a line.
     Started {

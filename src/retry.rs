@@ -20,7 +20,7 @@ use std::time::Duration;
 /// let policy = RetryPolicy::new()
 ///     .max_attempts(5)
 ///     .initial_delay(Duration::from_millis(10));
-/// assert_eq!(policy.get_max_attempts(), 5);
+/// assert_eq!(policy.attempts(), 5);
 /// let delay = policy.delay(3, None);
 /// assert!(delay >= Duration::from_millis(20) && delay <= Duration::from_millis(40));
 /// ```
@@ -86,7 +86,7 @@ impl RetryPolicy {
 
     /// Attempts per line in all.
     #[must_use]
-    pub fn get_max_attempts(&self) -> u32 {
+    pub fn attempts(&self) -> u32 {
         self.max_attempts
     }
 

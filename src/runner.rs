@@ -11,7 +11,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::checkpoint::{BeforeWrite, Checkpoint, CheckpointBuilder, Durability};
+use crate::checkpoint::{Checkpoint, CheckpointBuilder, Durability};
 use crate::error::{Error, Result};
 use crate::failed::FailedLine;
 use crate::line::{Line, LineReader, LongLine, Next, Paused};
@@ -34,7 +34,7 @@ use crate::window::{Finished, Window};
 /// let runner = Runner::new().seek_mode(SeekMode::Content);
 /// # let _ = runner;
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum SeekMode {
     /// By byte offset, verified ([`Position::seek_offset`]). The default.
@@ -88,9 +88,29 @@ pub struct Report {
     /// Everything before this position is finished (and durable).
     pub position: Position,
     /// Lines recorded as failed in the checkpoint, from all runs.
-    pub failed_total: usize,
+    pub failed_total: u64,
     /// The checkpoint file.
     pub checkpoint: PathBuf,
+}
+
+/// One line, as `each` prints at the end of a run: `done 1990, skipped 0,
+/// failed 10 (10 in all), retried 4, stopped at line 2000, 1.52 s`.
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "done {}, skipped {}, failed {} ({} in all), retried {}, ",
+            self.done, self.skipped, self.failed, self.failed_total, self.retried
+        )?;
+        if self.halted {
+            write!(f, "halted at line {}, ", self.position.line())?;
+        } else if self.stopped {
+            write!(f, "stopped at line {}, ", self.position.line())?;
+        } else {
+            write!(f, "ended at line {}, ", self.position.line())?;
+        }
+        write!(f, "{:.2} s", self.elapsed.as_secs_f64())
+    }
 }
 
 impl Report {
@@ -163,8 +183,7 @@ pub struct Runner {
     checkpoint: Option<PathBuf>,
     workers: usize,
     window: usize,
-    durability: Durability,
-    write_delay: Duration,
+    checkpoint_options: CheckpointBuilder,
     retry: RetryPolicy,
     stop: StopToken,
     observer: Option<Arc<dyn Observer + Send>>,
@@ -174,7 +193,6 @@ pub struct Runner {
     max_line_len: usize,
     seek: SeekMode,
     verify_prefix: bool,
-    before_write: Option<BeforeWrite>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -183,7 +201,7 @@ impl std::fmt::Debug for Runner {
             .field("checkpoint", &self.checkpoint)
             .field("workers", &self.workers)
             .field("window", &self.window)
-            .field("durability", &self.durability)
+            .field("checkpoint_options", &self.checkpoint_options)
             .field("retry", &self.retry)
             .field("halt_after", &self.halt_after)
             .field("retry_failed", &self.retry_failed)
@@ -191,7 +209,6 @@ impl std::fmt::Debug for Runner {
             .field("max_line_len", &self.max_line_len)
             .field("seek", &self.seek)
             .field("verify_prefix", &self.verify_prefix)
-            .field("before_write", &self.before_write.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -221,8 +238,7 @@ impl Runner {
             checkpoint: None,
             workers: 1,
             window: Runner::DEFAULT_WINDOW,
-            durability: Durability::default(),
-            write_delay: CheckpointBuilder::DEFAULT_WRITE_DELAY,
+            checkpoint_options: CheckpointBuilder::new(),
             retry: RetryPolicy::default(),
             stop: StopToken::new(),
             observer: None,
@@ -232,14 +248,13 @@ impl Runner {
             max_line_len: Runner::DEFAULT_MAX_LINE_LEN,
             seek: SeekMode::default(),
             verify_prefix: true,
-            before_write: None,
         }
     }
 
     /// The checkpoint file. Default for [`run`](Runner::run): see
     /// [`default_checkpoint_path`](Runner::default_checkpoint_path).
     #[must_use = "a builder method returns the changed builder"]
-    pub fn checkpoint(mut self, path: impl AsRef<Path>) -> Runner {
+    pub fn checkpoint_path(mut self, path: impl AsRef<Path>) -> Runner {
         self.checkpoint = Some(path.as_ref().to_path_buf());
         self
     }
@@ -261,10 +276,37 @@ impl Runner {
         self
     }
 
-    /// When the checkpoint's records reach the disk.
+    /// The settings the checkpoint is opened with: durability, write
+    /// delay, compaction threshold, before-write hook (default:
+    /// [`CheckpointBuilder::new`]). The shorthands
+    /// [`durability`](Runner::durability),
+    /// [`write_delay`](Runner::write_delay) and
+    /// [`before_checkpoint_write`](Runner::before_checkpoint_write) change
+    /// the same settings.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use linemark::{Checkpoint, Durability, Runner};
+    ///
+    /// let runner = Runner::new().checkpoint_options(
+    ///     Checkpoint::builder()
+    ///         .durability(Durability::EveryCommit)
+    ///         .compact_at(1 << 20),
+    /// );
+    /// # let _ = runner;
+    /// ```
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn checkpoint_options(mut self, options: CheckpointBuilder) -> Runner {
+        self.checkpoint_options = options;
+        self
+    }
+
+    /// When the checkpoint's records reach the disk (see
+    /// [`CheckpointBuilder::durability`]).
     #[must_use = "a builder method returns the changed builder"]
     pub fn durability(mut self, durability: Durability) -> Runner {
-        self.durability = durability;
+        self.checkpoint_options = self.checkpoint_options.durability(durability);
         self
     }
 
@@ -275,7 +317,7 @@ impl Runner {
     /// [`CheckpointBuilder::write_delay`].
     #[must_use = "a builder method returns the changed builder"]
     pub fn write_delay(mut self, delay: Duration) -> Runner {
-        self.write_delay = delay;
+        self.checkpoint_options = self.checkpoint_options.write_delay(delay);
         self
     }
 
@@ -354,7 +396,7 @@ impl Runner {
         mut self,
         hook: impl Fn() -> std::io::Result<()> + Send + Sync + 'static,
     ) -> Runner {
-        self.before_write = Some(BeforeWrite(Arc::new(hook)));
+        self.checkpoint_options = self.checkpoint_options.before_write(hook);
         self
     }
 
@@ -423,7 +465,7 @@ impl Runner {
 
     /// The checkpoint path a run on `input` uses.
     #[must_use]
-    pub fn checkpoint_path(&self, input: impl AsRef<Path>) -> PathBuf {
+    pub fn checkpoint_for(&self, input: impl AsRef<Path>) -> PathBuf {
         self.checkpoint
             .clone()
             .unwrap_or_else(|| self.default_checkpoint_path(input))
@@ -480,7 +522,7 @@ impl Runner {
         let in_err = |err| Error::io(Some(input), "opening the input", err);
         let file = File::open(input).map_err(in_err)?;
         let input_len = file.metadata().map_err(in_err)?.len();
-        let mut checkpoint = self.open_checkpoint(self.checkpoint_path(input))?;
+        let mut checkpoint = self.open_checkpoint(self.checkpoint_for(input))?;
         // Committed lines are read back from the file for their digest, so
         // a commit costs a few stores, not a copy of the line.
         checkpoint.read_back_from(input, self.verify_prefix)?;
@@ -592,11 +634,7 @@ impl Runner {
                 return Err(Error::InvalidShard { index, count });
             }
         }
-        let mut checkpoint = Checkpoint::builder()
-            .durability(self.durability)
-            .write_delay(self.write_delay)
-            .before_write_hook(self.before_write.clone())
-            .open(path)?;
+        let mut checkpoint = self.checkpoint_options.clone().open(path)?;
         // The lines a checkpoint owns are recorded in it, so that it is never
         // reused by a run over other lines (another shard, or all of them).
         checkpoint.claim_shard(self.shard.unwrap_or((0, 1)))?;
@@ -1213,7 +1251,7 @@ impl Shared {
             if self.stopping() {
                 return Outcome::Abandoned;
             }
-            if !retryable || attempt >= self.retry.get_max_attempts() {
+            if !retryable || attempt >= self.retry.attempts() {
                 return Outcome::Failed {
                     attempts: attempt,
                     error: message,

@@ -265,7 +265,7 @@ fn a_line_whose_middle_is_rewritten_under_the_run_is_not_recorded_as_seen() {
         Ok(())
     };
     let report = Runner::new()
-        .checkpoint(&checkpoint)
+        .checkpoint_path(&checkpoint)
         .durability(Durability::EveryCommit)
         .run_task(&input, &rewrite_middle);
     seen.push(format!("first run: {:?}", report.as_ref().map(|r| r.done)));
@@ -273,7 +273,9 @@ fn a_line_whose_middle_is_rewritten_under_the_run_is_not_recorded_as_seen() {
     let recorded = Checkpoint::inspect(&checkpoint).unwrap().position;
     let original = linemark::digest(b"head-of-line: original middle :tail-end\n");
     let ok = |_: &Line<'_>| -> Result<(), std::convert::Infallible> { Ok(()) };
-    let rerun = Runner::new().checkpoint(&checkpoint).run_task(&input, &ok);
+    let rerun = Runner::new()
+        .checkpoint_path(&checkpoint)
+        .run_task(&input, &ok);
     assert!(
         report.is_err() || matches!(rerun, Err(Error::InputChanged { .. })),
         "the middle of line 3 changed under the run; {seen:?}; recorded digest \

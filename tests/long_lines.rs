@@ -152,7 +152,7 @@ fn the_limit_counts_the_newline_and_applies_to_an_unterminated_last_line() {
 /// beyond its position (which a parallel run leaves when line 1 is still
 /// running at a kill), with the given digest.
 fn record_line_3_failed(input: &Input, digest_of: &[u8]) {
-    let mut checkpoint = Checkpoint::open(Runner::new().checkpoint_path(&input.path)).unwrap();
+    let mut checkpoint = Checkpoint::open(Runner::new().checkpoint_for(&input.path)).unwrap();
     let recorded = FailedLine::new(&Line::new(digest_of, 3, 8), 0, "too long");
     checkpoint.commit_failed(recorded).unwrap();
     checkpoint.close().unwrap();

@@ -95,7 +95,7 @@ impl Task for Permanent<'_> {
 
 /// The failed lines recorded for `input`: number, attempts, error.
 fn failed_lines(input: &Path) -> Vec<(u64, u32, String)> {
-    let snapshot = Checkpoint::inspect(Runner::new().checkpoint_path(input)).unwrap();
+    let snapshot = Checkpoint::inspect(Runner::new().checkpoint_for(input)).unwrap();
     snapshot
         .failed
         .iter()
@@ -369,7 +369,7 @@ fn a_panicking_task_fails_its_line_not_the_run() {
         let checkpoint = dir.path().join(format!("w{workers}.checkpoint"));
         let report = Runner::new()
             .workers(workers)
-            .checkpoint(&checkpoint)
+            .checkpoint_path(&checkpoint)
             .run_task(&input, &task)
             .unwrap();
         assert_eq!((report.done, report.failed), (3, 1));
@@ -435,7 +435,7 @@ fn events_describe_the_run() {
 fn a_second_run_on_the_same_checkpoint_is_locked_out() {
     let dir = tempfile::tempdir().unwrap();
     let input = input_with(dir.path(), 3);
-    let _held = Checkpoint::open(Runner::new().checkpoint_path(&input)).unwrap();
+    let _held = Checkpoint::open(Runner::new().checkpoint_for(&input)).unwrap();
     let ok = |_: &Line<'_>| -> Result<(), Failure> { Ok(()) };
     assert!(matches!(
         Runner::new().run_task(&input, &ok),
@@ -532,7 +532,7 @@ fn the_before_write_hook_runs_before_every_checkpoint_write() {
     let checkpoint_path = dir.path().join("hooked.checkpoint");
     let watched = checkpoint_path.clone();
     let report = Runner::new()
-        .checkpoint(&checkpoint_path)
+        .checkpoint_path(&checkpoint_path)
         .workers(4)
         .durability(Durability::group(7, Duration::from_secs(3600)))
         .before_checkpoint_write(move || {
@@ -565,7 +565,7 @@ fn a_failing_before_write_hook_fails_the_run_and_records_nothing() {
         .run_task(&input, &ok)
         .unwrap_err();
     assert!(err.to_string().contains("output directory gone"), "{err}");
-    let snapshot = Checkpoint::inspect(Runner::new().checkpoint_path(&input)).unwrap();
+    let snapshot = Checkpoint::inspect(Runner::new().checkpoint_for(&input)).unwrap();
     assert!(snapshot.position.is_start());
 }
 
@@ -619,7 +619,7 @@ fn a_line_recorded_done_beyond_the_position_is_checked_before_it_is_skipped() {
         })
         .collect();
     // As a parallel run leaves it: lines 1-5 finished, and line 8.
-    let mut checkpoint = Checkpoint::open(Runner::new().checkpoint_path(&input)).unwrap();
+    let mut checkpoint = Checkpoint::open(Runner::new().checkpoint_for(&input)).unwrap();
     checkpoint.commit(ends[4]).unwrap();
     checkpoint.commit_done(ends[7]).unwrap();
     checkpoint.close().unwrap();
@@ -723,7 +723,7 @@ fn a_line_rewritten_under_the_run_before_its_commit_is_written_is_an_input_chang
         Ok(())
     };
     let result = Runner::new()
-        .checkpoint(&checkpoint)
+        .checkpoint_path(&checkpoint)
         .durability(Durability::EveryCommit)
         .run_task(&input, &rewrite);
     match result {
@@ -746,7 +746,7 @@ fn a_checkpoint_is_refused_by_a_run_over_other_lines_than_it_records() {
     let checkpoint = dir.path().join("shared.checkpoint");
     let ok = |_: &Line<'_>| -> Result<(), std::convert::Infallible> { Ok(()) };
     let report = Runner::new()
-        .checkpoint(&checkpoint)
+        .checkpoint_path(&checkpoint)
         .shard(0, 2)
         .run_task(&input, &ok)
         .unwrap();
@@ -756,7 +756,7 @@ fn a_checkpoint_is_refused_by_a_run_over_other_lines_than_it_records() {
         ((0, 4), Some((0, 4))),
         ((1, 2), Some((1, 2))),
     ] {
-        let mut runner = Runner::new().checkpoint(&checkpoint);
+        let mut runner = Runner::new().checkpoint_path(&checkpoint);
         if let Some((index, count)) = shard {
             runner = runner.shard(index, count);
         }
@@ -775,7 +775,7 @@ fn a_checkpoint_is_refused_by_a_run_over_other_lines_than_it_records() {
     }
     // The same shard resumes; a run over every line claims a new checkpoint.
     let again = Runner::new()
-        .checkpoint(&checkpoint)
+        .checkpoint_path(&checkpoint)
         .shard(0, 2)
         .run_task(&input, &ok)
         .unwrap();

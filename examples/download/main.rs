@@ -208,9 +208,9 @@ fn download(
     let publisher = Arc::new(Publisher::create(out, !args.no_fsync)?);
     let mut runner = Runner::new();
     if let Some(path) = &args.checkpoint {
-        runner = runner.checkpoint(path);
+        runner = runner.checkpoint_path(path);
     }
-    let checkpoint = runner.checkpoint_path(list);
+    let checkpoint = runner.checkpoint_for(list);
     let snapshot = Checkpoint::inspect(&checkpoint)?;
     let plan = Plan::scan(list, base_url.as_deref(), &snapshot, args.retry_failed)?;
     let jobs = args.jobs.max(1);

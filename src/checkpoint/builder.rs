@@ -127,12 +127,6 @@ impl CheckpointBuilder {
         self
     }
 
-    #[must_use = "a builder method returns the changed builder"]
-    pub(crate) fn before_write_hook(mut self, hook: Option<BeforeWrite>) -> CheckpointBuilder {
-        self.before_write = hook;
-        self
-    }
-
     /// When commits reach the disk.
     #[must_use = "a builder method returns the changed builder"]
     pub fn durability(mut self, durability: Durability) -> CheckpointBuilder {

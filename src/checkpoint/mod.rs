@@ -55,7 +55,7 @@ use writer::{Background, Catch, Core, Inner, PrefixReader, ReadBack, Request, Sc
 /// assert_eq!(checkpoint.durability(), Durability::group(1_000, Duration::from_millis(50)));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Durability {
     /// Every commit is written and `fdatasync`ed before the call returns. A
@@ -318,7 +318,7 @@ pub struct Checkpoint {
 /// assert!(snapshot.done_beyond.is_empty() && snapshot.failed.is_empty());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Snapshot {
     /// Everything before this position is finished.
@@ -576,7 +576,7 @@ impl Checkpoint {
     /// The highest line number recorded as done beyond the position or as
     /// failed (0 if none): no line after it can be skipped.
     #[must_use]
-    pub fn last_recorded_line(&self) -> u64 {
+    pub(crate) fn last_recorded_line(&self) -> u64 {
         let core = self.core();
         let done = core.state.done.keys().next_back().copied().unwrap_or(0);
         let failed = core.state.failed.keys().next_back().copied().unwrap_or(0);
@@ -645,8 +645,8 @@ impl Checkpoint {
 
     /// The number of lines recorded as failed.
     #[must_use]
-    pub fn failed_count(&self) -> usize {
-        self.inner.lock_core().state.failed.len()
+    pub fn failed_count(&self) -> u64 {
+        self.inner.lock_core().state.failed.len() as u64
     }
 
     /// Records that everything before `position` is finished.
