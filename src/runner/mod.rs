@@ -1,0 +1,648 @@
+//! The runner: drives a [`Task`] over the lines of an input, with a
+//! checkpoint, retries, parallel workers, failed lines and graceful stop.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::checkpoint::{Checkpoint, CheckpointBuilder, Durability};
+use crate::error::{Error, Result};
+use crate::failed::FailedLine;
+use crate::line::{Line, LineReader};
+use crate::position::{Position, check_prefix};
+use crate::progress::Observer;
+use crate::retry::RetryPolicy;
+use crate::stop::StopToken;
+use crate::task::{BoxError, FnTask, Task};
+
+mod drive;
+mod pool;
+
+use drive::FailedSource;
+
+/// How a run finds where it left off in a file input. Stream inputs
+/// ([`Runner::run_reader`]) always count lines.
+///
+/// # Examples
+///
+/// ```
+/// use linemark::{Runner, SeekMode};
+///
+/// // The user removes finished lines from the top of the input now and then.
+/// let runner = Runner::new().seek_mode(SeekMode::Content);
+/// # let _ = runner;
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum SeekMode {
+    /// By byte offset, verified ([`Position::seek_offset`]). The default.
+    #[default]
+    Offset,
+    /// By counting lines, verified ([`Position::seek_lines`]).
+    Lines,
+    /// By the content of the last finished line ([`Position::seek_content`]),
+    /// for inputs whose finished lines may have been removed.
+    Content,
+}
+
+/// What a run did.
+///
+/// # Examples
+///
+/// ```
+/// use linemark::Runner;
+///
+/// let dir = tempfile::tempdir()?;
+/// let input = dir.path().join("in.txt");
+/// std::fs::write(&input, "a\nb\n")?;
+/// let report = Runner::new().run(&input, |_| Ok(()))?;
+/// assert_eq!((report.done, report.failed, report.position.line()), (2, 0, 2));
+/// assert!(report.is_complete() && !report.stopped);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Report {
+    /// Lines whose task succeeded in this run.
+    pub done: u64,
+    /// Lines after the resume point skipped because an earlier run
+    /// finished (or failed) them out of order.
+    pub skipped: u64,
+    /// Where the run resumed: the lines before it were finished by earlier
+    /// runs and were not read at all.
+    pub resumed_at: Position,
+    /// Lines recorded as failed in this run.
+    pub failed: u64,
+    /// Attempts that were retries (not first attempts).
+    pub retried: u64,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+    /// Whether the run stopped before the end: its stop token fired, or
+    /// the halt policy applied.
+    pub stopped: bool,
+    /// Whether the run stopped because of the halt policy
+    /// ([`Runner::halt_after_failures`]).
+    pub halted: bool,
+    /// Everything before this position is finished (and durable).
+    pub position: Position,
+    /// Lines recorded as failed in the checkpoint, from all runs.
+    pub failed_total: u64,
+    /// The checkpoint file.
+    pub checkpoint: PathBuf,
+}
+
+/// One line, as `each` prints at the end of a run: `done 1990, skipped 0,
+/// failed 10 (10 in all), retried 4, stopped at line 2000, 1.52 s`.
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "done {}, skipped {}, failed {} ({} in all), retried {}, ",
+            self.done, self.skipped, self.failed, self.failed_total, self.retried
+        )?;
+        if self.halted {
+            write!(f, "halted at line {}, ", self.position.line())?;
+        } else if self.stopped {
+            write!(f, "stopped at line {}, ", self.position.line())?;
+        } else {
+            write!(f, "ended at line {}, ", self.position.line())?;
+        }
+        write!(f, "{:.2} s", self.elapsed.as_secs_f64())
+    }
+}
+
+impl Report {
+    /// Whether every line is done: the run reached the end and no line is
+    /// recorded as failed.
+    #[must_use]
+    pub fn is_complete(&self) -> bool {
+        !self.stopped && self.failed_total == 0
+    }
+}
+
+/// Drives a [`Task`] over the lines of an input, resuming from a
+/// [`Checkpoint`].
+///
+/// - With one worker (the default) lines run strictly in order, on the
+///   calling thread. The checkpoint's writer thread writes each finished
+///   line within the [`write_delay`](Runner::write_delay) and syncs it
+///   within the group's delay, even while the next line runs for long.
+/// - With `n` workers, lines run on `n` threads and finish in any order. Up
+///   to `2n` lines are handed to the workers at a time (running, queued, or
+///   finished with the result on its way back), so after a kill at most
+///   `2n` lines plus the commits of the last `write_delay` are done again
+///   (after a power loss, plus the unsynced group). The
+///   checkpoint records the low watermark (everything before it is finished)
+///   plus the lines finished beyond it, so a restart skips exactly the
+///   finished lines. At most [`window`](Runner::window) lines are in flight
+///   or finished beyond the watermark; a stuck line holds new lines back once
+///   the window is full. No line is recorded as finished before its task
+///   returned.
+/// - A failing line is retried per the [`RetryPolicy`]; a line out of
+///   attempts, or whose error is not retryable, is recorded as failed with
+///   its error message, and the run goes on. A plain rerun does not redo
+///   failed lines; [`retry_failed`](Runner::retry_failed) reruns exactly
+///   them.
+/// - When the [`StopToken`] fires, no new line starts, lines in progress
+///   finish (a line whose attempt fails after the stop is left unrecorded,
+///   to be redone), the checkpoint is synced and the report says
+///   `stopped`.
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Mutex;
+/// use linemark::Runner;
+///
+/// let dir = tempfile::tempdir()?;
+/// let input = dir.path().join("numbers.txt");
+/// std::fs::write(&input, "1\n2\n3\n")?;
+///
+/// let sum = Mutex::new(0u64);
+/// let add = |line: &linemark::Line<'_>| {
+///     let n: u64 = line.as_str()?.parse()?;
+///     *sum.lock().unwrap() += n;
+///     Ok(())
+/// };
+/// // A runner is a value: build it once, run it as often as needed.
+/// let runner = Runner::new().workers(2);
+/// let report = runner.run(&input, add)?;
+/// assert_eq!((report.done, report.failed), (3, 0));
+/// assert_eq!(*sum.lock().unwrap(), 6);
+///
+/// // A rerun finds nothing to do.
+/// let again = runner.run(&input, add)?;
+/// assert_eq!((again.done, again.skipped), (0, 0));
+/// assert!(again.is_complete());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Runner {
+    checkpoint: Option<PathBuf>,
+    workers: usize,
+    window: usize,
+    checkpoint_options: CheckpointBuilder,
+    retry: RetryPolicy,
+    stop: StopToken,
+    observer: Option<Arc<dyn Observer + Send>>,
+    halt_after: Option<u64>,
+    retry_failed: bool,
+    shard: Option<(u64, u64)>,
+    max_line_len: usize,
+    seek: SeekMode,
+    verify_prefix: bool,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner")
+            .field("checkpoint", &self.checkpoint)
+            .field("workers", &self.workers)
+            .field("window", &self.window)
+            .field("checkpoint_options", &self.checkpoint_options)
+            .field("retry", &self.retry)
+            .field("halt_after", &self.halt_after)
+            .field("retry_failed", &self.retry_failed)
+            .field("shard", &self.shard)
+            .field("max_line_len", &self.max_line_len)
+            .field("seek", &self.seek)
+            .field("verify_prefix", &self.verify_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Runner {
+    fn default() -> Runner {
+        Runner::new()
+    }
+}
+
+/// How long the runner waits for a result before checking the stop token
+/// and the group-commit delay.
+const TICK: Duration = Duration::from_millis(20);
+
+impl Runner {
+    /// The default window: lines in flight or finished beyond the watermark.
+    pub const DEFAULT_WINDOW: usize = 1024;
+
+    /// The default [`max_line_len`](Runner::max_line_len): 64 MiB.
+    pub const DEFAULT_MAX_LINE_LEN: usize = 64 << 20;
+
+    /// One worker, default durability, retry policy and window, the
+    /// default checkpoint path.
+    #[must_use]
+    pub fn new() -> Runner {
+        Runner {
+            checkpoint: None,
+            workers: 1,
+            window: Runner::DEFAULT_WINDOW,
+            checkpoint_options: CheckpointBuilder::new(),
+            retry: RetryPolicy::default(),
+            stop: StopToken::new(),
+            observer: None,
+            halt_after: None,
+            retry_failed: false,
+            shard: None,
+            max_line_len: Runner::DEFAULT_MAX_LINE_LEN,
+            seek: SeekMode::default(),
+            verify_prefix: true,
+        }
+    }
+
+    /// The checkpoint file. Default for [`run`](Runner::run): see
+    /// [`default_checkpoint_path`](Runner::default_checkpoint_path).
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn checkpoint_path(mut self, path: impl AsRef<Path>) -> Runner {
+        self.checkpoint = Some(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Number of worker threads (default 1: strictly in order, on the
+    /// calling thread).
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn workers(mut self, workers: usize) -> Runner {
+        self.workers = workers.max(1);
+        self
+    }
+
+    /// Most lines in flight or finished beyond the watermark (default
+    /// [`DEFAULT_WINDOW`](Runner::DEFAULT_WINDOW)); at least the number of
+    /// workers.
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn window(mut self, lines: usize) -> Runner {
+        self.window = lines.max(1);
+        self
+    }
+
+    /// The settings the checkpoint is opened with: durability, write
+    /// delay, compaction threshold, before-write hook (default:
+    /// [`CheckpointBuilder::new`]). The shorthands
+    /// [`durability`](Runner::durability),
+    /// [`write_delay`](Runner::write_delay) and
+    /// [`before_checkpoint_write`](Runner::before_checkpoint_write) change
+    /// the same settings.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use linemark::{Checkpoint, Durability, Runner};
+    ///
+    /// let runner = Runner::new().checkpoint_options(
+    ///     Checkpoint::builder()
+    ///         .durability(Durability::EveryCommit)
+    ///         .compact_at(1 << 20),
+    /// );
+    /// # let _ = runner;
+    /// ```
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn checkpoint_options(mut self, options: CheckpointBuilder) -> Runner {
+        self.checkpoint_options = options;
+        self
+    }
+
+    /// When the checkpoint's records reach the disk (see
+    /// [`CheckpointBuilder::durability`]).
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn durability(mut self, durability: Durability) -> Runner {
+        self.checkpoint_options = self.checkpoint_options.durability(durability);
+        self
+    }
+
+    /// How long after a line is finished its commit is written to the
+    /// checkpoint file at most, whatever the tasks do meanwhile (default
+    /// 10 ms): a kill of the process redoes the lines in progress and at
+    /// most the commits of this last stretch. See
+    /// [`CheckpointBuilder::write_delay`].
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn write_delay(mut self, delay: Duration) -> Runner {
+        self.checkpoint_options = self.checkpoint_options.write_delay(delay);
+        self
+    }
+
+    /// How failed attempts are retried.
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn retry(mut self, policy: RetryPolicy) -> Runner {
+        self.retry = policy;
+        self
+    }
+
+    /// The token that stops the run gracefully.
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn stop_token(mut self, token: StopToken) -> Runner {
+        self.stop = token;
+        self
+    }
+
+    /// Receives progress [`Event`]s.
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn observer(mut self, observer: impl Observer + Send + 'static) -> Runner {
+        self.observer = Some(Arc::new(observer));
+        self
+    }
+
+    /// Stops the run (like the stop token) once `failures` lines have
+    /// failed in it. Default: failures never stop the run.
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn halt_after_failures(mut self, failures: u64) -> Runner {
+        self.halt_after = Some(failures.max(1));
+        self
+    }
+
+    /// Reruns exactly the lines recorded as failed, and nothing else, when
+    /// set. A line that succeeds is no longer failed; one that fails again
+    /// keeps its record with the new error.
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn retry_failed(mut self, yes: bool) -> Runner {
+        self.retry_failed = yes;
+        self
+    }
+
+    /// Processes only the lines whose 0-based index is `index` modulo
+    /// `count` (line numbers `index + 1`, `index + 1 + count`, ...), with a
+    /// checkpoint of its own. Shards `0..count` together cover every line
+    /// exactly once. An `index` that is not below `count` makes the run
+    /// fail with [`Error::InvalidShard`].
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn shard(mut self, index: u64, count: u64) -> Runner {
+        self.shard = (count != 1 || index != 0).then_some((index, count));
+        self
+    }
+
+    /// The longest line, in bytes with its `\n`, handed to the task
+    /// (default [`DEFAULT_MAX_LINE_LEN`](Runner::DEFAULT_MAX_LINE_LEN),
+    /// 64 MiB; `usize::MAX` for none).
+    ///
+    /// A longer line is never held in memory: it is streamed over, and
+    /// recorded as a failed line (with its offset, length, digest, and an
+    /// error naming the limit; attempts 0) without running the task, and
+    /// the run goes on. A rerun skips it like any failed line;
+    /// [`retry_failed`](Runner::retry_failed) with a higher limit runs it.
+    /// So a run takes memory bounded by the limit (one copy a worker, plus
+    /// the reader's), never by the longest line of the input.
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn max_line_len(mut self, bytes: usize) -> Runner {
+        self.max_line_len = bytes.max(1);
+        self
+    }
+
+    /// Runs `hook` before every write of the checkpoint, so that effects
+    /// of finished lines that are not durable yet can be made durable once
+    /// per write rather than once per line. See
+    /// [`CheckpointBuilder::before_write`](crate::CheckpointBuilder::before_write).
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn before_checkpoint_write(
+        mut self,
+        hook: impl Fn() -> std::io::Result<()> + Send + Sync + 'static,
+    ) -> Runner {
+        self.checkpoint_options = self.checkpoint_options.before_write(hook);
+        self
+    }
+
+    /// How a file input is sought to the resume point (default: by offset).
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn seek_mode(mut self, mode: SeekMode) -> Runner {
+        self.seek = mode;
+        self
+    }
+
+    /// Whether a resume of a file input reads the whole finished part of it
+    /// to check that it did not change (default `true`).
+    ///
+    /// With it, a resume by [`SeekMode::Offset`] or [`SeekMode::Lines`]
+    /// reads the input from its first byte to the resume point, at memory
+    /// (or disk) speed, and refuses ([`Error::InputChanged`]) an input
+    /// whose finished part has a different number of lines (lines joined,
+    /// split, added or removed: every later line would change its number,
+    /// and with it its shard and its records) or, as far as the checkpoint
+    /// has digested it (all of it after a run that ended; after a kill, up
+    /// to its last `prefix` record, written at most a second apart),
+    /// any other byte. The digest is kept by the checkpoint's writer thread,
+    /// which reads the finished lines again off the hot path.
+    ///
+    /// Without it a resume costs the same at any point of any input, and
+    /// the checkpoint does not read the finished lines again: a resume
+    /// checks the offset, length and digest of the last finished line only,
+    /// so an edit further back that keeps that line where it was goes
+    /// unnoticed, and a change in the number of lines before it makes the
+    /// run skip or repeat lines by number. Turn it off for huge inputs that
+    /// are never edited. [`SeekMode::Content`] never checks the prefix
+    /// (its finished lines may be gone); a stream ([`run_reader`](Runner::run_reader))
+    /// always counts its finished lines and checks the last one.
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn verify_prefix(mut self, verify: bool) -> Runner {
+        self.verify_prefix = verify;
+        self
+    }
+
+    /// The checkpoint path used for `input` when none is set: `INPUT.checkpoint`,
+    /// or `INPUT.shard-I-of-N.checkpoint` for a shard.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use linemark::Runner;
+    ///
+    /// let runner = Runner::new();
+    /// assert_eq!(runner.default_checkpoint_path("urls.txt"), Path::new("urls.txt.checkpoint"));
+    /// let sharded = Runner::new().shard(2, 8);
+    /// assert_eq!(
+    ///     sharded.default_checkpoint_path("urls.txt"),
+    ///     Path::new("urls.txt.shard-2-of-8.checkpoint"),
+    /// );
+    /// ```
+    #[must_use]
+    pub fn default_checkpoint_path(&self, input: impl AsRef<Path>) -> PathBuf {
+        let mut name = OsString::from(input.as_ref().as_os_str());
+        if let Some((index, count)) = self.shard {
+            name.push(format!(".shard-{index}-of-{count}"));
+        }
+        name.push(".checkpoint");
+        PathBuf::from(name)
+    }
+
+    /// The checkpoint path a run on `input` uses.
+    #[must_use]
+    pub fn checkpoint_for(&self, input: impl AsRef<Path>) -> PathBuf {
+        self.checkpoint
+            .clone()
+            .unwrap_or_else(|| self.default_checkpoint_path(input))
+    }
+
+    /// Runs the closure `task` over the lines of the file `input`, resuming
+    /// from its checkpoint.
+    ///
+    /// The closure's types are inferred: it takes a [`&Line`](Line) and
+    /// returns `Result<(), BoxError>`, so `?` works on any error, and
+    /// `Err(permanent(error))` fails the line without retries (see
+    /// [`permanent`](crate::permanent)). A type that implements [`Task`]
+    /// runs with [`run_task`](Runner::run_task).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use linemark::Runner;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let input = dir.path().join("ids.txt");
+    /// std::fs::write(&input, "17\n23\n")?;
+    /// let report = Runner::new().workers(2).run(&input, |line| {
+    ///     let id: u64 = line.as_str()?.parse()?;
+    ///     assert!(id > 0);
+    ///     Ok(())
+    /// })?;
+    /// assert!(report.is_complete());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// linemark's own errors: the checkpoint cannot be opened or written
+    /// ([`Error::Locked`], [`Error::Corrupt`], [`Error::Io`], ...), the input
+    /// changed since the checkpoint ([`Error::InputChanged`]). Progress
+    /// recorded before the error is kept. The task's errors are never
+    /// returned: they make failed lines.
+    pub fn run<F>(&self, input: impl AsRef<Path>, task: F) -> Result<Report>
+    where
+        F: Fn(&Line<'_>) -> std::result::Result<(), BoxError> + Sync,
+    {
+        self.run_task(input, &FnTask(task))
+    }
+
+    /// Runs `task`, a [`Task`], over the lines of the file `input`, resuming
+    /// from its checkpoint.
+    ///
+    /// # Errors
+    ///
+    /// As [`run`](Runner::run).
+    pub fn run_task<T: Task>(&self, input: impl AsRef<Path>, task: &T) -> Result<Report> {
+        let input = input.as_ref();
+        let in_err = |err| Error::io(Some(input), "opening the input", err);
+        let file = File::open(input).map_err(in_err)?;
+        let input_len = file.metadata().map_err(in_err)?.len();
+        let mut checkpoint = self.open_checkpoint(self.checkpoint_for(input))?;
+        // Committed lines are read back from the file for their digest, so
+        // a commit costs a few stores, not a copy of the line.
+        checkpoint.read_back_from(input, self.verify_prefix)?;
+        let mut reader = BufReader::with_capacity(64 * 1024, file);
+        if self.retry_failed {
+            let failed: Vec<FailedLine> = checkpoint.failed().collect();
+            let source: FailedSource<'_, _, std::io::Empty> = FailedSource::Seek {
+                reader: &mut reader,
+                lines: failed.into(),
+                buf: Vec::new(),
+                limit: self.max_line_len,
+            };
+            return self
+                .drive_failed(&mut checkpoint, source, Some(input_len), task)
+                .map_err(|err| err.with_input_path(input));
+        }
+        let position = checkpoint.position();
+        let resumed = match self.seek {
+            SeekMode::Offset => position.seek_offset(&mut reader),
+            SeekMode::Lines => {
+                reader
+                    .rewind()
+                    .map_err(|err| Error::io(Some(input), "seeking the input", err))?;
+                position.seek_lines(&mut reader)
+            }
+            SeekMode::Content => position.seek_content(&mut reader),
+        }
+        .map_err(|err| err.with_input_path(input))?;
+        if self.verify_prefix && self.seek != SeekMode::Content && !position.is_start() {
+            let seek_err = |err| Error::io(Some(input), "seeking the input", err);
+            reader.rewind().map_err(seek_err)?;
+            check_prefix(&mut reader, &position, checkpoint.prefix())
+                .map_err(|err| err.with_input_path(input))?;
+            reader
+                .seek(SeekFrom::Start(resumed.offset()))
+                .map_err(seek_err)?;
+        }
+        let lines = self.line_reader(reader, resumed).path(input);
+        self.drive(&mut checkpoint, lines, resumed, Some(input_len), task)
+            .map_err(|err| err.with_input_path(input))
+    }
+
+    /// Runs the closure `task` (as in [`run`](Runner::run)) over the lines
+    /// of a stream that cannot seek (stdin, a pipe, a decompressor), given
+    /// from its first byte, with the checkpoint at `checkpoint`. The
+    /// finished lines are skipped by counting them
+    /// ([`Position::seek_lines`]); in [`retry_failed`](Runner::retry_failed)
+    /// mode the stream is scanned for the failed lines.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use linemark::Runner;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let stream: &[u8] = b"a\nb\n"; // stdin.lock() in a real program
+    /// let report = Runner::new().run_reader(stream, dir.path().join("stdin.checkpoint"), |line| {
+    ///     println!("{}", line.as_str()?);
+    ///     Ok(())
+    /// })?;
+    /// assert_eq!(report.done, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`run`](Runner::run).
+    pub fn run_reader<R: BufRead, F>(
+        &self,
+        reader: R,
+        checkpoint: impl AsRef<Path>,
+        task: F,
+    ) -> Result<Report>
+    where
+        F: Fn(&Line<'_>) -> std::result::Result<(), BoxError> + Sync,
+    {
+        self.run_reader_task(reader, checkpoint, &FnTask(task))
+    }
+
+    /// Runs `task`, a [`Task`], over the lines of a stream, as
+    /// [`run_reader`](Runner::run_reader) does.
+    ///
+    /// # Errors
+    ///
+    /// As [`run`](Runner::run).
+    pub fn run_reader_task<R: BufRead, T: Task>(
+        &self,
+        mut reader: R,
+        checkpoint: impl AsRef<Path>,
+        task: &T,
+    ) -> Result<Report> {
+        let mut checkpoint = self.open_checkpoint(checkpoint.as_ref().to_path_buf())?;
+        if self.retry_failed {
+            let failed: Vec<FailedLine> = checkpoint.failed().collect();
+            let source: FailedSource<'_, std::io::Empty, R> = FailedSource::Scan {
+                lines: self.line_reader(reader, Position::start()),
+                failed: failed.into(),
+            };
+            return self.drive_failed(&mut checkpoint, source, None, task);
+        }
+        let resumed = checkpoint.position().seek_lines(&mut reader)?;
+        let lines = self.line_reader(reader, resumed);
+        self.drive(&mut checkpoint, lines, resumed, None, task)
+    }
+
+    fn open_checkpoint(&self, path: PathBuf) -> Result<Checkpoint> {
+        if let Some((index, count)) = self.shard {
+            if index >= count {
+                return Err(Error::InvalidShard { index, count });
+            }
+        }
+        let mut checkpoint = self.checkpoint_options.clone().open(path)?;
+        // The lines a checkpoint owns are recorded in it, so that it is never
+        // reused by a run over other lines (another shard, or all of them).
+        checkpoint.claim_shard(self.shard.unwrap_or((0, 1)))?;
+        Ok(checkpoint)
+    }
+
+    fn line_reader<R: BufRead>(&self, reader: R, at: Position) -> LineReader<R> {
+        LineReader::resume(reader, at).max_line_len(self.max_line_len)
+    }
+}
