@@ -57,7 +57,6 @@ mod failed;
 mod line;
 mod position;
 mod progress;
-mod record;
 mod retry;
 mod runner;
 mod stop;

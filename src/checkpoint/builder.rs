@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::file::{load, lock_path, remove_leftover_temp_files, resolve, take_lock};
+use super::file::{lock_path, remove_leftover_temp_files, resolve, take_lock};
+use super::format::Pending;
+use super::format::load;
 use super::fs::{Fs, RealFs};
 use super::slot::{Slot, SlotWriter};
-use super::state::Pending;
 use super::writer::{Core, Inner, Io, Schedule, file_id};
 use super::{Checkpoint, Durability};
 use crate::error::{Error, Result};

@@ -1,17 +1,15 @@
-//! Reading a checkpoint file back (recovery of a torn tail, refusal of a
-//! foreign or damaged one), its lock, and the names of its temporary files.
+//! The files around a checkpoint: its resolved path, its lock, and the
+//! names of its temporary files. Reading one back is in `format.rs`.
 
 use std::ffi::OsString;
 use std::fs;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::fs::Fs;
-use super::state::State;
 use crate::error::{Error, Result};
-use crate::record::{MAGIC, OLDEST_VERSION, Record, VERSION};
 
 pub(crate) fn lock_path(path: &Path) -> PathBuf {
     let mut name = OsString::from(path.as_os_str());
@@ -116,121 +114,4 @@ pub(crate) fn remove_leftover_temp_files(fs: &dyn Fs, path: &Path) {
             let _ = fs.remove(&dir.join(&name));
         }
     }
-}
-
-/// What opening found in the file.
-pub(crate) struct Loaded {
-    pub(crate) state: State,
-    pub(crate) exists: bool,
-    pub(crate) has_header: bool,
-    pub(crate) file_len: u64,
-    pub(crate) valid_len: u64,
-}
-
-pub(crate) fn load(fs: &dyn Fs, path: &Path) -> Result<Loaded> {
-    let mut file = match fs.open_read(path) {
-        Ok(Some(file)) => file,
-        Ok(None) => {
-            return Ok(Loaded {
-                state: State::default(),
-                exists: false,
-                has_header: false,
-                file_len: 0,
-                valid_len: 0,
-            });
-        }
-        Err(err) => return Err(Error::io(Some(path), "opening the checkpoint", err)),
-    };
-    let read_err = |err| Error::io(Some(path), "reading the checkpoint", err);
-    // Check the start before reading a file that may be large and foreign.
-    let mut bytes = Vec::new();
-    Read::by_ref(&mut file)
-        .take(MAGIC.len() as u64 + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read_err)?;
-    check_magic(path, &bytes)?;
-    file.read_to_end(&mut bytes).map_err(read_err)?;
-    let (state, has_header, valid_len) = parse(path, &bytes)?;
-    Ok(Loaded {
-        state,
-        exists: true,
-        has_header,
-        file_len: bytes.len() as u64,
-        valid_len,
-    })
-}
-
-/// Refuses a file that does not start like a checkpoint. A prefix of the
-/// header with nothing after it is a torn header.
-pub(crate) fn check_magic(path: &Path, start: &[u8]) -> Result<()> {
-    let magic = format!("{MAGIC} ");
-    let magic = magic.as_bytes();
-    let len = start.len().min(magic.len());
-    if start[..len] == magic[..len] {
-        Ok(())
-    } else {
-        Err(Error::NotACheckpoint {
-            path: path.to_path_buf(),
-        })
-    }
-}
-
-/// Applies the valid records. Returns the state, whether a valid header was
-/// found, and where the valid data ends.
-pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<(State, bool, u64)> {
-    let mut state = State::default();
-    let mut has_header = false;
-    let mut valid_len = 0u64;
-    let mut first_bad: Option<(u64, String)> = None;
-    let mut offset = 0usize;
-    while offset < bytes.len() {
-        let Some(len) = memchr::memchr(b'\n', &bytes[offset..]) else {
-            first_bad.get_or_insert((offset as u64, "incomplete record".into()));
-            break;
-        };
-        let corrupt = |at: usize, reason: String| Error::Corrupt {
-            path: path.to_path_buf(),
-            offset: at as u64,
-            reason,
-        };
-        match Record::decode(&bytes[offset..offset + len]) {
-            Ok(record) => {
-                if let Some((at, reason)) = first_bad.take() {
-                    return Err(corrupt(at as usize, reason));
-                }
-                match record {
-                    Record::Header { version } if offset == 0 => {
-                        if !(OLDEST_VERSION..=VERSION).contains(&version) {
-                            return Err(Error::UnsupportedVersion {
-                                path: path.to_path_buf(),
-                                version,
-                                supported: VERSION,
-                            });
-                        }
-                        state.version = version;
-                        has_header = true;
-                    }
-                    Record::Header { .. } => {
-                        return Err(corrupt(offset, "a header in the middle of the file".into()));
-                    }
-                    _ if !has_header => {
-                        return Err(corrupt(offset, "a record before the header".into()));
-                    }
-                    record => state.apply(record),
-                }
-                valid_len = (offset + len + 1) as u64;
-            }
-            Err(reason) => {
-                let record = &bytes[offset..offset + len];
-                if Record::crc_matches(record) {
-                    // Whole and intact, yet impossible: not the torn end of
-                    // a write but a file that cannot be trusted.
-                    return Err(corrupt(offset, reason));
-                }
-                first_bad.get_or_insert((offset as u64, reason));
-            }
-        }
-        offset += len + 1;
-    }
-    Ok((state, has_header, valid_len))
 }

@@ -4,7 +4,7 @@
 use std::fs;
 use std::time::Instant;
 
-use super::file::parse;
+use super::format::parse;
 use super::writer::RewriteStep;
 use super::*;
 use crate::position::Prefix;
@@ -124,7 +124,7 @@ fn a_foreign_file_is_refused_and_left_alone() {
 /// The file at `path`, which must be of the current format version.
 fn read_current_version(path: &Path) -> String {
     let written = fs::read_to_string(path).unwrap();
-    let header = format!("linemark-checkpoint version={} ", crate::record::VERSION);
+    let header = format!("linemark-checkpoint version={} ", super::format::VERSION);
     assert!(written.starts_with(&header), "{written}");
     written
 }
@@ -134,13 +134,13 @@ fn a_newer_version_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c");
     let mut text = String::new();
-    let newer = crate::record::VERSION + 1;
+    let newer = super::format::VERSION + 1;
     Record::Header { version: newer }.encode(&mut text);
     fs::write(&path, &text).unwrap();
     let err = Checkpoint::open(&path).unwrap_err();
     assert!(
         matches!(err, Error::UnsupportedVersion { version, supported, .. }
-            if version == newer && supported == crate::record::VERSION),
+            if version == newer && supported == super::format::VERSION),
         "{err}"
     );
     assert_eq!(fs::read_to_string(&path).unwrap(), text, "left alone");
@@ -241,7 +241,7 @@ fn a_prefix_is_relied_on_only_up_to_the_position_at_every_truncation() {
     let all = positions(6);
     let mut text = String::new();
     Record::Header {
-        version: crate::record::VERSION,
+        version: super::format::VERSION,
     }
     .encode(&mut text);
     for pos in &all[..4] {

@@ -41,9 +41,9 @@ use std::time::{Duration, Instant};
 
 use super::BeforeWrite;
 use super::file::{parent_dir, temp_prefix};
+use super::format::{Pending, State};
 use super::fs::{Fs, FsFile};
 use super::slot::{HAS_ERROR, Located, Mark, Published, Slot, SlotWriter, WANT_FOLD, fingerprint};
-use super::state::{Pending, State};
 use crate::error::{Error, Result};
 use crate::position::{Position, Prefix};
 
@@ -515,7 +515,7 @@ impl Inner {
         io.prefix_recorded = Some(Instant::now());
         let mut core = self.lock_core();
         core.pending.prefix = true;
-        if io.file.is_some() && core.state.version < crate::record::VERSION {
+        if io.file.is_some() && core.state.version < super::format::VERSION {
             // A file of a format before the prefix record is rewritten in
             // the current one, which an older linemark refuses instead of
             // misreading.

@@ -55,7 +55,7 @@ fn a_sync_after_a_failed_sync_does_not_claim_the_lost_records_durable() {
 
         // Power loss now.
         let after = fs.power_loss_dropping_unsynced();
-        let reopened = crate::checkpoint::file::load(after.handle().as_ref(), &path)
+        let reopened = crate::checkpoint::format::load(after.handle().as_ref(), &path)
             .map(|loaded| loaded.state.position);
         if result.is_ok() {
             assert_eq!(

@@ -1,12 +1,20 @@
-//! Encoding and decoding of the checkpoint file's records.
-//!
-//! The format is documented on [`Checkpoint`](crate::Checkpoint); this module
-//! is its only implementation.
+//! The on-disk format of a checkpoint, all of it: the records (their
+//! encoding and decoding), the state they describe and how records apply to
+//! it, the commits not yet written, and reading a file back (recovery of a
+//! torn tail, refusal of a foreign or damaged one). A format change touches
+//! this file. The format is documented on [`Checkpoint`](crate::Checkpoint).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::io::Read;
+use std::path::Path;
 
+use super::fs::Fs;
+use crate::error::{Error, Result};
 use crate::failed::FailedLine;
 use crate::position::{Position, Prefix};
+
+// ---- Records ----
 
 /// The format version this build writes and reads.
 pub(crate) const VERSION: u32 = 3;
@@ -420,4 +428,313 @@ mod range_tests {
             assert!(Record::decode(&signed(body)).is_ok(), "refused: {body}");
         }
     }
+}
+
+// ---- The state the records describe ----
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct State {
+    pub(crate) position: Position,
+    /// Lines finished beyond the position: the position just after each.
+    pub(crate) done: BTreeMap<u64, Position>,
+    pub(crate) failed: BTreeMap<u64, FailedLine>,
+    /// The lines the checkpoint owns (index, count), once a run recorded it.
+    pub(crate) shard: Option<(u64, u64)>,
+    /// What is known of the whole finished part of the input, at an offset
+    /// at or before the position's.
+    pub(crate) prefix: Option<Prefix>,
+    /// The format version of the file's header (0 before any header).
+    pub(crate) version: u32,
+}
+
+impl State {
+    pub(crate) fn apply(&mut self, record: Record) {
+        match record {
+            Record::Header { .. } => {}
+            Record::Position(position) => self.advance(position),
+            Record::Done(end) => {
+                if end.line() > self.position.line() {
+                    self.done.insert(end.line(), end);
+                }
+            }
+            Record::Failed(failed) => {
+                self.failed.insert(failed.line(), failed);
+            }
+            Record::Resolved { line } => {
+                self.failed.remove(&line);
+            }
+            Record::Shard { index, count } => self.shard = Some((index, count)),
+            Record::Prefix(prefix) => {
+                // One past the position was never written so (see
+                // `Pending::encode`); such a record is not relied on, and
+                // the one before it stands.
+                if prefix.offset <= self.position.offset() {
+                    self.prefix = Some(prefix);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn advance(&mut self, position: Position) {
+        self.position = position;
+        // A position moved back (a hand-written loop may) drops a prefix
+        // that reaches past it.
+        if self
+            .prefix
+            .is_some_and(|prefix| prefix.offset > position.offset())
+        {
+            self.prefix = None;
+        }
+        self.done = self.done.split_off(&(position.line().saturating_add(1)));
+    }
+
+    /// Moves the position to where a seek found the input resumes (see
+    /// `Checkpoint::rebase`): lines and bytes of the done and failed records
+    /// move by the same amount as the position did; a record that would move
+    /// before the start of the input is dropped (its line was removed).
+    /// Every moved record is checked against the input before it is relied
+    /// on.
+    pub(crate) fn rebase(&mut self, position: Position) {
+        let old = self.position;
+        let shift = |line: u64, offset: u64| -> Option<(u64, u64)> {
+            let line = (i128::from(line) - i128::from(old.line()) + i128::from(position.line()))
+                .try_into()
+                .ok()
+                .filter(|&line: &u64| line > 0)?;
+            let offset = (i128::from(offset) - i128::from(old.offset())
+                + i128::from(position.offset()))
+            .try_into()
+            .ok()?;
+            Some((line, offset))
+        };
+        self.done = std::mem::take(&mut self.done)
+            .into_values()
+            .filter_map(|end| {
+                let (line, offset) = shift(end.line(), end.offset())?;
+                let end = Position::from_parts(offset, line, end.last_len(), end.last_digest())?;
+                Some((line, end))
+            })
+            .collect();
+        self.failed = std::mem::take(&mut self.failed)
+            .into_values()
+            .filter_map(|failed| {
+                let (line, offset) = shift(failed.line(), failed.offset())?;
+                Some((line, failed.moved(line, offset)))
+            })
+            .collect();
+        self.position = position;
+        // Lines before the position may have been removed or edited.
+        self.prefix = None;
+    }
+
+    /// The whole state as the records of a new file, of the current format
+    /// version (which the state then has).
+    pub(crate) fn snapshot(&mut self) -> String {
+        self.version = VERSION;
+        let mut out = String::new();
+        Record::Header { version: VERSION }.encode(&mut out);
+        if let Some((index, count)) = self.shard {
+            Record::Shard { index, count }.encode(&mut out);
+        }
+        Record::Position(self.position).encode(&mut out);
+        if let Some(prefix) = self.prefix {
+            Record::Prefix(prefix).encode(&mut out);
+        }
+        for &end in self.done.values() {
+            Record::Done(end).encode(&mut out);
+        }
+        for failed in self.failed.values() {
+            Record::Failed(failed.clone()).encode(&mut out);
+        }
+        out
+    }
+}
+
+/// Commits made but not yet written.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    /// The position moved.
+    pub(crate) position: bool,
+    /// Lines recorded as done beyond the position.
+    pub(crate) done: Vec<u64>,
+    /// `failed` and `resolved` records, in order.
+    pub(crate) failed: Vec<Record>,
+    /// The shard was recorded.
+    pub(crate) shard: bool,
+    /// The prefix was extended.
+    pub(crate) prefix: bool,
+}
+
+impl Pending {
+    pub(crate) fn is_empty(&self) -> bool {
+        !self.position
+            && self.done.is_empty()
+            && self.failed.is_empty()
+            && !self.shard
+            && !self.prefix
+    }
+
+    /// The records to append. Each line's net outcome among the `failed`
+    /// and `resolved` records: a failure goes before the position, so the
+    /// position never covers a failed line whose record could be torn off
+    /// after it; a resolution goes after the position, so a durable failure
+    /// is never undone by a resolution whose position was torn off (the line
+    /// would be neither failed nor covered, and run again). The lines done
+    /// beyond the position (those it has not covered since) come last.
+    pub(crate) fn encode(&self, state: &State) -> String {
+        let mut net: BTreeMap<u64, &Record> = BTreeMap::new();
+        for record in &self.failed {
+            match record {
+                Record::Failed(failed) => net.insert(failed.line(), record),
+                Record::Resolved { line } => net.insert(*line, record),
+                _ => None,
+            };
+        }
+        let mut out = String::new();
+        if let Some((index, count)) = state.shard.filter(|_| self.shard) {
+            Record::Shard { index, count }.encode(&mut out);
+        }
+        for record in net.values().filter(|r| matches!(r, Record::Failed(_))) {
+            record.encode(&mut out);
+        }
+        if self.position {
+            Record::Position(state.position).encode(&mut out);
+        }
+        // After the position: a prefix never reaches past the position
+        // before it in the file, even when the append is torn.
+        if let Some(prefix) = state.prefix.filter(|_| self.prefix) {
+            Record::Prefix(prefix).encode(&mut out);
+        }
+        for line in &self.done {
+            if let Some(&end) = state.done.get(line) {
+                Record::Done(end).encode(&mut out);
+            }
+        }
+        for record in net
+            .values()
+            .filter(|r| matches!(r, Record::Resolved { .. }))
+        {
+            record.encode(&mut out);
+        }
+        out
+    }
+}
+
+// ---- Reading a file back ----
+
+/// What opening found in the file.
+pub(crate) struct Loaded {
+    pub(crate) state: State,
+    pub(crate) exists: bool,
+    pub(crate) has_header: bool,
+    pub(crate) file_len: u64,
+    pub(crate) valid_len: u64,
+}
+
+pub(crate) fn load(fs: &dyn Fs, path: &Path) -> Result<Loaded> {
+    let mut file = match fs.open_read(path) {
+        Ok(Some(file)) => file,
+        Ok(None) => {
+            return Ok(Loaded {
+                state: State::default(),
+                exists: false,
+                has_header: false,
+                file_len: 0,
+                valid_len: 0,
+            });
+        }
+        Err(err) => return Err(Error::io(Some(path), "opening the checkpoint", err)),
+    };
+    let read_err = |err| Error::io(Some(path), "reading the checkpoint", err);
+    // Check the start before reading a file that may be large and foreign.
+    let mut bytes = Vec::new();
+    Read::by_ref(&mut file)
+        .take(MAGIC.len() as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    check_magic(path, &bytes)?;
+    file.read_to_end(&mut bytes).map_err(read_err)?;
+    let (state, has_header, valid_len) = parse(path, &bytes)?;
+    Ok(Loaded {
+        state,
+        exists: true,
+        has_header,
+        file_len: bytes.len() as u64,
+        valid_len,
+    })
+}
+
+/// Refuses a file that does not start like a checkpoint. A prefix of the
+/// header with nothing after it is a torn header.
+pub(crate) fn check_magic(path: &Path, start: &[u8]) -> Result<()> {
+    let magic = format!("{MAGIC} ");
+    let magic = magic.as_bytes();
+    let len = start.len().min(magic.len());
+    if start[..len] == magic[..len] {
+        Ok(())
+    } else {
+        Err(Error::NotACheckpoint {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// Applies the valid records. Returns the state, whether a valid header was
+/// found, and where the valid data ends.
+pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<(State, bool, u64)> {
+    let mut state = State::default();
+    let mut has_header = false;
+    let mut valid_len = 0u64;
+    let mut first_bad: Option<(u64, String)> = None;
+    let mut offset = 0usize;
+    while offset < bytes.len() {
+        let Some(len) = memchr::memchr(b'\n', &bytes[offset..]) else {
+            first_bad.get_or_insert((offset as u64, "incomplete record".into()));
+            break;
+        };
+        let corrupt = |at: usize, reason: String| Error::Corrupt {
+            path: path.to_path_buf(),
+            offset: at as u64,
+            reason,
+        };
+        match Record::decode(&bytes[offset..offset + len]) {
+            Ok(record) => {
+                if let Some((at, reason)) = first_bad.take() {
+                    return Err(corrupt(at as usize, reason));
+                }
+                match record {
+                    Record::Header { version } if offset == 0 => {
+                        if !(OLDEST_VERSION..=VERSION).contains(&version) {
+                            return Err(Error::UnsupportedVersion {
+                                path: path.to_path_buf(),
+                                version,
+                                supported: VERSION,
+                            });
+                        }
+                        state.version = version;
+                        has_header = true;
+                    }
+                    Record::Header { .. } => {
+                        return Err(corrupt(offset, "a header in the middle of the file".into()));
+                    }
+                    _ if !has_header => {
+                        return Err(corrupt(offset, "a record before the header".into()));
+                    }
+                    record => state.apply(record),
+                }
+                valid_len = (offset + len + 1) as u64;
+            }
+            Err(reason) => {
+                let record = &bytes[offset..offset + len];
+                if Record::crc_matches(record) {
+                    // Whole and intact, yet impossible: not the torn end of
+                    // a write but a file that cannot be trusted.
+                    return Err(corrupt(offset, reason));
+                }
+                first_bad.get_or_insert((offset as u64, reason));
+            }
+        }
+        offset += len + 1;
+    }
+    Ok((state, has_header, valid_len))
 }
