@@ -281,7 +281,7 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let reader = BufReader::with_capacity(64 * 1024, StreamReader::new(&input.path));
             runner
                 .run_reader_task(reader, &checkpoint, &task)
-                .map_err(|err| err.with_input_path(&input.path))
+                .map_err(|err| err.with_path(&input.path))
         }
     };
     bar.finish_and_clear();

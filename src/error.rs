@@ -13,8 +13,13 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// them as failed lines, never as an `Error`.
 ///
 /// Every variant carries the context it has: the path of the file involved
-/// (when known), the line number (1-based) and the byte offset. The enum is
-/// `#[non_exhaustive]`, so new variants can be added without a breaking change.
+/// (when known), the line number (1-based) and the byte offset. The input's
+/// path is known when the user gave it: to [`Runner::run`](crate::Runner::run),
+/// to [`LineReader::path`](crate::LineReader::path) (which passes it on to
+/// its lines' [`as_str`](crate::Line::as_str)), or to
+/// [`with_path`](Error::with_path) for the errors of functions that take a
+/// reader. The enum is `#[non_exhaustive]`, so new variants can be added
+/// without a breaking change.
 ///
 /// # Examples
 ///
@@ -257,21 +262,56 @@ impl Error {
         }
     }
 
-    /// Fills in the input path of an error about the input, when it is not
-    /// set yet. Seeking works on any reader, so it does not know the path;
-    /// callers that opened the file do.
+    /// Names the input file `path` in this error, when the error is about
+    /// the input and names no file yet; any other error is returned as it
+    /// is.
+    ///
+    /// The seek methods of [`Position`](crate::Position) and
+    /// [`FailedLine::read_from`](crate::FailedLine::read_from) work on any
+    /// reader, which has no name, so their errors name no file: the caller
+    /// that opened the file adds it with this method. (Lines from a
+    /// [`LineReader`](crate::LineReader) given a
+    /// [`path`](crate::LineReader::path), and [`Runner`](crate::Runner)
+    /// runs, name the file themselves.) The variants filled in are
+    /// [`Io`](Error::Io), [`InputChanged`](Error::InputChanged),
+    /// [`LastLineNotFound`](Error::LastLineNotFound),
+    /// [`AmbiguousLastLine`](Error::AmbiguousLastLine),
+    /// [`InvalidUtf8`](Error::InvalidUtf8) and
+    /// [`LineTooLong`](Error::LineTooLong); the others always name their
+    /// checkpoint file, or are about no file.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::fs::File;
+    /// use std::io::BufReader;
+    /// use linemark::{Error, Position};
+    ///
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("urls.txt");
+    /// std::fs::write(&path, "a\nB\nc\n")?;
+    /// let done = Position::start().after(b"a\n").after(b"b\n");
+    /// let mut reader = BufReader::new(File::open(&path)?);
+    /// let err = done
+    ///     .seek_offset(&mut reader)
+    ///     .map_err(|err| err.with_path(&path))
+    ///     .unwrap_err();
+    /// assert!(matches!(&err, Error::InputChanged { path: Some(p), line: 2, .. } if *p == path));
+    /// assert!(err.to_string().starts_with(&format!("{}: input changed", path.display())));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
-    pub fn with_input_path(mut self, input: &Path) -> Error {
+    pub fn with_path(mut self, path: impl AsRef<Path>) -> Error {
         match &mut self {
-            Error::Io { path, .. }
-            | Error::InputChanged { path, .. }
-            | Error::LastLineNotFound { path, .. }
-            | Error::AmbiguousLastLine { path, .. }
-            | Error::InvalidUtf8 { path, .. }
-            | Error::LineTooLong { path, .. }
-                if path.is_none() =>
+            Error::Io { path: slot, .. }
+            | Error::InputChanged { path: slot, .. }
+            | Error::LastLineNotFound { path: slot, .. }
+            | Error::AmbiguousLastLine { path: slot, .. }
+            | Error::InvalidUtf8 { path: slot, .. }
+            | Error::LineTooLong { path: slot, .. }
+                if slot.is_none() =>
             {
-                *path = Some(input.to_path_buf());
+                *slot = Some(path.as_ref().to_path_buf());
             }
             _ => {}
         }
@@ -366,11 +406,26 @@ mod tests {
             expected: "a".into(),
             found: "b".into(),
         }
-        .with_input_path(Path::new("urls.txt"));
+        .with_path("urls.txt");
         let text = err.to_string();
         assert!(text.contains("urls.txt"), "{text}");
         assert!(text.contains("line 7"), "{text}");
         assert!(text.contains("byte 120"), "{text}");
+    }
+
+    #[test]
+    fn with_path_keeps_a_path_already_named() {
+        let named = Error::io(Some(Path::new("a")), "reading", io::Error::other("x"));
+        assert_eq!(named.with_path("b").path(), Some(Path::new("a")));
+        let checkpoint = Error::Locked {
+            path: "job.checkpoint".into(),
+        };
+        assert_eq!(
+            checkpoint.with_path("input.txt").path(),
+            Some(Path::new("job.checkpoint"))
+        );
+        let shard = Error::InvalidShard { index: 2, count: 2 };
+        assert_eq!(shard.with_path("input.txt").path(), None);
     }
 
     #[test]

@@ -66,7 +66,7 @@ mod window;
 pub use checkpoint::{Checkpoint, CheckpointBuilder, Durability, Snapshot};
 pub use error::{Error, Result};
 pub use failed::FailedLine;
-pub use line::{Line, LineReader};
+pub use line::{Line, LineReader, OwnedLine};
 pub use position::{Position, digest};
 pub use progress::{Event, Observer};
 pub use retry::RetryPolicy;

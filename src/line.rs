@@ -18,6 +18,10 @@ use crate::position::{Position, digest};
 /// is never silently changed. An empty line (`"\n"`) is a line with empty
 /// content; an empty input has no lines at all. Lines are numbered from 1.
 ///
+/// A line borrows its bytes from the reader, until the next line is read;
+/// [`to_owned_line`](Line::to_owned_line) makes an [`OwnedLine`] to keep or
+/// send elsewhere.
+///
 /// # Examples
 ///
 /// ```
@@ -34,24 +38,57 @@ use crate::position::{Position, digest};
 /// assert!(lines.next_line()?.is_none());
 /// # Ok::<(), linemark::Error>(())
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Line<'a> {
     raw: &'a [u8],
     number: u64,
     offset: u64,
+    path: Option<&'a Path>,
 }
 
 impl<'a> Line<'a> {
     /// A line with the given raw bytes (terminator included), 1-based number
-    /// and start offset. Useful when lines come from somewhere other than a
-    /// [`LineReader`].
+    /// and start offset, from no named file. Useful when lines come from
+    /// somewhere other than a [`LineReader`].
     #[must_use]
     pub fn new(raw: &'a [u8], number: u64, offset: u64) -> Line<'a> {
         Line {
             raw,
             number,
             offset,
+            path: None,
         }
+    }
+
+    /// The same line, from the file at `path`: its errors name the file.
+    /// A [`LineReader`] given a [`path`](LineReader::path) hands out its
+    /// lines so.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use linemark::Line;
+    ///
+    /// let line = Line::new(b"caf\xe9\n", 3, 20).with_path("menu.txt");
+    /// assert_eq!(line.path(), Some(Path::new("menu.txt")));
+    /// let err = line.as_str().unwrap_err();
+    /// assert_eq!(err.path(), Some(Path::new("menu.txt")));
+    /// assert!(err.to_string().starts_with("menu.txt: line 3 (byte 20)"));
+    /// ```
+    #[must_use]
+    pub fn with_path<P: AsRef<Path> + ?Sized>(self, path: &'a P) -> Line<'a> {
+        Line {
+            path: Some(path.as_ref()),
+            ..self
+        }
+    }
+
+    /// The file the line was read from, when known (see
+    /// [`with_path`](Line::with_path)).
+    #[must_use]
+    pub fn path(&self) -> Option<&'a Path> {
+        self.path
     }
 
     /// The line's bytes including its `\n` terminator, if it has one.
@@ -72,13 +109,13 @@ impl<'a> Line<'a> {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidUtf8`] naming the line and offset when the content is
-    /// not valid UTF-8.
+    /// [`Error::InvalidUtf8`] naming the line, its offset and, when known,
+    /// its file ([`path`](Line::path)) when the content is not valid UTF-8.
     pub fn as_str(&self) -> Result<&'a str> {
         let content = self.as_bytes();
         let content = content.strip_suffix(b"\r").unwrap_or(content);
         std::str::from_utf8(content).map_err(|err| Error::InvalidUtf8 {
-            path: None,
+            path: self.path.map(Path::to_path_buf),
             line: self.number,
             offset: self.offset,
             valid_up_to: err.valid_up_to(),
@@ -114,6 +151,135 @@ impl<'a> Line<'a> {
             self.raw.len() as u64,
             digest(self.raw),
         )
+    }
+
+    /// A copy of the line that owns its bytes (and its path), to keep after
+    /// the next line is read or to move to another thread.
+    #[must_use]
+    pub fn to_owned_line(&self) -> OwnedLine {
+        OwnedLine {
+            raw: self.raw.into(),
+            number: self.number,
+            offset: self.offset,
+            path: self.path.map(Path::to_path_buf),
+        }
+    }
+}
+
+/// A [`Line`] that owns its bytes: for work handed to another thread, a
+/// queue or a future, which a borrowed line cannot outlive.
+///
+/// It has the accessors of [`Line`], with the same meaning, and
+/// [`as_line`](OwnedLine::as_line) lends it out where a `Line` is wanted
+/// (to [`Checkpoint::commit_line`](crate::Checkpoint::commit_line), say).
+/// Made by [`Line::to_owned_line`] or `From`, at the cost of a copy of the
+/// bytes (and of the path, when the line has one).
+///
+/// # Examples
+///
+/// ```
+/// use std::thread;
+/// use linemark::{LineReader, OwnedLine};
+///
+/// let mut lines = LineReader::new(&b"one\ntwo\n"[..]);
+/// let mut work = Vec::new();
+/// while let Some(line) = lines.next_line()? {
+///     work.push(line.to_owned_line());
+/// }
+/// let done = thread::spawn(move || {
+///     work.iter()
+///         .map(|line: &OwnedLine| Ok((line.number(), line.as_str()?.len())))
+///         .collect::<linemark::Result<Vec<_>>>()
+/// })
+/// .join()
+/// .unwrap()?;
+/// assert_eq!(done, [(1, 3), (2, 3)]);
+/// # Ok::<(), linemark::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct OwnedLine {
+    raw: Box<[u8]>,
+    number: u64,
+    offset: u64,
+    path: Option<PathBuf>,
+}
+
+impl OwnedLine {
+    /// The line, borrowed.
+    #[must_use]
+    pub fn as_line(&self) -> Line<'_> {
+        Line {
+            raw: &self.raw,
+            number: self.number,
+            offset: self.offset,
+            path: self.path.as_deref(),
+        }
+    }
+
+    /// The file the line was read from, when known ([`Line::path`]).
+    #[must_use]
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The line's bytes including its `\n` terminator ([`Line::raw`]).
+    #[must_use]
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+
+    /// The line's content without the `\n` terminator
+    /// ([`Line::as_bytes`]).
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8] {
+        self.as_line().as_bytes()
+    }
+
+    /// The line's content as UTF-8, without `\n` or `\r\n`
+    /// ([`Line::as_str`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidUtf8`] naming the line, its offset and, when known,
+    /// its file, when the content is not valid UTF-8.
+    pub fn as_str(&self) -> Result<&str> {
+        self.as_line().as_str()
+    }
+
+    /// The 1-based line number.
+    #[must_use]
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// Byte offset of the first byte of the line.
+    #[must_use]
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Whether the line ends with `\n` ([`Line::is_terminated`]).
+    #[must_use]
+    pub fn is_terminated(&self) -> bool {
+        self.as_line().is_terminated()
+    }
+
+    /// The position just after this line ([`Line::end_position`]).
+    #[must_use]
+    pub fn end_position(&self) -> Position {
+        self.as_line().end_position()
+    }
+}
+
+impl From<&Line<'_>> for OwnedLine {
+    fn from(line: &Line<'_>) -> OwnedLine {
+        line.to_owned_line()
+    }
+}
+
+impl From<Line<'_>> for OwnedLine {
+    fn from(line: Line<'_>) -> OwnedLine {
+        line.to_owned_line()
     }
 }
 
@@ -211,7 +377,26 @@ impl<R: BufRead> LineReader<R> {
         self
     }
 
-    /// Names the input file in errors.
+    /// Names the input file in errors: those of reading, of lines over the
+    /// limit, and of the lines' [`as_str`](Line::as_str) (each line carries
+    /// the path, see [`Line::path`]).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::fs::File;
+    /// use std::io::BufReader;
+    /// use linemark::LineReader;
+    ///
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("names.txt");
+    /// std::fs::write(&path, b"ada\ngr\xe4ce\n")?;
+    /// let mut lines = LineReader::new(BufReader::new(File::open(&path)?)).path(&path);
+    /// assert_eq!(lines.next_line()?.unwrap().as_str()?, "ada");
+    /// let err = lines.next_line()?.unwrap().as_str().unwrap_err();
+    /// assert_eq!(err.path(), Some(path.as_path()));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     #[must_use]
     pub fn path(mut self, path: impl AsRef<Path>) -> LineReader<R> {
         self.path = Some(path.as_ref().to_path_buf());
@@ -266,7 +451,12 @@ impl<R: BufRead> LineReader<R> {
             let err = io::Error::other("the reader's buffer shrank between two fill_buf calls");
             return Err(read_error(self.path.as_deref(), err));
         };
-        let line = Line::new(raw, self.next_number, self.next_offset);
+        let line = Line {
+            raw,
+            number: self.next_number,
+            offset: self.next_offset,
+            path: self.path.as_deref(),
+        };
         self.unconsumed = len;
         self.next_number += 1;
         self.next_offset += len as u64;
@@ -374,7 +564,12 @@ impl<R: BufRead> LineReader<R> {
         let (number, offset) = (self.next_number, self.next_offset);
         self.next_number += 1;
         self.next_offset += self.buf.len() as u64;
-        Line::new(&self.buf, number, offset)
+        Line {
+            raw: &self.buf,
+            number,
+            offset,
+            path: self.path.as_deref(),
+        }
     }
 
     /// Streams over the rest of a line found to be over the limit, whose

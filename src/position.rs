@@ -44,7 +44,9 @@ pub fn digest(raw_line: &[u8]) -> u32 {
 /// | [`seek_lines`](Position::seek_lines) | `BufRead` (stdin, pipes, decompressors) | reads up to the position |
 /// | [`seek_content`](Position::seek_content) | `BufRead + Seek` | reads up to the position, or the whole input |
 ///
-/// A mismatch is [`Error::InputChanged`], never a silent guess. An input that
+/// A mismatch is [`Error::InputChanged`], never a silent guess. The seeks
+/// take a reader, which has no name, so their errors name no file;
+/// [`Error::with_path`] adds the one the reader was opened from. An input that
 /// only grew at its end is not a change: if the last finished line was the
 /// input's last line and had no `\n`, a `\n` appended later is consumed by
 /// the seek and the returned position includes it; any other byte appended
@@ -64,12 +66,18 @@ pub fn digest(raw_line: &[u8]) -> u32 {
 /// after_b.seek_offset(&mut cursor)?;
 /// assert_eq!(cursor.position(), 4);
 ///
+/// // A reader has no name: `with_path` puts the file's in the error.
 /// let changed = b"a\nB\nc\n";
-/// let err = after_b.seek_offset(&mut Cursor::new(&changed[..])).unwrap_err();
+/// let err = after_b
+///     .seek_offset(&mut Cursor::new(&changed[..]))
+///     .map_err(|err| err.with_path("letters.txt"))
+///     .unwrap_err();
 /// assert!(matches!(err, linemark::Error::InputChanged { line: 2, offset: 2, .. }));
+/// assert!(err.to_string().starts_with("letters.txt: input changed since the checkpoint"));
 /// # Ok::<(), linemark::Error>(())
 /// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+// Ordered by offset first: in one input, a later position is further on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Position {
     offset: u64,
     line: u64,
@@ -210,21 +218,26 @@ impl Position {
     /// [`Error::InputChanged`] when the bytes before the offset are not the
     /// recorded line: the input is shorter than the offset, the offset is not
     /// on a line boundary any more, or the line's content changed.
-    /// [`Error::Io`] when reading or seeking fails.
+    /// [`Error::Io`] when reading or seeking fails. Neither names a file:
+    /// add it with [`Error::with_path`].
     ///
     /// # Examples
     ///
     /// ```
-    /// use std::io::{BufRead, Cursor};
+    /// use std::fs::File;
+    /// use std::io::{BufRead, BufReader};
     /// use linemark::Position;
     ///
+    /// # let dir = tempfile::tempdir()?;
+    /// # let path = dir.path().join("input.txt");
+    /// std::fs::write(&path, "first\nsecond\n")?;
     /// let done = Position::start().after(b"first\n");
-    /// let mut input = Cursor::new(&b"first\nsecond\n"[..]);
-    /// done.seek_offset(&mut input)?;
+    /// let mut input = BufReader::new(File::open(&path)?);
+    /// done.seek_offset(&mut input).map_err(|err| err.with_path(&path))?;
     /// let mut next = String::new();
-    /// input.read_line(&mut next).unwrap();
+    /// input.read_line(&mut next)?;
     /// assert_eq!(next, "second\n");
-    /// # Ok::<(), linemark::Error>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn seek_offset<R: BufRead + Seek>(&self, reader: &mut R) -> Result<Position> {
         let io_err = |err| Error::io(None, "seeking the input", err);
@@ -305,18 +318,26 @@ impl Position {
     /// [`Error::InputChanged`] when the input has fewer lines, when the last
     /// finished line does not start at the recorded offset (an earlier line
     /// changed length), or when its content changed. [`Error::Io`] when
-    /// reading fails.
+    /// reading fails. Neither names a file: add it with
+    /// [`Error::with_path`].
     ///
     /// # Examples
     ///
     /// ```
-    /// use std::io::Read;
-    /// use linemark::Position;
+    /// use linemark::{Error, Position};
     ///
     /// let done = Position::start().after(b"a\n").after(b"b\n");
     /// let mut stream: &[u8] = b"a\nb\nc\n"; // a slice cannot seek
     /// done.seek_lines(&mut stream)?;
     /// assert_eq!(stream, b"c\n");
+    ///
+    /// let mut shorter: &[u8] = b"a\n";
+    /// let err = done
+    ///     .seek_lines(&mut shorter)
+    ///     .map_err(|err| err.with_path("letters.txt"))
+    ///     .unwrap_err();
+    /// assert!(matches!(err, Error::InputChanged { line: 2, .. }));
+    /// assert_eq!(err.path(), Some(std::path::Path::new("letters.txt")));
     /// # Ok::<(), linemark::Error>(())
     /// ```
     pub fn seek_lines<R: BufRead>(&self, reader: &mut R) -> Result<Position> {
@@ -367,7 +388,8 @@ impl Position {
     ///
     /// [`Error::LastLineNotFound`] when the content occurs nowhere,
     /// [`Error::AmbiguousLastLine`] as described, [`Error::Io`] when reading
-    /// or seeking fails.
+    /// or seeking fails. None names a file: add it with
+    /// [`Error::with_path`].
     ///
     /// # Examples
     ///

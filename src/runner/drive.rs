@@ -56,16 +56,17 @@ impl Runner {
         checkpoint: &mut Checkpoint,
         lines: LineReader<R>,
         resumed: Position,
-        input_len: Option<u64>,
+        input: Option<(&Path, u64)>,
         task: &T,
     ) -> Result<Report> {
         let started = Instant::now();
+        let input_len = input.map(|(_, len)| len);
         if resumed != checkpoint.position() {
             // Content seeking found the last line elsewhere, or a newline was
             // appended to it: record where the input really resumes.
             checkpoint.rebase(resumed)?;
         }
-        let mut run = RunState::new(self, checkpoint, started);
+        let mut run = RunState::new(self, checkpoint, started, input.map(|(path, _)| path));
         run.emit(&Event::Begin {
             input_len,
             resumed_at: resumed,
@@ -165,11 +166,12 @@ impl Runner {
         &self,
         checkpoint: &mut Checkpoint,
         source: FailedSource<'_, S, R>,
-        input_len: Option<u64>,
+        input: Option<(&Path, u64)>,
         task: &T,
     ) -> Result<Report> {
         let started = Instant::now();
-        let mut run = RunState::new(self, checkpoint, started);
+        let input_len = input.map(|(_, len)| len);
+        let mut run = RunState::new(self, checkpoint, started, input.map(|(path, _)| path));
         run.emit(&Event::Begin {
             input_len,
             resumed_at: run.checkpoint.position(),
@@ -453,6 +455,7 @@ impl<'r, 'c> RunState<'r, 'c> {
         runner: &'r Runner,
         checkpoint: &'c mut Checkpoint,
         started: Instant,
+        input: Option<&Path>,
     ) -> Self {
         let last_synced = checkpoint.durable_position();
         let resumed_at = checkpoint.position();
@@ -463,6 +466,7 @@ impl<'r, 'c> RunState<'r, 'c> {
                 run_stop: StopToken::new(),
                 retry: runner.retry.clone(),
                 retried: AtomicU64::new(0),
+                input: input.map(Path::to_path_buf),
             }),
             runner,
             checkpoint,

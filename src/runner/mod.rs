@@ -537,8 +537,8 @@ impl Runner {
                 limit: self.max_line_len,
             };
             return self
-                .drive_failed(&mut checkpoint, source, Some(input_len), task)
-                .map_err(|err| err.with_input_path(input));
+                .drive_failed(&mut checkpoint, source, Some((input, input_len)), task)
+                .map_err(|err| err.with_path(input));
         }
         let position = checkpoint.position();
         let resumed = match self.seek {
@@ -551,19 +551,25 @@ impl Runner {
             }
             SeekMode::Content => position.seek_content(&mut reader),
         }
-        .map_err(|err| err.with_input_path(input))?;
+        .map_err(|err| err.with_path(input))?;
         if self.verify_prefix && self.seek != SeekMode::Content && !position.is_start() {
             let seek_err = |err| Error::io(Some(input), "seeking the input", err);
             reader.rewind().map_err(seek_err)?;
             check_prefix(&mut reader, &position, checkpoint.prefix())
-                .map_err(|err| err.with_input_path(input))?;
+                .map_err(|err| err.with_path(input))?;
             reader
                 .seek(SeekFrom::Start(resumed.offset()))
                 .map_err(seek_err)?;
         }
         let lines = self.line_reader(reader, resumed).path(input);
-        self.drive(&mut checkpoint, lines, resumed, Some(input_len), task)
-            .map_err(|err| err.with_input_path(input))
+        self.drive(
+            &mut checkpoint,
+            lines,
+            resumed,
+            Some((input, input_len)),
+            task,
+        )
+        .map_err(|err| err.with_path(input))
     }
 
     /// Runs the closure `task` (as in [`run`](Runner::run)) over the lines

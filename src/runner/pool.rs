@@ -26,6 +26,19 @@ pub(super) struct Shared {
     pub(super) run_stop: StopToken,
     pub(super) retry: RetryPolicy,
     pub(super) retried: AtomicU64,
+    /// The input file, named in the lines the task sees (and so in their
+    /// errors), whichever way they reach it.
+    pub(super) input: Option<PathBuf>,
+}
+
+impl Shared {
+    /// `line`, naming the input file when there is one.
+    fn named<'a>(&'a self, line: &Line<'a>) -> Line<'a> {
+        match (&self.input, line.path()) {
+            (Some(input), None) => line.with_path(input.as_path()),
+            _ => *line,
+        }
+    }
 }
 
 impl Shared {
@@ -207,7 +220,7 @@ impl<'a> Exec<'a> {
                         // A panic outside the task itself (an observer, an
                         // error's Display) must still produce a result, or
                         // the runner would wait for this line forever.
-                        let line = Line::new(&job.bytes, job.line, job.offset);
+                        let line = shared.named(&Line::new(&job.bytes, job.line, job.offset));
                         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                             shared.attempt(task, &line, &shared.run_stop)
                         }))
@@ -255,7 +268,7 @@ impl<'a> Exec<'a> {
     pub(super) fn submit<T: Task>(&mut self, line: &Line<'_>, task: &T, shared: &Shared) {
         match self {
             Exec::Inline { results, .. } => {
-                let outcome = shared.attempt(task, line, &shared.user_stop);
+                let outcome = shared.attempt(task, &shared.named(line), &shared.user_stop);
                 results.push_back(JobResult {
                     line: line.number(),
                     outcome,
