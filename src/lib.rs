@@ -61,6 +61,7 @@ mod retry;
 mod runner;
 mod stop;
 mod task;
+mod tracker;
 mod window;
 
 pub use checkpoint::{Checkpoint, CheckpointBuilder, Durability, Snapshot};
@@ -73,6 +74,7 @@ pub use retry::RetryPolicy;
 pub use runner::{Report, Runner, SeekMode};
 pub use stop::StopToken;
 pub use task::{BoxError, MAX_ERROR_LEN, Permanent, Task, permanent};
+pub use tracker::{Ticket, Tracker};
 
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
