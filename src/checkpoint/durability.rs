@@ -8,7 +8,7 @@ use std::time::Duration;
 /// worst it holds an older position, and the lines after it are done again
 /// (at-least-once). The modes differ in how much a power loss can make the
 /// job redo. What a kill of the process alone can make it redo is set by
-/// the write delay ([`CheckpointBuilder::write_delay`], 10 ms by default):
+/// the write delay ([`CheckpointBuilder::write_delay`](crate::CheckpointBuilder::write_delay), 10 ms by default):
 /// every commit is in the file that long after it was made, in every mode.
 ///
 /// # Examples
@@ -57,7 +57,7 @@ pub enum Durability {
     },
     /// Records are written within the write delay but never explicitly
     /// synced (the operating system decides when they reach the disk), except
-    /// by [`Checkpoint::sync`], [`Checkpoint::close`] and compaction. After an
+    /// by [`Checkpoint::sync`](crate::Checkpoint::sync), [`Checkpoint::close`](crate::Checkpoint::close) and compaction. After an
     /// OS crash or power loss any amount of progress may be redone; after a
     /// kill of the process alone, nothing written is lost. For throwaway
     /// jobs.

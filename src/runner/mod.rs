@@ -336,7 +336,7 @@ impl Runner {
         self
     }
 
-    /// Receives progress [`Event`]s.
+    /// Receives progress [`Event`](crate::Event)s.
     #[must_use = "a builder method returns the changed builder"]
     pub fn observer(mut self, observer: impl Observer + Send + 'static) -> Runner {
         self.observer = Some(Arc::new(observer));
