@@ -10,19 +10,42 @@
 //!   writer at a time, recovery from torn writes and bounded size.
 //! - [`Position`]: where to resume, with three verified ways to seek to it
 //!   (by byte offset, by counting lines, by the content of the last line).
-//! - [`LineReader`] and [`Line`]: lines as bytes with their number and
-//!   offset; [`Line::as_str`] gives a typed error for invalid UTF-8.
-//! - [`Task`] and [`Runner`]: drive any task over the lines with a
-//!   checkpoint, parallel [workers](Runner::workers), retries
-//!   ([`RetryPolicy`]), failed lines that can be
+//! - [`LineReader`] and [`Line`]: lines as bytes with their number, offset
+//!   and file; [`Line::as_str`] gives a typed error for invalid UTF-8;
+//!   [`OwnedLine`] to move one to another thread.
+//! - [`Runner`]: drives a closure ([`Runner::run`]) or any [`Task`] over the
+//!   lines with a checkpoint, parallel [workers](Runner::workers), retries
+//!   ([`RetryPolicy`], [`permanent`] errors), failed lines that can be
 //!   [rerun](Runner::retry_failed), graceful stop ([`StopToken`]), progress
 //!   events ([`Observer`]) and [sharding](Runner::shard).
+//! - [`Tracker`]: for a hand-written parallel loop, commits lines that
+//!   finish out of order without ever skipping an unfinished one.
 //!
 //! The guarantee is at least once: a line whose commit is durable is never
 //! redone; a line whose commit was not yet durable when the process died is
 //! redone on the next run.
 //!
 //! # Examples
+//!
+//! The runner, with a closure:
+//!
+//! ```
+//! use linemark::Runner;
+//!
+//! # let dir = tempfile::tempdir()?;
+//! # let input = dir.path().join("urls.txt");
+//! # std::fs::write(&input, "https://example.com/a\nhttps://example.com/b\n")?;
+//! let report = Runner::new().workers(4).run(&input, |line| {
+//!     let url = line.as_str()?;
+//!     // ... do the work for `url` ...
+//! #   assert!(url.starts_with("https://"));
+//!     Ok(())
+//! })?;
+//! println!("{report}");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! The same by hand, with a checkpoint:
 //!
 //! ```
 //! use std::fs::File;
@@ -36,8 +59,11 @@
 //! let mut checkpoint = Checkpoint::open(&checkpoint_path)?;
 //! let mut reader = BufReader::new(File::open(&input)?);
 //! // Verified seek past what an earlier run finished (nothing, the first time).
-//! let start = checkpoint.position().seek_offset(&mut reader)?;
-//! let mut lines = LineReader::resume(reader, start);
+//! let start = checkpoint
+//!     .position()
+//!     .seek_offset(&mut reader)
+//!     .map_err(|err| err.with_path(&input))?;
+//! let mut lines = LineReader::resume(reader, start).path(&input);
 //! while let Some(line) = lines.next_line()? {
 //!     let url = line.as_str()?;
 //!     // ... do the work for `url` ...

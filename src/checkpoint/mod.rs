@@ -603,6 +603,13 @@ impl Checkpoint {
     /// committing every line of a fast job costs a copy of the line, not a
     /// digest.
     ///
+    /// "Everything up to": committing a line while an earlier one is still
+    /// being worked on (several threads finishing out of order) marks that
+    /// earlier line finished too, and a crash then skips it. Lines that
+    /// finish out of order go through a [`Tracker`](crate::Tracker), which
+    /// commits only the lines before the first unfinished one and records
+    /// the others as done beyond it.
+    ///
     /// # Durability
     ///
     /// As [`commit`](Checkpoint::commit).
