@@ -1,10 +1,12 @@
 //! Lines whose task failed for good, as recorded in the checkpoint.
 
+use std::fmt;
 use std::io::{BufRead, Read, Seek, SeekFrom};
 
 use crate::error::{Error, Result};
-use crate::line::{Line, LongLine, describe, describe_bytes, line_changed, scan_line};
-use crate::position::{Position, digest};
+use crate::line::{Line, LongLine};
+use crate::position::Position;
+use crate::scan::{LineId, describe_bytes, digest, scan_line};
 
 /// A line whose task failed for good (out of attempts, or an error not worth
 /// retrying), with the error message, as recorded in the checkpoint.
@@ -27,12 +29,9 @@ use crate::position::{Position, digest};
 /// assert_eq!(failed.error(), "exit status 1");
 /// # Ok::<(), linemark::Error>(())
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct FailedLine {
-    line: u64,
-    offset: u64,
-    len: u64,
-    digest: u32,
+    id: LineId,
     attempts: u32,
     error: String,
 }
@@ -42,10 +41,7 @@ impl FailedLine {
     #[must_use]
     pub fn new(line: &Line<'_>, attempts: u32, error: impl Into<String>) -> FailedLine {
         FailedLine {
-            line: line.number(),
-            offset: line.offset(),
-            len: line.raw().len() as u64,
-            digest: digest(line.raw()),
+            id: LineId::of(line.number(), line.offset(), line.raw()),
             attempts,
             error: error.into(),
         }
@@ -54,10 +50,7 @@ impl FailedLine {
     /// The failed line that ends at `end`.
     pub(crate) fn ending_at(end: Position, attempts: u32, error: String) -> FailedLine {
         FailedLine {
-            line: end.line(),
-            offset: end.offset() - end.last_len(),
-            len: end.last_len(),
-            digest: end.last_digest(),
+            id: end.last_line(),
             attempts,
             error,
         }
@@ -66,8 +59,11 @@ impl FailedLine {
     /// The same record for a line that moved to another number and offset.
     pub(crate) fn moved(&self, line: u64, offset: u64) -> FailedLine {
         FailedLine {
-            line,
-            offset,
+            id: LineId {
+                line,
+                offset,
+                ..self.id
+            },
             ..self.clone()
         }
     }
@@ -83,19 +79,13 @@ impl FailedLine {
 
     /// Checks that `line` is this failed line, unchanged.
     pub(crate) fn check(&self, line: &Line<'_>) -> Result<()> {
-        let raw = line.raw();
-        if line.offset() == self.offset
-            && raw.len() as u64 == self.len
-            && digest(raw) == self.digest
-        {
-            return Ok(());
-        }
-        Err(line_changed(
-            self.line,
-            (self.offset, self.len, self.digest),
-            line.offset(),
-            describe_bytes(raw),
-        ))
+        self.id.check_bytes(line.offset(), line.raw())
+    }
+
+    /// Checks that the line over the limit `long` is this failed line,
+    /// unchanged.
+    pub(crate) fn check_long(&self, long: &LongLine) -> Result<()> {
+        self.id.check_scanned(long.offset, &long.scanned)
     }
 
     /// The error for an input that ends before this line.
@@ -104,15 +94,11 @@ impl FailedLine {
     }
 
     fn changed(&self, found: String) -> Error {
-        Error::InputChanged {
-            path: None,
-            line: self.line,
-            offset: self.offset,
-            expected: describe(self.len, self.digest, None),
-            found,
-        }
+        self.id.changed(found)
     }
 
+    /// A record from its parts, unchecked, for tests.
+    #[cfg(test)]
     pub(crate) fn from_parts(
         line: u64,
         offset: u64,
@@ -121,39 +107,53 @@ impl FailedLine {
         attempts: u32,
         error: String,
     ) -> FailedLine {
-        FailedLine {
+        let id = LineId {
             line,
             offset,
             len,
             digest,
+        };
+        FailedLine::recorded(id, attempts, error)
+    }
+
+    /// The record of the line `id` failing after `attempts` attempts with
+    /// `error`.
+    pub(crate) fn recorded(id: LineId, attempts: u32, error: String) -> FailedLine {
+        FailedLine {
+            id,
             attempts,
             error,
         }
     }
 
+    /// Where the line is and what it holds, as recorded.
+    pub(crate) fn id(&self) -> &LineId {
+        &self.id
+    }
+
     /// The 1-based line number.
     #[must_use]
     pub fn line(&self) -> u64 {
-        self.line
+        self.id.line
     }
 
     /// Byte offset of the start of the line.
     #[must_use]
     pub fn offset(&self) -> u64 {
-        self.offset
+        self.id.offset
     }
 
     /// Length of the line in bytes, terminator included.
     #[must_use]
     #[allow(clippy::len_without_is_empty)] // a line is never empty
     pub fn len(&self) -> u64 {
-        self.len
+        self.id.len
     }
 
     /// [`digest`](crate::digest) of the line.
     #[must_use]
     pub fn digest(&self) -> u32 {
-        self.digest
+        self.id.digest
     }
 
     /// How many times the task was tried before it was given up.
@@ -177,20 +177,21 @@ impl FailedLine {
         limit: usize,
     ) -> Result<LongLine> {
         let io_err = |err| Error::io(None, "reading a failed line", err);
+        let id = &self.id;
         let input_len = reader.seek(SeekFrom::End(0)).map_err(io_err)?;
-        if self.offset.saturating_add(self.len) > input_len {
+        if id.offset.saturating_add(id.len) > input_len {
             return Err(self.changed(format!("an input that ends at byte {input_len}")));
         }
-        if self.offset > 0 {
+        if id.offset > 0 {
             reader
-                .seek(SeekFrom::Start(self.offset - 1))
+                .seek(SeekFrom::Start(id.offset - 1))
                 .map_err(io_err)?;
             let mut before = [0u8];
             reader.read_exact(&mut before).map_err(io_err)?;
             if before[0] != b'\n' {
                 return Err(self.changed(format!(
                     "no line starting at byte {} (the byte before is not a newline)",
-                    self.offset
+                    id.offset
                 )));
             }
         } else {
@@ -199,8 +200,8 @@ impl FailedLine {
         let Some(scanned) = scan_line(reader).map_err(io_err)? else {
             return Err(self.missing());
         };
-        let long = LongLine::new(self.line, self.offset, limit, scanned);
-        long.check(self.offset, self.len, self.digest)?;
+        let long = LongLine::new(id.line, id.offset, limit, scanned);
+        self.check_long(&long)?;
         Ok(long)
     }
 
@@ -217,25 +218,26 @@ impl FailedLine {
         buf: &'b mut Vec<u8>,
     ) -> Result<Line<'b>> {
         let io_err = |err| Error::io(None, "reading a failed line", err);
+        let id = &self.id;
         // Read one byte before the line (it must end the line before) and
         // one after (an unterminated last line must not have grown longer),
         // the same checks as `Position::seek_offset`.
-        let before = u64::from(self.offset > 0);
+        let before = u64::from(id.offset > 0);
         // The recorded place is checked against the input before anything
         // is read, so a record that points past its end (a truncated input)
         // costs no read and no memory.
         let input_len = reader.seek(SeekFrom::End(0)).map_err(io_err)?;
-        let end = self.offset.saturating_add(self.len);
+        let end = id.offset.saturating_add(id.len);
         if end > input_len {
             return Err(self.changed(format!("an input that ends at byte {input_len}")));
         }
         reader
-            .seek(SeekFrom::Start(self.offset - before))
+            .seek(SeekFrom::Start(id.offset - before))
             .map_err(io_err)?;
         buf.clear();
         reader
             .by_ref()
-            .take(before.saturating_add(self.len).saturating_add(1))
+            .take(before.saturating_add(id.len).saturating_add(1))
             .read_to_end(buf)
             .map_err(io_err)?;
         let start = before as usize;
@@ -245,7 +247,7 @@ impl FailedLine {
             .map(|rest| {
                 &rest[..rest
                     .len()
-                    .min(usize::try_from(self.len).unwrap_or(usize::MAX))]
+                    .min(usize::try_from(id.len).unwrap_or(usize::MAX))]
             })
             .unwrap_or_default();
         let after = buf.get(start + raw.len()).copied();
@@ -253,14 +255,28 @@ impl FailedLine {
             Some(at) => at + 1 == raw.len(),
             None => matches!(after, None | Some(b'\n')),
         };
-        if !starts_a_line || raw.len() as u64 != self.len || !is_line || digest(raw) != self.digest
-        {
+        if !starts_a_line || raw.len() as u64 != id.len || !is_line || digest(raw) != id.digest {
             return Err(self.changed(describe_bytes(raw)));
         }
         let end = start + raw.len();
         buf.truncate(end);
         buf.drain(..start);
-        Ok(Line::new(buf, self.line, self.offset))
+        Ok(Line::new(buf, id.line, id.offset))
+    }
+}
+
+// Written out to show the fields as they were when they were the record's
+// own, before they were gathered in a `LineId`.
+impl fmt::Debug for FailedLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FailedLine")
+            .field("line", &self.id.line)
+            .field("offset", &self.id.offset)
+            .field("len", &self.id.len)
+            .field("digest", &self.id.digest)
+            .field("attempts", &self.attempts)
+            .field("error", &self.error)
+            .finish()
     }
 }
 

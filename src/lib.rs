@@ -85,6 +85,7 @@ mod position;
 mod progress;
 mod retry;
 mod runner;
+mod scan;
 mod stop;
 mod task;
 mod tracker;

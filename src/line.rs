@@ -4,7 +4,8 @@ use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::position::{Position, digest};
+use crate::position::Position;
+use crate::scan::{ScannedLine, digest, fill_buf, scan_rest_of_line};
 
 /// One line of the input, as read by [`LineReader`].
 ///
@@ -500,17 +501,12 @@ impl<R: BufRead> LineReader<R> {
     /// The length of the next line if it lies whole in the reader's buffer.
     #[inline]
     fn line_in_place(&mut self) -> io::Result<Option<usize>> {
-        loop {
-            match self.reader.fill_buf() {
-                Ok(available) => {
-                    return Ok(memchr::memchr(b'\n', available)
-                        .map(|at| at + 1)
-                        .filter(|&len| self.max_len.is_none_or(|limit| len <= limit)));
-                }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return Err(err),
-            }
-        }
+        let max_len = self.max_len;
+        fill_buf(&mut self.reader, |available| {
+            memchr::memchr(b'\n', available)
+                .map(|at| at + 1)
+                .filter(|&len| max_len.is_none_or(|limit| len <= limit))
+        })
     }
 
     /// The slow path: a line that spans buffer refills (or the last line,
@@ -520,32 +516,38 @@ impl<R: BufRead> LineReader<R> {
     #[inline(never)]
     fn read_copied(&mut self) -> Result<Copied> {
         self.buf.clear();
+        let (buf, max_len) = (&mut self.buf, self.max_len);
         loop {
-            let available = match self.reader.fill_buf() {
-                Ok(available) => available,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => return Err(read_error(self.path.as_deref(), err)),
+            // The bytes copied and whether they end the line, or `Err` with
+            // the limit for a line over it.
+            let copied = fill_buf(&mut self.reader, |available| {
+                let (found, used) = match memchr::memchr(b'\n', available) {
+                    Some(at) => (true, at + 1),
+                    None => (false, available.len()),
+                };
+                if let Some(limit) = max_len {
+                    let wanted = buf.len() + used;
+                    if wanted > limit {
+                        return Err(limit);
+                    }
+                    if wanted > buf.capacity() {
+                        // Grows as a `Vec` would, but never past the limit: a
+                        // line just under it costs the limit, not twice that.
+                        let target = (buf.capacity() * 2).clamp(wanted, limit);
+                        buf.reserve_exact(target - buf.len());
+                    }
+                }
+                buf.extend_from_slice(&available[..used]);
+                Ok((used, found))
+            })
+            .map_err(|err| read_error(self.path.as_deref(), err))?;
+            let (used, found) = match copied {
+                Ok(copied) => copied,
+                Err(limit) => return self.stream_over_long_line(limit).map(Copied::TooLong),
             };
-            if available.is_empty() {
+            if used == 0 {
                 break;
             }
-            let (found, used) = match memchr::memchr(b'\n', available) {
-                Some(at) => (true, at + 1),
-                None => (false, available.len()),
-            };
-            if let Some(limit) = self.max_len {
-                let wanted = self.buf.len() + used;
-                if wanted > limit {
-                    return self.stream_over_long_line(limit).map(Copied::TooLong);
-                }
-                if wanted > self.buf.capacity() {
-                    // Grows as a `Vec` would, but never past the limit: a
-                    // line just under it costs the limit, not twice that.
-                    let target = (self.buf.capacity() * 2).clamp(wanted, limit);
-                    self.buf.reserve_exact(target - self.buf.len());
-                }
-            }
-            self.buf.extend_from_slice(&available[..used]);
             self.reader.consume(used);
             if found {
                 break;
@@ -577,19 +579,9 @@ impl<R: BufRead> LineReader<R> {
     /// and digest without holding more of it.
     #[cold]
     fn stream_over_long_line(&mut self, limit: usize) -> Result<LongLine> {
-        let mut hasher = crc32fast::Hasher::new();
-        let mut scanned = ScannedLine {
-            len: self.buf.len() as u64,
-            terminated: false,
-            digest: 0,
-            preview: Vec::new(),
-        };
-        hasher.update(&self.buf);
-        push_preview(&mut scanned.preview, &self.buf);
+        let scanned = scan_rest_of_line(&mut self.reader, &self.buf);
         self.buf.clear();
-        stream_rest(&mut self.reader, &mut hasher, &mut scanned)
-            .map_err(|err| read_error(self.path.as_deref(), err))?;
-        scanned.digest = hasher.finalize();
+        let scanned = scanned.map_err(|err| read_error(self.path.as_deref(), err))?;
         let long = LongLine {
             number: self.next_number,
             offset: self.next_offset,
@@ -639,83 +631,6 @@ impl<R: BufRead> LineReader<R> {
 #[cold]
 fn read_error(path: Option<&Path>, err: io::Error) -> Error {
     Error::io(path, "reading the input", err)
-}
-
-/// What a streaming pass over one line found: its length, whether it ends
-/// with `\n`, and the digest of its content. Lines are not buffered, so a
-/// huge line costs no memory.
-#[derive(Debug)]
-pub(crate) struct ScannedLine {
-    pub(crate) len: u64,
-    pub(crate) terminated: bool,
-    pub(crate) digest: u32,
-    /// The first bytes of the line's content, to show in error messages.
-    pub(crate) preview: Vec<u8>,
-}
-
-impl ScannedLine {
-    /// Shows the line in an error message (see [`describe`]).
-    pub(crate) fn describe(&self) -> String {
-        let content = self.len - u64::from(self.terminated);
-        describe(
-            self.len,
-            self.digest,
-            Some((&self.preview, self.preview.len() as u64 == content)),
-        )
-    }
-}
-
-const PREVIEW_LEN: usize = 40;
-
-/// Streams over the next line without buffering it. Returns `None` at the end
-/// of the input.
-pub(crate) fn scan_line<R: BufRead>(reader: &mut R) -> io::Result<Option<ScannedLine>> {
-    let mut hasher = crc32fast::Hasher::new();
-    let mut scanned = ScannedLine {
-        len: 0,
-        terminated: false,
-        digest: 0,
-        preview: Vec::new(),
-    };
-    stream_rest(reader, &mut hasher, &mut scanned)?;
-    if scanned.len == 0 {
-        return Ok(None);
-    }
-    scanned.digest = hasher.finalize();
-    Ok(Some(scanned))
-}
-
-/// Streams over the rest of a line, to its `\n` or the end of the input,
-/// adding it to `scanned` and its content (without the `\n`) to `hasher`.
-fn stream_rest<R: BufRead>(
-    reader: &mut R,
-    hasher: &mut crc32fast::Hasher,
-    scanned: &mut ScannedLine,
-) -> io::Result<()> {
-    loop {
-        let available = match reader.fill_buf() {
-            Ok(available) => available,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => return Err(err),
-        };
-        if available.is_empty() {
-            return Ok(());
-        }
-        let (content, used) = match memchr::memchr(b'\n', available) {
-            Some(at) => {
-                scanned.terminated = true;
-                (&available[..at], at + 1)
-            }
-            None => (available, available.len()),
-        };
-        hasher.update(content);
-        push_preview(&mut scanned.preview, content);
-        scanned.len += used as u64;
-        reader.consume(used);
-        if scanned.terminated {
-            return Ok(());
-        }
-    }
 }
 
 /// What [`LineReader::next_item`] found.
@@ -789,21 +704,6 @@ impl LongLine {
         )
     }
 
-    /// Checks that this is the line recorded (as failed or done) at
-    /// `offset` with `len` bytes and `digest`, as for any recorded line.
-    pub(crate) fn check(&self, offset: u64, len: u64, digest: u32) -> Result<()> {
-        let scanned = &self.scanned;
-        if self.offset == offset && scanned.len == len && scanned.digest == digest {
-            return Ok(());
-        }
-        Err(line_changed(
-            self.number,
-            (offset, len, digest),
-            self.offset,
-            scanned.describe(),
-        ))
-    }
-
     fn into_error(self) -> Error {
         Error::LineTooLong {
             path: self.path,
@@ -811,97 +711,6 @@ impl LongLine {
             offset: self.offset,
             limit: self.limit,
         }
-    }
-}
-
-/// Skips `count` lines without looking at their content. Returns the number
-/// of bytes and lines skipped (fewer lines only at the end of the input).
-pub(crate) fn skip_lines<R: BufRead>(reader: &mut R, count: u64) -> io::Result<(u64, u64)> {
-    let mut bytes = 0u64;
-    let mut lines = 0u64;
-    let mut in_line = false;
-    while lines < count {
-        let available = match reader.fill_buf() {
-            Ok(available) => available,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => return Err(err),
-        };
-        if available.is_empty() {
-            if in_line {
-                lines += 1;
-            }
-            break;
-        }
-        let mut used = 0;
-        for at in memchr::memchr_iter(b'\n', available) {
-            lines += 1;
-            used = at + 1;
-            if lines == count {
-                break;
-            }
-        }
-        if lines < count {
-            used = available.len();
-        }
-        in_line = available[..used].last() != Some(&b'\n');
-        bytes += used as u64;
-        reader.consume(used);
-    }
-    Ok((bytes, lines))
-}
-
-/// Shows a line found in the input, from its raw bytes.
-pub(crate) fn describe_bytes(raw: &[u8]) -> String {
-    let content = raw.strip_suffix(b"\n").unwrap_or(raw);
-    let preview = &content[..content.len().min(PREVIEW_LEN)];
-    describe(
-        raw.len() as u64,
-        digest(raw),
-        Some((preview, preview.len() == content.len())),
-    )
-}
-
-/// Keeps the first bytes of a line streamed in pieces, for error messages.
-pub(crate) fn push_preview(preview: &mut Vec<u8>, content: &[u8]) {
-    if preview.len() < PREVIEW_LEN {
-        let take = (PREVIEW_LEN - preview.len()).min(content.len());
-        preview.extend_from_slice(&content[..take]);
-    }
-}
-
-/// The error for line `number`, recorded as `(offset, len, digest)`, found
-/// at `found_offset` as `found` (see [`describe`]): both sides in full, the
-/// offset found only when it differs.
-pub(crate) fn line_changed(
-    number: u64,
-    (offset, len, digest): (u64, u64, u32),
-    found_offset: u64,
-    found: String,
-) -> Error {
-    Error::InputChanged {
-        path: None,
-        line: number,
-        offset,
-        expected: describe(len, digest, None),
-        found: if found_offset == offset {
-            found
-        } else {
-            format!("{found} at byte {found_offset}")
-        },
-    }
-}
-
-/// Shows a line in an error message: its length, its digest and, when
-/// known, how its content (without the `\n`) starts and whether that is
-/// all of it.
-pub(crate) fn describe(len: u64, digest: u32, preview: Option<(&[u8], bool)>) -> String {
-    match preview {
-        Some((preview, whole)) if !preview.is_empty() => {
-            let shown = String::from_utf8_lossy(preview);
-            let more = if whole { "" } else { "..." };
-            format!("a {len}-byte line with digest {digest:08x} ({shown:?}{more})")
-        }
-        _ => format!("a {len}-byte line with digest {digest:08x}"),
     }
 }
 
@@ -1002,33 +811,5 @@ mod tests {
             reader.next_line().unwrap().unwrap().as_str().unwrap(),
             "next"
         );
-    }
-
-    #[test]
-    fn scan_and_skip_agree_with_the_reader() {
-        let input = b"a\n\nccc\r\nlast";
-        let mut cursor = Cursor::new(&input[..]);
-        let (bytes, lines) = skip_lines(&mut cursor, 2).unwrap();
-        assert_eq!((bytes, lines), (3, 2));
-        let third = scan_line(&mut cursor).unwrap().unwrap();
-        assert_eq!(third.len, 5);
-        assert!(third.terminated);
-        assert_eq!(third.digest, digest(b"ccc\r\n"));
-        let last = scan_line(&mut cursor).unwrap().unwrap();
-        assert!(!last.terminated);
-        assert!(scan_line(&mut cursor).unwrap().is_none());
-        // Skipping past the end counts an unterminated last line.
-        let (bytes, lines) = skip_lines(&mut Cursor::new(&input[..]), 10).unwrap();
-        assert_eq!((bytes, lines), (input.len() as u64, 4));
-    }
-
-    #[test]
-    fn skip_lines_across_small_buffers() {
-        let input = b"one\ntwo\nthree\nfour\n";
-        let mut reader = std::io::BufReader::with_capacity(3, Cursor::new(&input[..]));
-        assert_eq!(skip_lines(&mut reader, 3).unwrap(), (14, 3));
-        let mut rest = String::new();
-        std::io::Read::read_to_string(&mut reader, &mut rest).unwrap();
-        assert_eq!(rest, "four\n");
     }
 }

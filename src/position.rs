@@ -1,29 +1,13 @@
 //! The resume point of a job and the three verified ways to seek to it.
 
-use std::io::{self, BufRead, Seek, SeekFrom};
+use std::io::{BufRead, Seek, SeekFrom};
 
 use crate::error::{Error, Result};
-use crate::line::{ScannedLine, describe, push_preview, scan_line, skip_lines};
+use crate::scan::{
+    LineId, ScannedLine, fill_buf, peek_byte, read_exact_line, scan_line, skip_lines,
+};
 
-/// The digest of a line: CRC-32 (IEEE, as computed by `crc32fast`, zlib and
-/// `cksum -a crc32b`) of the line's bytes without its `\n` terminator (a `\r`
-/// before it is included).
-///
-/// This definition is part of the checkpoint format and will not change.
-/// Leaving the terminator out means a last line that was unterminated when
-/// it was finished keeps its digest when the input later grows past it.
-///
-/// # Examples
-///
-/// ```
-/// assert_eq!(linemark::digest(b"hello\n"), linemark::digest(b"hello"));
-/// assert_ne!(linemark::digest(b"hello\r\n"), linemark::digest(b"hello\n"));
-/// assert_eq!(linemark::digest(b""), 0);
-/// ```
-#[must_use]
-pub fn digest(raw_line: &[u8]) -> u32 {
-    crc32fast::hash(raw_line.strip_suffix(b"\n").unwrap_or(raw_line))
-}
+pub use crate::scan::digest;
 
 /// How far a job got: everything before this point of the input is finished.
 ///
@@ -177,18 +161,20 @@ impl Position {
         self.offset - self.last_len
     }
 
-    fn expected(&self) -> String {
-        describe(self.last_len, self.last_digest, None)
+    /// The last finished line, as a checkpoint records a line.
+    pub(crate) fn last_line(&self) -> LineId {
+        LineId {
+            line: self.line,
+            offset: self.last_line_offset(),
+            len: self.last_len,
+            digest: self.last_digest,
+        }
     }
 
-    fn changed(&self, offset: u64, found: String) -> Error {
-        Error::InputChanged {
-            path: None,
-            line: self.line,
-            offset,
-            expected: self.expected(),
-            found,
-        }
+    /// The error for an input that holds `found` where the last finished
+    /// line was.
+    fn changed(&self, found: String) -> Error {
+        self.last_line().changed(found)
     }
 
     /// Compares a line found in the input with the recorded last line.
@@ -250,24 +236,19 @@ impl Position {
         let from = start.saturating_sub(1);
         reader.seek(SeekFrom::Start(from)).map_err(io_err)?;
         if start > 0 {
-            let mut before = [0u8; 1];
-            match read_full(reader, &mut before).map_err(io_err)? {
-                1 if before[0] == b'\n' => {}
-                1 => {
-                    return Err(self.changed(
-                        start,
-                        format!(
-                            "byte {from} is not the end of a line (offset not on a line boundary)"
-                        ),
-                    ));
+            match peek_byte(reader).map_err(io_err)? {
+                Some(b'\n') => reader.consume(1),
+                Some(_) => {
+                    return Err(self.changed(format!(
+                        "byte {from} is not the end of a line (offset not on a line boundary)"
+                    )));
                 }
-                _ => {
+                None => {
                     // The seek went past the end: say where the end is.
                     let len = reader.seek(SeekFrom::End(0)).map_err(io_err)?;
-                    return Err(self.changed(
-                        start,
-                        format!("the input ends at byte {len}, before the line"),
-                    ));
+                    return Err(
+                        self.changed(format!("the input ends at byte {len}, before the line"))
+                    );
                 }
             }
         }
@@ -281,7 +262,7 @@ impl Position {
             } else {
                 scanned.describe()
             };
-            return Err(self.changed(start, found));
+            return Err(self.changed(found));
         };
         if !scanned.terminated {
             // The recorded line was the unterminated last line of the input.
@@ -295,7 +276,6 @@ impl Position {
                 }
                 Some(_) => {
                     return Err(self.changed(
-                        start,
                         "the line continues past its recorded end (it was the last line, without a newline)"
                             .to_string(),
                     ));
@@ -348,10 +328,9 @@ impl Position {
         let (skipped_bytes, skipped_lines) = skip_lines(reader, self.line - 1).map_err(io_err)?;
         let start = self.last_line_offset();
         let ends = || {
-            self.changed(
-                start,
-                format!("the input ends after {skipped_lines} lines, at byte {skipped_bytes}"),
-            )
+            self.changed(format!(
+                "the input ends after {skipped_lines} lines, at byte {skipped_bytes}"
+            ))
         };
         if skipped_lines < self.line - 1 {
             return Err(ends());
@@ -361,16 +340,13 @@ impl Position {
             return Err(ends());
         };
         if skipped_bytes != start {
-            return Err(self.changed(
-                start,
-                format!(
-                    "{} at byte {skipped_bytes} (an earlier line changed length)",
-                    scanned.describe()
-                ),
-            ));
+            return Err(self.changed(format!(
+                "{} at byte {skipped_bytes} (an earlier line changed length)",
+                scanned.describe()
+            )));
         }
         self.matching(start, self.line, &scanned)
-            .ok_or_else(|| self.changed(start, scanned.describe()))
+            .ok_or_else(|| self.changed(scanned.describe()))
     }
 
     /// Finds the last finished line by its content, the classic way of
@@ -484,7 +460,7 @@ impl Prefix {
 /// finished line itself is checked by [`Position::seek_offset`] or
 /// [`Position::seek_lines`], which the caller runs first: an input shorter
 /// than the position is their error.
-pub(crate) fn check_prefix<R: io::Read>(
+pub(crate) fn check_prefix<R: BufRead>(
     reader: &mut R,
     position: &Position,
     prefix: Option<Prefix>,
@@ -497,7 +473,6 @@ pub(crate) fn check_prefix<R: io::Read>(
     let end = prefix.map_or(lines_end, |prefix| prefix.offset.max(lines_end));
     let mut found = Prefix::default();
     let mut newlines = 0u64;
-    let mut buf = vec![0u8; 1 << 20];
     while found.offset < end {
         // Stop at each place to check, so that each sees exactly its bytes.
         let stop = [Some(lines_end), prefix.map(|prefix| prefix.offset)]
@@ -506,26 +481,21 @@ pub(crate) fn check_prefix<R: io::Read>(
             .filter(|&at| at > found.offset)
             .min()
             .unwrap_or(end);
-        let want =
-            usize::try_from(stop - found.offset).map_or(buf.len(), |want| want.min(buf.len()));
-        let read = match reader.read(&mut buf[..want]) {
-            // Shorter than the position: not this check's to report.
-            Ok(0) => return Ok(()),
-            Ok(read) => read,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => {
-                return Err(Error::io(
-                    None,
-                    "reading the finished part of the input",
-                    err,
-                ));
+        let want = usize::try_from(stop - found.offset).unwrap_or(usize::MAX);
+        let read = fill_buf(reader, |available| {
+            let bytes = &available[..want.min(available.len())];
+            if found.offset < lines_end {
+                newlines += memchr::memchr_iter(b'\n', bytes).count() as u64;
             }
-        };
-        let bytes = &buf[..read];
-        if found.offset < lines_end {
-            newlines += memchr::memchr_iter(b'\n', bytes).count() as u64;
+            found.extend(bytes);
+            bytes.len()
+        })
+        .map_err(|err| Error::io(None, "reading the finished part of the input", err))?;
+        if read == 0 {
+            // Shorter than the position: not this check's to report.
+            return Ok(());
         }
-        found.extend(bytes);
+        reader.consume(read);
         if found.offset == lines_end && newlines != position.line - 1 {
             return Err(Error::InputChanged {
                 path: None,
@@ -559,69 +529,6 @@ pub(crate) fn check_prefix<R: io::Read>(
         }
     }
     Ok(())
-}
-
-/// Reads until `buf` is full or the input ends; returns the bytes read.
-fn read_full<R: io::Read>(reader: &mut R, buf: &mut [u8]) -> io::Result<usize> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        match reader.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(err),
-        }
-    }
-    Ok(filled)
-}
-
-fn peek_byte<R: BufRead>(reader: &mut R) -> io::Result<Option<u8>> {
-    loop {
-        match reader.fill_buf() {
-            Ok(available) => return Ok(available.first().copied()),
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-            Err(err) => return Err(err),
-        }
-    }
-}
-
-/// Streams exactly `len` bytes (fewer at the end of the input), digesting
-/// them like [`digest`]. `terminated` tells whether the last byte was `\n`.
-fn read_exact_line<R: BufRead>(reader: &mut R, len: u64) -> io::Result<ScannedLine> {
-    let mut hasher = crc32fast::Hasher::new();
-    let mut scanned = ScannedLine {
-        len: 0,
-        terminated: false,
-        digest: 0,
-        preview: Vec::new(),
-    };
-    while scanned.len < len {
-        let available = match reader.fill_buf() {
-            Ok(available) => available,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(err) => return Err(err),
-        };
-        if available.is_empty() {
-            break;
-        }
-        let want = usize::try_from(len - scanned.len).unwrap_or(usize::MAX);
-        let chunk = &available[..want.min(available.len())];
-        let last_chunk = scanned.len + chunk.len() as u64 == len;
-        let content = match chunk.strip_suffix(b"\n") {
-            Some(content) if last_chunk => {
-                scanned.terminated = true;
-                content
-            }
-            _ => chunk,
-        };
-        hasher.update(content);
-        push_preview(&mut scanned.preview, content);
-        let used = chunk.len();
-        scanned.len += used as u64;
-        reader.consume(used);
-    }
-    scanned.digest = hasher.finalize();
-    Ok(scanned)
 }
 
 #[cfg(test)]

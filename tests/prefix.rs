@@ -297,3 +297,33 @@ fn a_version_2_checkpoint_still_has_its_lines_counted_and_gains_a_prefix() {
         Err(Error::InputChanged { .. })
     ));
 }
+
+#[test]
+fn a_content_resume_forgets_the_digest_of_what_it_accepted() {
+    // A resume by content accepts an edit before the last finished line
+    // (by design). The digest of the bytes as they were finished is then
+    // stale: a later default resume of the input, unchanged since, must
+    // not be refused because of it.
+    let dir = tempfile::tempdir().unwrap();
+    let input = input_with(dir.path(), 20);
+    let seen = Seen::default();
+    run_shards_partly(&input, 0..1, 1, 10, &seen);
+    let text = std::fs::read_to_string(&input).unwrap();
+    std::fs::write(&input, text.replacen("item-3\n", "item-X\n", 1)).unwrap();
+    let report = Runner::new()
+        .seek_mode(SeekMode::Content)
+        .run(&input, |_| Ok(()))
+        .unwrap();
+    assert!(report.is_complete() && report.done == 10, "{report:?}");
+    let mut text = std::fs::read_to_string(&input).unwrap();
+    text.push_str("item-21\n");
+    std::fs::write(&input, &text).unwrap();
+    let report = Runner::new().run(&input, |_| Ok(())).unwrap();
+    assert_eq!(report.done, 1, "{report:?}");
+    // And the digest is whole again: an edit now is seen.
+    std::fs::write(&input, text.replacen("item-5\n", "item-Y\n", 1)).unwrap();
+    assert!(matches!(
+        Runner::new().run(&input, |_| Ok(())),
+        Err(Error::InputChanged { .. })
+    ));
+}

@@ -241,6 +241,7 @@ impl CheckpointBuilder {
             compact_requested: AtomicBool::new(false),
             input: Mutex::new(None),
             prefix: Mutex::new(None),
+            prefix_grew: AtomicBool::new(false),
             lock_id: lock.metadata().ok().and_then(|meta| file_id(&meta)),
             lock_path: lock_path(&path),
             lock_lost: AtomicBool::new(false),

@@ -13,6 +13,7 @@ use super::fs::Fs;
 use crate::error::{Error, Result};
 use crate::failed::FailedLine;
 use crate::position::{Position, Prefix};
+use crate::scan::LineId;
 
 // ---- Records ----
 
@@ -32,8 +33,8 @@ pub(crate) enum Record {
         version: u32,
     },
     Position(Position),
-    /// A line finished beyond the position, as the position just after it.
-    Done(Position),
+    /// A line finished beyond the position.
+    Done(LineId),
     Failed(FailedLine),
     Resolved {
         line: u64,
@@ -63,13 +64,10 @@ impl Record {
                 pos.last_len(),
                 pos.last_digest()
             ),
-            Record::Done(end) => write!(
+            Record::Done(id) => write!(
                 out,
                 "done line={} offset={} len={} digest={:08x}",
-                end.line(),
-                end.offset() - end.last_len(),
-                end.last_len(),
-                end.last_digest()
+                id.line, id.offset, id.len, id.digest
             ),
             Record::Failed(failed) => {
                 let _ = write!(
@@ -138,12 +136,9 @@ impl Record {
                 let offset: u64 = fields.number("offset")?;
                 let len = fields.number("len")?;
                 let digest = fields.hex("digest")?;
-                let end = offset
-                    .checked_add(len)
-                    .and_then(|end| Position::from_parts(end, line, len, digest))
-                    .filter(|end| end.line() > 0)
+                let id = LineId::from_parts(line, offset, len, digest)
                     .ok_or_else(|| "impossible done line".to_string())?;
-                Record::Done(end)
+                Record::Done(id)
             }
             "failed" => {
                 let line = fields.number("line")?;
@@ -152,18 +147,10 @@ impl Record {
                 let digest = fields.hex("digest")?;
                 let attempts = fields.number("attempts")?;
                 let error = unescape(fields.rest("error")?)?;
-                // The same bounds as a done line: the line ends within what
-                // a file can hold, after at least one byte per line.
-                let possible = offset
-                    .checked_add(len)
-                    .and_then(|end| Position::from_parts(end, line, len, digest))
-                    .is_some_and(|end| end.line() > 0);
-                if !possible {
-                    return Err("impossible failed line".into());
-                }
-                Record::Failed(FailedLine::from_parts(
-                    line, offset, len, digest, attempts, error,
-                ))
+                // The same bounds as a done line.
+                let id = LineId::from_parts(line, offset, len, digest)
+                    .ok_or_else(|| "impossible failed line".to_string())?;
+                Record::Failed(FailedLine::recorded(id, attempts, error))
             }
             "resolved" => Record::Resolved {
                 line: fields.number("line")?,
@@ -316,7 +303,9 @@ mod tests {
         round_trip(Record::Position(
             Position::start().after(b"x\n").after(b"yy\r\n"),
         ));
-        round_trip(Record::Done(Position::start().after(b"a\n").after(b"bb\n")));
+        round_trip(Record::Done(
+            Position::start().after(b"a\n").after(b"bb\n").last_line(),
+        ));
         round_trip(Record::Resolved { line: 7 });
         round_trip(Record::Shard { index: 2, count: 8 });
         round_trip(Record::Failed(FailedLine::from_parts(
@@ -435,8 +424,8 @@ mod range_tests {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct State {
     pub(crate) position: Position,
-    /// Lines finished beyond the position: the position just after each.
-    pub(crate) done: BTreeMap<u64, Position>,
+    /// Lines finished beyond the position.
+    pub(crate) done: BTreeMap<u64, LineId>,
     pub(crate) failed: BTreeMap<u64, FailedLine>,
     /// The lines the checkpoint owns (index, count), once a run recorded it.
     pub(crate) shard: Option<(u64, u64)>,
@@ -452,9 +441,9 @@ impl State {
         match record {
             Record::Header { .. } => {}
             Record::Position(position) => self.advance(position),
-            Record::Done(end) => {
-                if end.line() > self.position.line() {
-                    self.done.insert(end.line(), end);
+            Record::Done(id) => {
+                if id.line > self.position.line() {
+                    self.done.insert(id.line, id);
                 }
             }
             Record::Failed(failed) => {
@@ -509,10 +498,9 @@ impl State {
         };
         self.done = std::mem::take(&mut self.done)
             .into_values()
-            .filter_map(|end| {
-                let (line, offset) = shift(end.line(), end.offset())?;
-                let end = Position::from_parts(offset, line, end.last_len(), end.last_digest())?;
-                Some((line, end))
+            .filter_map(|id| {
+                let (line, offset) = shift(id.line, id.offset)?;
+                Some((line, LineId::from_parts(line, offset, id.len, id.digest)?))
             })
             .collect();
         self.failed = std::mem::take(&mut self.failed)
@@ -528,9 +516,9 @@ impl State {
     }
 
     /// The whole state as the records of a new file, of the current format
-    /// version (which the state then has).
-    pub(crate) fn snapshot(&mut self) -> String {
-        self.version = VERSION;
+    /// version. The state's `version` follows once the file is in place
+    /// (`Inner::placed`): until then the file on disk is the old one.
+    pub(crate) fn snapshot(&self) -> String {
         let mut out = String::new();
         Record::Header { version: VERSION }.encode(&mut out);
         if let Some((index, count)) = self.shard {
@@ -540,8 +528,8 @@ impl State {
         if let Some(prefix) = self.prefix {
             Record::Prefix(prefix).encode(&mut out);
         }
-        for &end in self.done.values() {
-            Record::Done(end).encode(&mut out);
+        for &id in self.done.values() {
+            Record::Done(id).encode(&mut out);
         }
         for failed in self.failed.values() {
             Record::Failed(failed.clone()).encode(&mut out);
@@ -606,8 +594,8 @@ impl Pending {
             Record::Prefix(prefix).encode(&mut out);
         }
         for line in &self.done {
-            if let Some(&end) = state.done.get(line) {
-                Record::Done(end).encode(&mut out);
+            if let Some(&id) = state.done.get(line) {
+                Record::Done(id).encode(&mut out);
             }
         }
         for record in net

@@ -398,62 +398,36 @@ impl Checkpoint {
     /// [`Error::InputChanged`] when the input holds another line under that
     /// number than the one recorded.
     pub fn is_recorded(&self, line: &Line<'_>) -> Result<bool> {
-        let raw = line.raw();
-        self.is_recorded_as(
-            line.number(),
-            line.offset(),
-            raw.len() as u64,
-            || crate::position::digest(raw),
-            || crate::line::describe_bytes(raw),
-        )
+        self.is_recorded_as(line.number(), |id| {
+            id.check_bytes(line.offset(), line.raw())
+        })
     }
 
     /// [`is_recorded`](Checkpoint::is_recorded) for a line over the
     /// runner's length limit, known by a streaming pass over it.
     pub(crate) fn is_recorded_long(&self, long: &crate::line::LongLine) -> Result<bool> {
-        let scanned = &long.scanned;
-        self.is_recorded_as(
-            long.number,
-            long.offset,
-            scanned.len,
-            || scanned.digest,
-            || scanned.describe(),
-        )
+        self.is_recorded_as(long.number, |id| {
+            id.check_scanned(long.offset, &long.scanned)
+        })
     }
 
-    /// Whether line `number`, found at `offset` with `len` bytes, is
-    /// recorded as done or failed; the digest is computed only for a
-    /// recorded line, and `found` describes the line for the error.
+    /// Whether line `number` is recorded as done or failed, after `check`
+    /// found the line read now to be the recorded one.
     fn is_recorded_as(
         &self,
         number: u64,
-        offset: u64,
-        len: u64,
-        digest: impl FnOnce() -> u32,
-        found: impl FnOnce() -> String,
+        check: impl FnOnce(&crate::scan::LineId) -> Result<()>,
     ) -> Result<bool> {
         let core = self.inner.lock_core();
-        let (recorded_offset, recorded_len, recorded_digest) =
-            if let Some(end) = core.state.done.get(&number) {
-                (
-                    end.offset() - end.last_len(),
-                    end.last_len(),
-                    end.last_digest(),
-                )
-            } else if let Some(failed) = core.state.failed.get(&number) {
-                (failed.offset(), failed.len(), failed.digest())
-            } else {
-                return Ok(false);
-            };
-        if offset == recorded_offset && len == recorded_len && digest() == recorded_digest {
-            return Ok(true);
+        let recorded = core
+            .state
+            .done
+            .get(&number)
+            .or_else(|| core.state.failed.get(&number).map(FailedLine::id));
+        match recorded {
+            Some(id) => check(id).map(|()| true),
+            None => Ok(false),
         }
-        Err(crate::line::line_changed(
-            number,
-            (recorded_offset, recorded_len, recorded_digest),
-            offset,
-            found(),
-        ))
     }
 
     /// Whether the line with this 1-based number is finished (before the
@@ -670,7 +644,9 @@ impl Checkpoint {
         let line = end.line();
         {
             let mut core = self.core();
-            if line <= core.state.position.line() || core.state.done.insert(line, end).is_some() {
+            if line <= core.state.position.line()
+                || core.state.done.insert(line, end.last_line()).is_some()
+            {
                 return Ok(());
             }
             core.pending.done.push(line);
@@ -721,6 +697,19 @@ impl Checkpoint {
             core.pending.failed.push(Record::Resolved { line });
         }
         self.note_commit()
+    }
+
+    /// Forgets the digest of the finished part of the input (a resume by
+    /// content, which accepts edits before the last finished line, makes it
+    /// stale).
+    pub(crate) fn forget_prefix(&mut self) {
+        let mut io = self.inner.lock_io();
+        let mut core = self.inner.lock_core();
+        // An empty prefix, recorded, supersedes the one in the file; the
+        // writer digests the input again from its first byte.
+        core.state.prefix = Some(crate::position::Prefix::default());
+        io.prefix_unrecorded = true;
+        io.prefix_recorded = None;
     }
 
     /// Moves the position to where a seek found the input resumes, when
@@ -809,9 +798,18 @@ impl Checkpoint {
     fn write_now(&mut self, sync: bool, prefix: Catch) -> Result<()> {
         // A line that cannot be read back does not hold back the other
         // records: they are written, then the error is returned.
+        let mut folded = {
+            let _io = self.inner.lock_io();
+            self.inner.fold_own(&mut self.inner.lock_core(), &self.slot)
+        };
+        // With the last line folded in, the prefix is read to its end
+        // before the `io` lock is taken again (see `Inner::digest_prefix`).
+        self.inner.digest_prefix(prefix);
         let folded = {
             let mut io = self.inner.lock_io();
-            let folded = self.inner.fold_own(&mut self.inner.lock_core(), &self.slot);
+            if folded.is_ok() {
+                folded = self.inner.fold_own(&mut self.inner.lock_core(), &self.slot);
+            }
             let seen = io.seen_since.take().unwrap_or_else(Instant::now);
             self.inner.write(&mut io, seen, prefix)?;
             folded

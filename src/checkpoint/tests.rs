@@ -1,8 +1,13 @@
 //! Unit tests of the checkpoint: recovery, compaction, group commit, the
 //! writer thread.
 
+use std::ffi::{OsStr, OsString};
 use std::fs;
+use std::io;
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
+
+use super::fs::{Fs, FsFile};
 
 use super::format::parse;
 use super::writer::RewriteStep;
@@ -780,5 +785,78 @@ fn the_prefix_is_recorded_at_most_once_a_second_and_at_the_end() {
     assert_eq!(
         open_strict(&path).prefix(),
         Some(prefix_of(&bytes, bytes.len() as u64))
+    );
+}
+
+#[derive(Debug)]
+/// The real file system, whose renames fail while `fail` is set.
+struct NoRename {
+    fail: AtomicBool,
+}
+
+impl Fs for NoRename {
+    fn open_read(&self, path: &Path) -> io::Result<Option<Box<dyn io::Read + Send>>> {
+        RealFs.open_read(path)
+    }
+    fn open_append(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+        RealFs.open_append(path)
+    }
+    fn create_new(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
+        RealFs.create_new(path)
+    }
+    fn create_temp(&self, dir: &Path, prefix: &OsStr) -> io::Result<(PathBuf, Box<dyn FsFile>)> {
+        RealFs.create_temp(dir, prefix)
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(io::Error::other("rename refused (test)"));
+        }
+        RealFs.rename(from, to)
+    }
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        RealFs.remove(path)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        RealFs.sync_dir(dir)
+    }
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<OsString>> {
+        RealFs.list_dir(dir)
+    }
+}
+
+/// A compaction that fails leaves the old file, of version 2: the first
+/// `prefix` record must still rewrite it in the current version, never be
+/// appended to it (a linemark that reads only version 2 would call the file
+/// corrupt instead of too new).
+#[test]
+fn a_failed_compaction_lets_a_prefix_record_into_a_version_2_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = input_file(dir.path(), 50);
+    let all = positions(50);
+    let path = dir.path().join("c");
+    let mut text = String::new();
+    Record::Header { version: 2 }.encode(&mut text);
+    Record::Shard { index: 0, count: 1 }.encode(&mut text);
+    Record::Position(all[0]).encode(&mut text);
+    fs::write(&path, &text).unwrap();
+
+    let fs_ = Arc::new(NoRename {
+        fail: AtomicBool::new(true),
+    });
+    let mut checkpoint = Checkpoint::builder()
+        .durability(Durability::EveryCommit)
+        .compact_at(1)
+        .file_system(fs_.clone())
+        .open(&path)
+        .unwrap();
+    // The commit is appended and synced; the compaction after it fails.
+    assert!(checkpoint.commit(all[1]).is_err());
+    checkpoint.read_back_from(&input, true).unwrap();
+    let _ = checkpoint.commit(all[2]);
+    checkpoint.crash();
+    let written = fs::read_to_string(&path).unwrap();
+    assert!(
+        !(written.starts_with("linemark-checkpoint version=2 ") && written.contains("\nprefix ")),
+        "a prefix record in a version-2 file:\n{written}"
     );
 }

@@ -72,6 +72,8 @@ pub(crate) struct Inner {
     /// The input read again to extend the prefix; a handle of its own, so
     /// reading it never holds up a read-back.
     pub(crate) prefix: Mutex<Option<PrefixReader>>,
+    /// The prefix grew since the last write took it.
+    pub(crate) prefix_grew: AtomicBool,
     /// The lock file, and the identity (device, inode) of the file the lock
     /// was taken on, to notice that it was deleted or replaced.
     pub(crate) lock_path: PathBuf,
@@ -361,7 +363,7 @@ impl Inner {
                 line: number,
                 offset,
                 expected: format!("the {len}-byte line committed while the job ran"),
-                found: crate::line::describe_bytes(&raw),
+                found: crate::scan::describe_bytes(&raw),
             });
         }
         Ok(crate::line::Line::new(&raw, number, offset).end_position())
@@ -418,7 +420,7 @@ impl Inner {
     /// the commits written was first seen, for the sync deadline.
     pub(crate) fn write(&self, io: &mut Io, seen: Instant, prefix: Catch) -> Result<()> {
         self.check_lock()?;
-        self.extend_prefix(io, prefix);
+        self.record_prefix(io, prefix);
         let (plan, position) = {
             let mut core = self.lock_core();
             let plan = if io.needs_rewrite {
@@ -457,7 +459,8 @@ impl Inner {
             }
             return Err(error);
         }
-        if io.file.is_none() {
+        let created = io.file.is_none();
+        if created {
             let file = self
                 .fs
                 .create_new(&self.path)
@@ -473,6 +476,9 @@ impl Inner {
             io.needs_rewrite = true;
             return Err(error);
         }
+        if created {
+            self.placed();
+        }
         io.written = position;
         io.appended += 1;
         io.unsynced.push_back((io.appended, seen));
@@ -482,24 +488,38 @@ impl Inner {
         Ok(())
     }
 
-    /// Extends the recorded prefix towards the position, reading the input
-    /// from where the prefix ends (for a checkpoint that reads its input
-    /// back). The core is not locked meanwhile: commits go on. Best effort:
+    /// Extends the prefix towards the position, reading the input from where
+    /// the prefix ends (for a checkpoint that reads its input back). Called
+    /// before a write takes the `io` lock, so that neither commits (the core
+    /// is not locked meanwhile) nor syncs nor writes wait for the read; the
+    /// write then records it ([`record_prefix`](Inner::record_prefix)). Best effort:
     /// an input that cannot be read there (cut or failing while the job
     /// runs) leaves the prefix where it got to and the write goes on, as the
     /// records must not wait on the input; a resume then finds what changed.
-    fn extend_prefix(&self, io: &mut Io, catch: Catch) {
-        {
-            let mut reader = self.prefix.lock().unwrap_or_else(PoisonError::into_inner);
-            let Some(reader) = reader.as_mut() else {
-                return;
-            };
-            while self.extend_prefix_once(reader) {
-                io.prefix_unrecorded = true;
-                if catch == Catch::Up {
-                    break;
-                }
+    pub(crate) fn digest_prefix(&self, catch: Catch) {
+        let mut reader = self.prefix.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(reader) = reader.as_mut() else {
+            return;
+        };
+        while self.extend_prefix_once(reader) {
+            self.prefix_grew.store(true, Ordering::Release);
+            if catch == Catch::Up {
+                break;
             }
+        }
+    }
+
+    /// A file written from a snapshot is in place: it is of the current
+    /// format version.
+    fn placed(&self) {
+        self.lock_core().state.version = super::format::VERSION;
+    }
+
+    /// Takes the prefix the last [`digest_prefix`](Inner::digest_prefix)
+    /// calls reached into the records of this write, when due.
+    fn record_prefix(&self, io: &mut Io, catch: Catch) {
+        if self.prefix_grew.swap(false, Ordering::AcqRel) {
+            io.prefix_unrecorded = true;
         }
         // A record at most every PREFIX_RECORD_INTERVAL, and at the last
         // write, rather than one beside every `pos`: with `EveryCommit`
@@ -523,7 +543,7 @@ impl Inner {
         }
     }
 
-    /// One step of [`extend_prefix`](Inner::extend_prefix); returns whether
+    /// One step of [`digest_prefix`](Inner::digest_prefix); returns whether
     /// the prefix grew.
     fn extend_prefix_once(&self, reader: &mut PrefixReader) -> bool {
         // Always from the prefix in the state, never from a copy of it: a
@@ -695,7 +715,7 @@ impl Inner {
             if !Inner::wants_compaction(&io, self.compact_at) || io.needs_rewrite {
                 return Ok(());
             }
-            let mut core = self.lock_core();
+            let core = self.lock_core();
             let taken = (
                 core.state.snapshot(),
                 core.state.position,
@@ -729,6 +749,7 @@ impl Inner {
             return Err(err);
         }
         io.file = Some(file);
+        self.placed();
         io.file_len = (snapshot.len() + delta.len()) as u64;
         io.snapshot_len = snapshot.len() as u64;
         io.truncate_to = None;
@@ -793,6 +814,7 @@ impl Inner {
             let _ = self.fs.remove(&temp);
             return Err(self.io_error("renaming the compacted checkpoint into place", e));
         }
+        self.placed();
         if stop == RewriteStep::Renamed {
             return Ok(());
         }
@@ -976,6 +998,9 @@ fn look(inner: &Inner, schedule: Schedule, tick: Duration) {
     // disk is not hammered, the error not replaced), but what is already in
     // the file is still synced on time, if the file can be trusted.
     let paused = inner.has_error();
+    if !paused {
+        inner.digest_prefix(Catch::Up);
+    }
     let mut io = inner.lock_io();
     let now = Instant::now();
     if !paused {

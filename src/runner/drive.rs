@@ -61,10 +61,21 @@ impl Runner {
     ) -> Result<Report> {
         let started = Instant::now();
         let input_len = input.map(|(_, len)| len);
-        if resumed != checkpoint.position() {
-            // Content seeking found the last line elsewhere, or a newline was
-            // appended to it: record where the input really resumes.
-            checkpoint.rebase(resumed)?;
+        let recorded = checkpoint.position();
+        if resumed != recorded {
+            if resumed.line() == recorded.line()
+                && resumed.offset() == recorded.offset() + 1
+                && resumed.last_len() == recorded.last_len() + 1
+            {
+                // A newline completed the unterminated last line: it starts
+                // where it did and nothing before it moved, so no record
+                // moves either.
+                checkpoint.commit(resumed)?;
+            } else {
+                // Content seeking found the last line elsewhere: every
+                // record moves with it.
+                checkpoint.rebase(resumed)?;
+            }
         }
         let mut run = RunState::new(self, checkpoint, started, input.map(|(path, _)| path));
         run.emit(&Event::Begin {
@@ -416,7 +427,7 @@ impl<S: BufRead + Seek, R: BufRead> FailedSource<'_, S, R> {
                         Ok(Some((wanted, Found::Line(line))))
                     }
                     Some(Next::TooLong(long)) => {
-                        long.check(wanted.offset(), wanted.len(), wanted.digest())?;
+                        wanted.check_long(&long)?;
                         Ok(Some((wanted, Found::TooLong(long))))
                     }
                 }

@@ -162,19 +162,18 @@ impl Report {
 /// std::fs::write(&input, "1\n2\n3\n")?;
 ///
 /// let sum = Mutex::new(0u64);
-/// let add = |line: &linemark::Line<'_>| {
+/// // A runner is a value: build it once, run it as often as needed.
+/// let runner = Runner::new().workers(2);
+/// let report = runner.run(&input, |line| {
 ///     let n: u64 = line.as_str()?.parse()?;
 ///     *sum.lock().unwrap() += n;
 ///     Ok(())
-/// };
-/// // A runner is a value: build it once, run it as often as needed.
-/// let runner = Runner::new().workers(2);
-/// let report = runner.run(&input, add)?;
+/// })?;
 /// assert_eq!((report.done, report.failed), (3, 0));
 /// assert_eq!(*sum.lock().unwrap(), 6);
 ///
 /// // A rerun finds nothing to do.
-/// let again = runner.run(&input, add)?;
+/// let again = runner.run(&input, |_| unreachable!("every line is done"))?;
 /// assert_eq!((again.done, again.skipped), (0, 0));
 /// assert!(again.is_complete());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -552,6 +551,11 @@ impl Runner {
             SeekMode::Content => position.seek_content(&mut reader),
         }
         .map_err(|err| err.with_path(input))?;
+        if self.seek == SeekMode::Content {
+            // It accepts any edit before the last finished line: the digest
+            // of the bytes that were finished no longer says anything.
+            checkpoint.forget_prefix();
+        }
         if self.verify_prefix && self.seek != SeekMode::Content && !position.is_start() {
             let seek_err = |err| Error::io(Some(input), "seeking the input", err);
             reader.rewind().map_err(seek_err)?;
