@@ -11,7 +11,7 @@ use crate::line::Line;
 use crate::position::Position;
 use crate::runner::Runner;
 use crate::task::{BoxError, error_chain};
-use crate::window::{Finished, Window};
+use crate::window::{Finished, Window, finish_line};
 
 /// Commits lines that finish in any order, on any thread, to a
 /// [`Checkpoint`] without ever recording an unfinished line as finished.
@@ -290,25 +290,6 @@ impl State<'_> {
             self.window.end_of(line).is_some() && self.window.end_of(line - 1).is_none()
         })
     }
-}
-
-/// The one rule for a line finished out of order: if it was the lowest
-/// unfinished line, commit the watermark it moved to; otherwise, if
-/// `record_beyond`, record it as done beyond the watermark (lines skipped
-/// or failed are known from their own records and need no `done` record).
-pub(crate) fn finish_line(
-    window: &mut Window,
-    checkpoint: &mut Checkpoint,
-    end: Position,
-    record_beyond: bool,
-) -> Result<Finished> {
-    let finished = window.finish(end.line());
-    match finished {
-        Finished::Advanced(watermark) => checkpoint.commit(watermark)?,
-        Finished::Beyond if record_beyond => checkpoint.commit_done(end)?,
-        Finished::Beyond => {}
-    }
-    Ok(finished)
 }
 
 /// What a [`Ticket`] needs of its [`Tracker`], as a trait object, so that a

@@ -3,6 +3,8 @@
 
 use std::collections::VecDeque;
 
+use crate::checkpoint::Checkpoint;
+use crate::error::Result;
 use crate::position::Position;
 
 /// The lines between the low watermark and the next line to start, each in
@@ -88,6 +90,25 @@ impl Window {
         }
         Finished::Advanced(self.watermark)
     }
+}
+
+/// The one rule for a line finished out of order: if it was the lowest
+/// unfinished line, commit the watermark it moved to; otherwise, if
+/// `record_beyond`, record it as done beyond the watermark (lines skipped
+/// or failed are known from their own records and need no `done` record).
+pub(crate) fn finish_line(
+    window: &mut Window,
+    checkpoint: &mut Checkpoint,
+    end: Position,
+    record_beyond: bool,
+) -> Result<Finished> {
+    let finished = window.finish(end.line());
+    match finished {
+        Finished::Advanced(watermark) => checkpoint.commit(watermark)?,
+        Finished::Beyond if record_beyond => checkpoint.commit_done(end)?,
+        Finished::Beyond => {}
+    }
+    Ok(finished)
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use crate::position::Position;
 use crate::progress::Event;
 use crate::stop::StopToken;
 use crate::task::Task;
-use crate::window::{Finished, Window};
+use crate::window::{Window, finish_line};
 
 use super::pool::*;
 use super::*;
@@ -104,9 +104,6 @@ impl Runner {
         mut lines: LineReader<R>,
         task: &T,
     ) -> Result<()> {
-        // Lines at or below this one may be recorded as done or failed
-        // beyond the resume point; past it, none is.
-        let last_recorded = run.checkpoint.last_recorded_line();
         let shared = Arc::clone(&run.shared);
         let stop = shared.user_stop.clone();
         loop {
@@ -117,17 +114,7 @@ impl Runner {
                     return Ok(false);
                 }
                 let number = line.number();
-                if !self.in_shard(number) {
-                    run.checkpoint.commit_read_line(line)?;
-                    return Ok(true);
-                }
-                if number <= last_recorded && is_recorded(run.checkpoint, line)? {
-                    run.skipped += 1;
-                    let end_offset = line.offset() + line.raw().len() as u64;
-                    run.emit(&Event::Skipped {
-                        line: number,
-                        end_offset,
-                    });
+                if run.triage(line)? != Triage::Run {
                     run.checkpoint.commit_read_line(line)?;
                     return Ok(true);
                 }
@@ -278,19 +265,11 @@ impl<R: BufRead> Feed for WindowedLines<'_, R> {
                 None => return Ok(true),
             };
             let end = line.end_position();
-            let number = line.number();
             self.window.start(end);
-            if !self.runner.in_shard(number) {
-                run.finish(&mut self.window, end, false)?;
-            } else if run.checkpoint.is_recorded(&line)? {
-                run.skipped += 1;
-                run.emit(&Event::Skipped {
-                    line: number,
-                    end_offset: end.offset(),
-                });
-                run.finish(&mut self.window, end, false)?;
-            } else {
+            if run.triage(&line)? == Triage::Run {
                 exec.submit(&line, task, &run.shared);
+            } else {
+                run.finish(&mut self.window, end, false)?;
             }
         }
         Ok(false)
@@ -443,6 +422,17 @@ pub(super) enum Found<'a> {
     TooLong(LongLine),
 }
 
+/// What a run does with a line it read (see [`RunState::triage`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Triage {
+    /// Another shard's: it passes, finished as far as this run goes.
+    NotOwned,
+    /// Done or failed by an earlier run: skipped.
+    Recorded,
+    /// To run.
+    Run,
+}
+
 /// Counters and the checkpoint of one run.
 pub(super) struct RunState<'r, 'c> {
     pub(super) runner: &'r Runner,
@@ -458,6 +448,8 @@ pub(super) struct RunState<'r, 'c> {
     /// Every line was dealt with: the run did not stop early.
     pub(super) reached_end: bool,
     pub(super) last_synced: Position,
+    /// See [`triage`](RunState::triage).
+    pub(super) last_recorded: u64,
     pub(super) syncs: u64,
 }
 
@@ -469,6 +461,9 @@ impl<'r, 'c> RunState<'r, 'c> {
         input: Option<&Path>,
     ) -> Self {
         let last_synced = checkpoint.durable_position();
+        // Lines at or below this one may be recorded as done or failed
+        // beyond the resume point; past it, none is.
+        let last_recorded = checkpoint.last_recorded_line();
         let resumed_at = checkpoint.position();
         RunState {
             shared: Arc::new(Shared {
@@ -490,6 +485,7 @@ impl<'r, 'c> RunState<'r, 'c> {
             halted: false,
             reached_end: false,
             last_synced,
+            last_recorded,
             syncs: 0,
         }
     }
@@ -513,17 +509,33 @@ impl<'r, 'c> RunState<'r, 'c> {
     /// A line is finished: move the watermark, or record the line as done
     /// beyond it (`record_beyond`: lines skipped, failed or not in the shard
     /// are known without a `done` record).
+    /// What the run does with a line it read, the one rule for every way
+    /// of driving it: a line of another shard passes, a line an earlier run
+    /// recorded as done or failed beyond the resume point is skipped (after
+    /// checking it is the same line), any other runs.
+    pub(super) fn triage(&mut self, line: &Line<'_>) -> Result<Triage> {
+        let number = line.number();
+        if !self.runner.in_shard(number) {
+            return Ok(Triage::NotOwned);
+        }
+        if number <= self.last_recorded && is_recorded(self.checkpoint, line)? {
+            self.skipped += 1;
+            self.emit(&Event::Skipped {
+                line: number,
+                end_offset: line.offset() + line.raw().len() as u64,
+            });
+            return Ok(Triage::Recorded);
+        }
+        Ok(Triage::Run)
+    }
+
     pub(super) fn finish(
         &mut self,
         window: &mut Window,
         end: Position,
         record_beyond: bool,
     ) -> Result<()> {
-        match window.finish(end.line()) {
-            Finished::Advanced(watermark) => self.checkpoint.commit(watermark),
-            Finished::Beyond if record_beyond => self.checkpoint.commit_done(end),
-            Finished::Beyond => Ok(()),
-        }
+        finish_line(window, self.checkpoint, end, record_beyond).map(drop)
     }
 
     #[inline(always)]
