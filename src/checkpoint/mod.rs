@@ -391,7 +391,8 @@ impl Checkpoint {
     /// Whether `line`, beyond the position, is already dealt with: recorded
     /// as done or as failed. A recorded line is checked against the line
     /// read now (offset, length and digest), so lines that moved are never
-    /// skipped by mistake.
+    /// skipped by mistake. A hand-written loop asks it for each line after
+    /// the resume point (a [`Tracker`](crate::Tracker) does).
     ///
     /// # Errors
     ///
@@ -632,6 +633,10 @@ impl Checkpoint {
     /// same line before skipping it. Ignored for a line the position already
     /// covers.
     ///
+    /// A [`Tracker`](crate::Tracker) calls it for a hand-written parallel
+    /// loop, together with the watermark; call it directly only to keep
+    /// that bookkeeping yourself.
+    ///
     /// # Durability
     ///
     /// As [`commit`](Checkpoint::commit).
@@ -655,7 +660,9 @@ impl Checkpoint {
     }
 
     /// Records a line as failed for good, replacing an earlier record of the
-    /// same line.
+    /// same line: what a hand-written loop does with a line it gives up on,
+    /// before it commits past it, so that `failed` lists it and a retry can
+    /// find it.
     ///
     /// # Durability
     ///
@@ -679,7 +686,9 @@ impl Checkpoint {
         self.note_commit()
     }
 
-    /// Records that a line recorded as failed is now finished.
+    /// Records that a line recorded as failed is now finished: what a
+    /// hand-written loop that retries the [`failed`](Checkpoint::failed)
+    /// lines does with each that succeeds.
     ///
     /// # Durability
     ///
@@ -716,7 +725,8 @@ impl Checkpoint {
     /// that differs from the recorded one (see [`Position::seek_content`]).
     /// Lines recorded as done beyond the position keep their distance to
     /// it; failed lines keep their records, which are checked against the
-    /// input when they are retried.
+    /// input when they are retried. A hand-written loop that resumes by
+    /// content calls it with the position the seek returned.
     ///
     /// # Durability
     ///

@@ -42,6 +42,7 @@ impl Runner {
         run.record_failure(FailedLine::ending_at(end, 0, long.message()))
     }
 
+    #[inline]
     pub(super) fn in_shard(&self, line: u64) -> bool {
         match self.shard {
             Some((index, count)) => (line - 1) % count == index,
@@ -513,20 +514,32 @@ impl<'r, 'c> RunState<'r, 'c> {
     /// of driving it: a line of another shard passes, a line an earlier run
     /// recorded as done or failed beyond the resume point is skipped (after
     /// checking it is the same line), any other runs.
+    #[inline(always)]
     pub(super) fn triage(&mut self, line: &Line<'_>) -> Result<Triage> {
         let number = line.number();
         if !self.runner.in_shard(number) {
             return Ok(Triage::NotOwned);
         }
-        if number <= self.last_recorded && is_recorded(self.checkpoint, line)? {
-            self.skipped += 1;
-            self.emit(&Event::Skipped {
-                line: number,
-                end_offset: line.offset() + line.raw().len() as u64,
-            });
-            return Ok(Triage::Recorded);
+        if number <= self.last_recorded {
+            return self.triage_recorded(line);
         }
         Ok(Triage::Run)
+    }
+
+    /// The rest of [`triage`](RunState::triage), for a line an earlier run
+    /// may have recorded: out of line, as only restarted runs get here.
+    #[cold]
+    #[inline(never)]
+    fn triage_recorded(&mut self, line: &Line<'_>) -> Result<Triage> {
+        if !is_recorded(self.checkpoint, line)? {
+            return Ok(Triage::Run);
+        }
+        self.skipped += 1;
+        self.emit(&Event::Skipped {
+            line: line.number(),
+            end_offset: line.offset() + line.raw().len() as u64,
+        });
+        Ok(Triage::Recorded)
     }
 
     pub(super) fn finish(
