@@ -7,6 +7,7 @@ mod durability;
 mod file;
 mod format;
 mod fs;
+mod prefix;
 mod slot;
 mod writer;
 
@@ -32,8 +33,9 @@ use crate::position::Position;
 use format::Record;
 use format::load;
 use fs::RealFs;
+use prefix::{Catch, PrefixReader};
 use slot::{SlotWriter, WANT_FOLD};
-use writer::{Background, Catch, Core, Inner, PrefixReader, ReadBack, Request, Schedule};
+use writer::{Background, Core, Inner, ReadBack, Request, Schedule};
 
 /// A job's progress, kept in a small append-only file that survives crashes.
 ///

@@ -30,7 +30,7 @@ fn a_sync_after_a_failed_sync_does_not_claim_the_lost_records_durable() {
     let p1 = p0.after(b"one\n");
     checkpoint.commit(p1).unwrap();
     checkpoint
-        .write_now(false, super::super::writer::Catch::Up)
+        .write_now(false, super::super::prefix::Catch::Up)
         .unwrap();
 
     let reached = Arc::new(Barrier::new(2));
