@@ -685,3 +685,26 @@ fn status_reads_the_checkpoint_while_a_run_holds_it() {
     assert_each_exactly_once(&out, &lines);
     assert!(status(&input).contains("position: line 5, byte 55 of 55 (100.0%)"));
 }
+
+#[test]
+fn an_edit_of_a_finished_line_exits_2_unless_no_verify_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, _) = numbered_input(dir.path(), 50);
+    let (code, stderr) = each([input.as_os_str(), OsStr::new("--"), OsStr::new("true")]);
+    assert!(code.success(), "{stderr}");
+    // Line 3, finished, edited in place: same length, same line count.
+    let text = std::fs::read_to_string(&input).unwrap();
+    std::fs::write(&input, text.replacen("line-00003", "line-0000X", 1)).unwrap();
+    let (code, stderr) = each([input.as_os_str(), OsStr::new("--"), OsStr::new("true")]);
+    assert_eq!(code.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("a finished line was edited"), "{stderr}");
+    // The opt-out checks the last finished line only: nothing to do.
+    let (code, stderr) = each([
+        OsStr::new("--no-verify-prefix"),
+        input.as_os_str(),
+        OsStr::new("--"),
+        OsStr::new("true"),
+    ]);
+    assert!(code.success(), "{stderr}");
+    assert!(stderr.contains("done 0,"), "{stderr}");
+}
