@@ -94,8 +94,8 @@ pub struct Report {
     pub checkpoint: PathBuf,
 }
 
-/// One line, as `each` prints at the end of a run: `done 1990, skipped 0,
-/// failed 10 (10 in all), retried 4, stopped at line 2000, 1.52 s`.
+/// One line for a log: `done 1990, skipped 0, failed 10 (10 in all),
+/// retried 4, stopped at line 2000, 1.52 s`.
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
