@@ -435,10 +435,16 @@ enum Record {
     Finished,
 }
 
+/// The records a child logged from byte `from` on. A SIGKILL can cut the
+/// child's last `write` short (Linux stops copying a write to a regular file
+/// at a fatal signal), so a last line without its newline is a record the
+/// child never finished logging: left out. A `start` record is written
+/// before its commit, so a torn one was never committed.
 fn read_log(path: &Path, from: u64) -> Vec<Record> {
     let bytes = fs::read(path).unwrap_or_default();
     let text = std::str::from_utf8(&bytes[from as usize..]).unwrap();
-    text.lines()
+    text.split_inclusive('\n')
+        .filter_map(|line| line.strip_suffix('\n'))
         .map(|line| {
             let number = |prefix: &str| line.strip_prefix(prefix).map(|n| n.parse().unwrap());
             if line == "finished" {
