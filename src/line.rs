@@ -319,6 +319,9 @@ pub struct LineReader<R> {
     /// Bytes of the line handed out last that are still in the reader's
     /// buffer, consumed when the next line is read.
     unconsumed: usize,
+    /// Bytes known to be in the reader's buffer after the line handed out
+    /// last (0 when unknown).
+    rest: usize,
     next_offset: u64,
     next_number: u64,
     max_len: Option<usize>,
@@ -339,6 +342,7 @@ impl<R: BufRead> LineReader<R> {
             reader,
             buf: Vec::new(),
             unconsumed: 0,
+            rest: 0,
             next_offset: position.offset(),
             next_number: position.line() + 1,
             max_len: None,
@@ -502,11 +506,34 @@ impl<R: BufRead> LineReader<R> {
     #[inline]
     fn line_in_place(&mut self) -> io::Result<Option<usize>> {
         let max_len = self.max_len;
+        let (len, available) = fill_buf(&mut self.reader, |available| {
+            let len = memchr::memchr(b'\n', available)
+                .map(|at| at + 1)
+                .filter(|&len| max_len.is_none_or(|limit| len <= limit));
+            (len, available.len())
+        })?;
+        if let Some(len) = len {
+            self.rest = available - len;
+        }
+        Ok(len)
+    }
+
+    /// Whether the next line lies whole in the reader's buffer, so that
+    /// reading it cannot wait for the underlying reader (a pipe whose
+    /// writer waits for this line's result, say). Conservative: `false`
+    /// when it cannot tell without reading.
+    pub(crate) fn next_is_buffered(&mut self) -> bool {
+        if self.rest == 0 {
+            return false;
+        }
+        self.consume_last();
+        // The buffer is not empty, so `fill_buf` returns it without reading.
+        let max_len = self.max_len;
         fill_buf(&mut self.reader, |available| {
             memchr::memchr(b'\n', available)
-                .map(|at| at + 1)
-                .filter(|&len| max_len.is_none_or(|limit| len <= limit))
+                .is_some_and(|at| max_len.is_none_or(|limit| at < limit))
         })
+        .unwrap_or(false)
     }
 
     /// The slow path: a line that spans buffer refills (or the last line,
@@ -521,6 +548,7 @@ impl<R: BufRead> LineReader<R> {
             // The bytes copied and whether they end the line, or `Err` with
             // the limit for a line over it.
             let copied = fill_buf(&mut self.reader, |available| {
+                let rest = available.len();
                 let (found, used) = match memchr::memchr(b'\n', available) {
                     Some(at) => (true, at + 1),
                     None => (false, available.len()),
@@ -538,13 +566,14 @@ impl<R: BufRead> LineReader<R> {
                     }
                 }
                 buf.extend_from_slice(&available[..used]);
-                Ok((used, found))
+                Ok((used, found, rest - used))
             })
             .map_err(|err| read_error(self.path.as_deref(), err))?;
-            let (used, found) = match copied {
+            let (used, found, rest) = match copied {
                 Ok(copied) => copied,
                 Err(limit) => return self.stream_over_long_line(limit).map(Copied::TooLong),
             };
+            self.rest = rest;
             if used == 0 {
                 break;
             }
@@ -581,6 +610,7 @@ impl<R: BufRead> LineReader<R> {
     fn stream_over_long_line(&mut self, limit: usize) -> Result<LongLine> {
         let scanned = scan_rest_of_line(&mut self.reader, &self.buf);
         self.buf.clear();
+        self.rest = 0;
         let scanned = scanned.map_err(|err| read_error(self.path.as_deref(), err))?;
         let long = LongLine {
             number: self.next_number,

@@ -286,9 +286,8 @@ impl State<'_> {
     /// for room would wait forever.
     fn is_stuck(&self) -> bool {
         // The lowest line is the one in the window whose predecessor is not.
-        self.abandoned.is_some_and(|line| {
-            self.window.end_of(line).is_some() && self.window.end_of(line - 1).is_none()
-        })
+        self.abandoned
+            .is_some_and(|line| self.window.contains(line) && !self.window.contains(line - 1))
     }
 }
 

@@ -12,13 +12,32 @@ use crate::position::Position;
 /// front. At most `capacity` lines are tracked, so one stuck line stops new
 /// lines from starting once the window is full, and memory and the number of
 /// out-of-order records stay bounded.
+///
+/// Lines start in runs: one line at a time for a [`Tracker`](crate::Tracker)
+/// (its end known at once), a batch of consecutive lines for the runner's
+/// workers (settled together, its end known when it comes back).
 #[derive(Debug)]
 pub(crate) struct Window {
     watermark: Position,
-    /// Slot `i` is line `watermark.line() + 1 + i`: its end position and
-    /// whether it is finished.
-    slots: VecDeque<(Position, bool)>,
+    /// The runs after the watermark, in input order, without gaps.
+    runs: VecDeque<Run>,
+    /// Lines in `runs`, not counting those a stopped run finished.
+    lines: usize,
     capacity: usize,
+}
+
+/// Consecutive lines started together.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    first: u64,
+    len: usize,
+    /// Lines `[0, finished)` of the run are finished (all of them, unless a
+    /// stop abandoned the rest).
+    finished: usize,
+    /// The position after the last finished line (for a line started with
+    /// its end, that end).
+    end: Position,
+    settled: bool,
 }
 
 /// What finishing a line did to the watermark.
@@ -34,61 +53,138 @@ impl Window {
     pub(crate) fn new(watermark: Position, capacity: usize) -> Window {
         Window {
             watermark,
-            slots: VecDeque::new(),
+            runs: VecDeque::new(),
+            lines: 0,
             capacity: capacity.max(1),
         }
     }
 
     pub(crate) fn has_room(&self) -> bool {
-        self.slots.len() < self.capacity
+        self.lines < self.capacity
+    }
+
+    /// How many more lines may start.
+    pub(crate) fn room(&self) -> usize {
+        self.capacity.saturating_sub(self.lines)
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.runs.is_empty()
     }
 
     /// Lines tracked: in flight, or finished above the watermark.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.slots.len()
+        self.lines
     }
 
     /// The number the next line entering the window must have.
     pub(crate) fn next_line(&self) -> u64 {
-        self.watermark.line() + 1 + self.slots.len() as u64
+        self.runs
+            .back()
+            .map_or(self.watermark.line() + 1, |run| run.first + run.len as u64)
     }
 
-    /// The end position of a line in the window.
-    pub(crate) fn end_of(&self, line: u64) -> Option<Position> {
-        let index = line.checked_sub(self.watermark.line() + 1)?;
-        let index = usize::try_from(index).ok()?;
-        self.slots.get(index).map(|&(end, _)| end)
+    /// The run holding `line`.
+    fn index_of(&self, line: u64) -> Option<usize> {
+        let index = self
+            .runs
+            .partition_point(|run| run.first <= line)
+            .checked_sub(1)?;
+        let run = &self.runs[index];
+        (line - run.first < run.len as u64).then_some(index)
+    }
+
+    /// Whether `line` is in the window.
+    pub(crate) fn contains(&self, line: u64) -> bool {
+        self.index_of(line).is_some()
     }
 
     /// A line starts; `end` is the position after it.
     pub(crate) fn start(&mut self, end: Position) {
         debug_assert_eq!(end.line(), self.next_line());
-        self.slots.push_back((end, false));
+        self.push(Run {
+            first: end.line(),
+            len: 1,
+            finished: 0,
+            end,
+            settled: false,
+        });
     }
 
-    /// A line is finished (done, failed, skipped or not ours).
+    /// A run of `len` lines starts with the next line.
+    pub(crate) fn start_run(&mut self, len: usize) {
+        let first = self.next_line();
+        self.push(Run {
+            first,
+            len: len.max(1),
+            finished: 0,
+            end: self.watermark,
+            settled: false,
+        });
+    }
+
+    fn push(&mut self, run: Run) {
+        self.lines += run.len;
+        self.runs.push_back(run);
+    }
+
+    /// A line started with [`start`](Window::start) is finished (done,
+    /// failed, skipped or not ours).
     pub(crate) fn finish(&mut self, line: u64) -> Finished {
-        let Some(index) = line
-            .checked_sub(self.watermark.line() + 1)
-            .and_then(|i| usize::try_from(i).ok())
-            .filter(|&i| i < self.slots.len())
-        else {
+        let Some(index) = self.index_of(line) else {
             return Finished::Beyond;
         };
-        self.slots[index].1 = true;
+        let end = self.runs[index].end;
+        self.settle_at(index, 1, end)
+    }
+
+    /// The run starting at `first` came back with its first `finished`
+    /// lines finished (all of them, unless a stop abandoned the rest); `end`
+    /// is the position after the last of them.
+    pub(crate) fn settle(&mut self, first: u64, finished: usize, end: Position) -> Finished {
+        match self.index_of(first) {
+            Some(index) if self.runs[index].first == first => self.settle_at(index, finished, end),
+            _ => Finished::Beyond,
+        }
+    }
+
+    fn settle_at(&mut self, index: usize, finished: usize, end: Position) -> Finished {
+        let run = &mut self.runs[index];
+        run.finished = finished.min(run.len);
+        run.settled = true;
+        if run.finished > 0 {
+            run.end = end;
+        }
         if index != 0 {
             return Finished::Beyond;
         }
-        while let Some(&(end, true)) = self.slots.front() {
-            self.watermark = end;
-            self.slots.pop_front();
+        let before = self.watermark;
+        while let Some(&run) = self.runs.front() {
+            if !run.settled || run.finished < run.len {
+                break;
+            }
+            self.watermark = run.end;
+            self.lines -= run.len;
+            self.runs.pop_front();
         }
-        Finished::Advanced(self.watermark)
+        // A run a stop cut short: the watermark moves past its finished
+        // lines, and stays there.
+        if let Some(run) = self.runs.front() {
+            if run.settled && run.finished > 0 && run.end.line() > self.watermark.line() {
+                self.watermark = run.end;
+            }
+        }
+        if self.watermark == before {
+            Finished::Beyond
+        } else {
+            Finished::Advanced(self.watermark)
+        }
+    }
+
+    /// The low watermark: every line up to it is finished.
+    pub(crate) fn watermark(&self) -> Position {
+        self.watermark
     }
 }
 

@@ -1,7 +1,7 @@
 //! Driving a run: the lines in order or through the window, retry-failed
 //! runs, and the counters of one run.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, Seek};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,8 +15,9 @@ use crate::position::Position;
 use crate::progress::Event;
 use crate::stop::StopToken;
 use crate::task::Task;
-use crate::window::{Window, finish_line};
+use crate::window::{Finished, Window, finish_line};
 
+use super::batch::{BATCH_WORK, Batch, Held, MAX_BATCH_BYTES, Sizer};
 use super::pool::*;
 use super::*;
 
@@ -88,11 +89,9 @@ impl Runner {
             self.drive_in_order(&mut run, lines, task)?;
             return run.finish_run();
         }
-        let mut source = WindowedLines {
-            runner: self,
-            lines,
-            window: Window::new(resumed, self.window.max(self.workers)),
-        };
+        let regular_file =
+            input.is_some_and(|(path, _)| std::fs::metadata(path).is_ok_and(|meta| meta.is_file()));
+        let mut source = WindowedLines::new(self, lines, resumed, regular_file);
         self.pump(&mut run, task, &mut source)?;
         run.finish_run()
     }
@@ -178,7 +177,7 @@ impl Runner {
         });
         let mut source = FailedLines {
             source,
-            in_flight: std::collections::HashMap::new(),
+            in_flight: HashMap::new(),
             abandoned: false,
         };
         self.pump(&mut run, task, &mut source)?;
@@ -188,8 +187,8 @@ impl Runner {
 
 /// Lines for a pool of workers, and what to do with their results.
 pub(super) trait Feed {
-    /// Submits lines while the executor takes them. Returns whether there
-    /// are no more.
+    /// Submits batches while the executor takes them. Returns whether there
+    /// are no more lines.
     fn feed<T: Task>(
         &mut self,
         run: &mut RunState<'_, '_>,
@@ -197,8 +196,23 @@ pub(super) trait Feed {
         task: &T,
     ) -> Result<bool>;
 
-    /// Records the result of one line.
-    fn settle(&mut self, run: &mut RunState<'_, '_>, result: JobResult) -> Result<()>;
+    /// Records the result of one batch.
+    fn settle(&mut self, run: &mut RunState<'_, '_>, result: Batch) -> Result<()>;
+
+    /// When [`tick`](Feed::tick) has something to do, if ever.
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Called after every result, and when none came for a while.
+    fn tick(&mut self, _run: &mut RunState<'_, '_>) -> Result<()> {
+        Ok(())
+    }
+
+    /// The run is ending: records what is still kept back.
+    fn close(&mut self, _run: &mut RunState<'_, '_>) -> Result<()> {
+        Ok(())
+    }
 
     /// Whether every line fed was settled as done or failed (none was
     /// abandoned by a stop).
@@ -223,24 +237,158 @@ impl Runner {
                     exhausted = source.feed(run, &mut exec, task)?;
                 }
                 if exec.in_flight() == 0 && (exhausted || run.stopping()) {
+                    source.close(run)?;
                     run.reached_end = exhausted && source.all_settled();
                     return Ok(());
                 }
-                match exec.next_result(TICK) {
+                let timeout = source.deadline().map_or(TICK, |deadline| {
+                    deadline.saturating_duration_since(Instant::now()).min(TICK)
+                });
+                match exec.next_result(timeout) {
                     Some(result) => source.settle(run, result)?,
                     None => run.checkpoint.flush_if_due()?,
                 }
+                source.tick(run)?;
                 run.note_sync();
             }
         })
     }
 }
 
-/// Every line after the resume point, through the window.
+/// Every line after the resume point, in batches, through the window.
 pub(super) struct WindowedLines<'r, R> {
-    pub(super) runner: &'r Runner,
-    pub(super) lines: LineReader<R>,
-    pub(super) window: Window,
+    runner: &'r Runner,
+    lines: LineReader<R>,
+    window: Window,
+    sizer: Sizer,
+    held: Held,
+    /// Emptied batches, for their buffers.
+    spare: Vec<Batch>,
+    /// The input is a regular file: reading it never waits for a writer.
+    regular_file: bool,
+}
+
+impl<'r, R: BufRead> WindowedLines<'r, R> {
+    pub(super) fn new(
+        runner: &'r Runner,
+        lines: LineReader<R>,
+        resumed: Position,
+        regular_file: bool,
+    ) -> Self {
+        let capacity = runner.window.max(runner.workers);
+        WindowedLines {
+            runner,
+            lines,
+            window: Window::new(resumed, capacity),
+            // Two batches a worker fit in the window, so the window fills
+            // with a stuck batch, not with batches that keep workers busy.
+            sizer: Sizer::new(capacity / (2 * runner.workers)),
+            held: Held::default(),
+            spare: Vec::new(),
+            regular_file,
+        }
+    }
+
+    fn blank(&mut self) -> Batch {
+        let mut batch = self.spare.pop().unwrap_or_default();
+        batch.reset(self.window.next_line(), self.lines.offset());
+        batch
+    }
+
+    fn recycle(&mut self, batch: Batch) {
+        // As many as can be out at a time, with room to spare.
+        if self.spare.len() < 64 {
+            self.spare.push(batch);
+        }
+    }
+
+    /// Reads the next batch: up to `want` lines (fewer at the end of the
+    /// input, before a line over the limit, at `MAX_BATCH_BYTES`, or when
+    /// reading them takes longer than a batch's work). Returns the batch,
+    /// and a line over the limit that ended it.
+    fn read_batch(
+        &mut self,
+        run: &mut RunState<'_, '_>,
+        want: usize,
+    ) -> Result<(Batch, Option<LongLine>, bool)> {
+        let mut batch = self.blank();
+        let started = Instant::now();
+        let mut long = None;
+        let mut end_of_input = false;
+        while batch.len() < want && batch.byte_len() < MAX_BATCH_BYTES {
+            // Lines read go now rather than wait for a line that may be
+            // slow to come: a stream's writer may wait for their results.
+            if !batch.is_empty() && !self.regular_file && !self.lines.next_is_buffered() {
+                break;
+            }
+            match self.lines.next_item()? {
+                Some(Next::Line(line)) => {
+                    let runs = run.triage(&line)? == Triage::Run;
+                    batch.push(&line, runs);
+                }
+                Some(Next::TooLong(found)) => {
+                    long = Some(found);
+                    break;
+                }
+                None => {
+                    end_of_input = true;
+                    break;
+                }
+            }
+            // Slow reading (a file on a slow disk): the lines read so far
+            // go now.
+            if batch.len() % 16 == 0 && started.elapsed() > BATCH_WORK {
+                break;
+            }
+        }
+        self.sizer.read(batch.len(), started.elapsed());
+        Ok((batch, long, end_of_input))
+    }
+
+    /// The window moved, or a result came back: lets go of the batches the
+    /// watermark passed.
+    fn release_passed(&mut self, run: &mut RunState<'_, '_>, now: Option<Instant>) -> Result<()> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let watermark = self.window.watermark().line();
+        self.held
+            .release(run.checkpoint, watermark, now, &mut self.spare)
+    }
+
+    /// Settles a batch nobody ran (every line passed), or a batch back from
+    /// a worker.
+    fn settle_batch(&mut self, run: &mut RunState<'_, '_>, mut batch: Batch) -> Result<()> {
+        let first = batch.first();
+        if !self.window.contains(first) {
+            return Ok(());
+        }
+        for &(index, attempts, ref error) in batch.failed() {
+            let end = batch.line(index).end_position();
+            run.record_failure(FailedLine::ending_at(end, attempts, error.clone()))?;
+        }
+        run.note_batch_done(&batch);
+        let finished = batch.finished();
+        let end = batch
+            .finished_end()
+            .unwrap_or_else(|| self.window.watermark());
+        match self.window.settle(first, finished, end) {
+            Finished::Advanced(watermark) => {
+                run.checkpoint.commit(watermark)?;
+                self.recycle(batch);
+            }
+            Finished::Beyond => {
+                if let Some(back) =
+                    self.held
+                        .hold_or_record(run.checkpoint, batch, Instant::now())?
+                {
+                    batch = back;
+                    self.recycle(batch);
+                }
+            }
+        }
+        self.release_passed(run, Some(Instant::now()))
+    }
 }
 
 impl<R: BufRead> Feed for WindowedLines<'_, R> {
@@ -250,47 +398,59 @@ impl<R: BufRead> Feed for WindowedLines<'_, R> {
         exec: &mut Exec<'_>,
         task: &T,
     ) -> Result<bool> {
-        while self.window.has_room() && exec.can_submit() {
-            let line = match self.lines.next_item()? {
-                Some(Next::Line(line)) => line,
-                Some(Next::TooLong(long)) => {
-                    let end = long.end_position();
-                    self.window.start(end);
-                    self.runner.long_line(run, &long)?;
-                    run.finish(&mut self.window, end, false)?;
-                    if run.stopping() {
-                        return Ok(false);
-                    }
-                    continue;
-                }
-                None => return Ok(true),
-            };
-            let end = line.end_position();
-            self.window.start(end);
-            if run.triage(&line)? == Triage::Run {
-                exec.submit(&line, task, &run.shared);
+        loop {
+            let len = self.sizer.len();
+            let room = self.window.room();
+            if room == 0 || !exec.can_submit() {
+                return Ok(false);
+            }
+            let (batch, long, end_of_input) = self.read_batch(run, len.min(room))?;
+            if batch.is_empty() {
+                self.recycle(batch);
             } else {
+                self.window.start_run(batch.len());
+                if batch.runs_nothing() {
+                    self.settle_batch(run, batch)?;
+                } else if self.sizer.inline() {
+                    let mut batch = batch;
+                    batch.run(&run.shared, task, &run.shared.run_stop);
+                    self.settle(run, batch)?;
+                } else {
+                    exec.submit(batch, task, &run.shared);
+                }
+            }
+            if let Some(long) = long {
+                let end = long.end_position();
+                self.window.start(end);
+                self.runner.long_line(run, &long)?;
                 run.finish(&mut self.window, end, false)?;
+                self.release_passed(run, None)?;
+                if run.stopping() {
+                    return Ok(false);
+                }
+            }
+            if end_of_input {
+                return Ok(true);
             }
         }
-        Ok(false)
     }
 
-    fn settle(&mut self, run: &mut RunState<'_, '_>, result: JobResult) -> Result<()> {
-        let Some(end) = self.window.end_of(result.line) else {
-            return Ok(());
-        };
-        match result.outcome {
-            Outcome::Done => {
-                run.note_done(result.line, end.offset());
-                run.finish(&mut self.window, end, true)
-            }
-            Outcome::Failed { attempts, error } => {
-                run.record_failure(FailedLine::ending_at(end, attempts, error))?;
-                run.finish(&mut self.window, end, false)
-            }
-            Outcome::Abandoned => Ok(()),
-        }
+    fn settle(&mut self, run: &mut RunState<'_, '_>, result: Batch) -> Result<()> {
+        let (ran, busy) = result.timing();
+        self.sizer.ran(ran, busy);
+        self.settle_batch(run, result)
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.held.deadline()
+    }
+
+    fn tick(&mut self, run: &mut RunState<'_, '_>) -> Result<()> {
+        self.release_passed(run, Some(Instant::now()))
+    }
+
+    fn close(&mut self, run: &mut RunState<'_, '_>) -> Result<()> {
+        self.release_passed(run, None)
     }
 
     fn all_settled(&self) -> bool {
@@ -298,10 +458,11 @@ impl<R: BufRead> Feed for WindowedLines<'_, R> {
     }
 }
 
-/// The lines recorded as failed, for a retry-failed run.
+/// The lines recorded as failed, for a retry-failed run: each its own
+/// batch, as they are seldom next to each other.
 pub(super) struct FailedLines<'a, S, R> {
     pub(super) source: FailedSource<'a, S, R>,
-    pub(super) in_flight: std::collections::HashMap<u64, FailedLine>,
+    pub(super) in_flight: HashMap<u64, FailedLine>,
     pub(super) abandoned: bool,
 }
 
@@ -316,7 +477,7 @@ impl<S: BufRead + Seek, R: BufRead> Feed for FailedLines<'_, S, R> {
             match self.source.next_line()? {
                 None => return Ok(true),
                 Some((failed, Found::Line(line))) => {
-                    exec.submit(&line, task, &run.shared);
+                    exec.submit(Batch::single(&line), task, &run.shared);
                     self.in_flight.insert(failed.line(), failed);
                 }
                 Some((failed, Found::TooLong(long))) => {
@@ -331,14 +492,15 @@ impl<S: BufRead + Seek, R: BufRead> Feed for FailedLines<'_, S, R> {
         Ok(false)
     }
 
-    fn settle(&mut self, run: &mut RunState<'_, '_>, result: JobResult) -> Result<()> {
-        let Some(before) = self.in_flight.remove(&result.line) else {
+    fn settle(&mut self, run: &mut RunState<'_, '_>, result: Batch) -> Result<()> {
+        let Some(before) = self.in_flight.remove(&result.first()) else {
             return Ok(());
         };
-        match result.outcome {
+        match result.outcome() {
             Outcome::Done => {
-                run.note_done(result.line, before.offset().saturating_add(before.len()));
-                run.checkpoint.commit_resolved(result.line)
+                let line = before.line();
+                run.note_done(line, before.offset().saturating_add(before.len()));
+                run.checkpoint.commit_resolved(line)
             }
             Outcome::Failed { attempts, error } => {
                 run.record_failure(before.failed_again(attempts, error))
@@ -556,6 +718,18 @@ impl<'r, 'c> RunState<'r, 'c> {
         self.done += 1;
         if self.shared.observer.is_some() {
             self.emit(&Event::Done { line, end_offset });
+        }
+    }
+
+    /// The done lines of a batch back from a worker.
+    fn note_batch_done(&mut self, batch: &Batch) {
+        if self.shared.observer.is_none() {
+            self.done += batch.done_count() as u64;
+            return;
+        }
+        for index in batch.done_lines() {
+            let line = batch.line(index);
+            self.note_done(line.number(), line.offset() + line.raw().len() as u64);
         }
     }
 

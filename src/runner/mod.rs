@@ -18,6 +18,7 @@ use crate::retry::RetryPolicy;
 use crate::stop::StopToken;
 use crate::task::{BoxError, FnTask, Task};
 
+mod batch;
 mod drive;
 mod pool;
 

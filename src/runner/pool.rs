@@ -3,8 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use crate::checkpoint::Checkpoint;
@@ -15,6 +14,7 @@ use crate::retry::RetryPolicy;
 use crate::stop::StopToken;
 use crate::task::{BoxError, Task, error_chain};
 
+use super::batch::Batch;
 use super::*;
 
 /// What the workers share with the runner.
@@ -33,7 +33,7 @@ pub(super) struct Shared {
 
 impl Shared {
     /// `line`, naming the input file when there is one.
-    fn named<'a>(&'a self, line: &Line<'a>) -> Line<'a> {
+    pub(super) fn named<'a>(&'a self, line: &Line<'a>) -> Line<'a> {
         match (&self.input, line.path()) {
             (Some(input), None) => line.with_path(input.as_path()),
             _ => *line,
@@ -160,26 +160,133 @@ pub(super) enum Outcome {
     Abandoned,
 }
 
-pub(super) struct JobResult {
-    pub(super) line: u64,
-    pub(super) outcome: Outcome,
+/// The batches between the runner and its workers: those waiting for a
+/// worker, and those back. One `Mutex`, two `Condvar`s, and the number of
+/// idle workers and whether the runner waits, so that a hand-over costs no
+/// system call while every thread is busy.
+///
+/// A worker wakes the runner for a result only when it matters soon: the
+/// batch took long (a slow task: its lines are recorded at once), or few
+/// batches are left queued (the workers are about to run dry). Cheap
+/// batches come back in groups, one wake-up for several; they still count
+/// as in flight until taken, which keeps the bound on what a kill repeats.
+pub(super) struct Queue {
+    state: Mutex<QueueState>,
+    /// Workers wait here for a batch.
+    work: Condvar,
+    /// The runner waits here for results.
+    results: Condvar,
+    /// Fewer batches queued than this: the runner is woken.
+    low: usize,
 }
 
-pub(super) struct Job {
-    pub(super) bytes: Vec<u8>,
-    pub(super) line: u64,
-    pub(super) offset: u64,
+#[derive(Default)]
+struct QueueState {
+    queued: VecDeque<Batch>,
+    back: Vec<Batch>,
+    closed: bool,
+    idle: usize,
+    runner_waits: bool,
 }
 
-/// Runs tasks: on the calling thread with one worker, on a pool otherwise.
+/// A batch that ran this long is a slow task's: its result is recorded at
+/// once, not with the next ones.
+const SLOW_BATCH: Duration = Duration::from_millis(1);
+
+impl Queue {
+    fn new(workers: usize) -> Queue {
+        Queue {
+            state: Mutex::default(),
+            work: Condvar::new(),
+            results: Condvar::new(),
+            low: (workers / 2).max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn push(&self, batch: Batch) {
+        let mut state = self.lock();
+        state.queued.push_back(batch);
+        let wake = state.idle > 0;
+        drop(state);
+        if wake {
+            self.work.notify_one();
+        }
+    }
+
+    /// Hands back `done` (if any) and takes the next batch, or `None` once
+    /// the queue is closed.
+    fn swap(&self, done: Option<Batch>) -> Option<Batch> {
+        let mut state = self.lock();
+        let mut urgent = false;
+        if let Some(batch) = done {
+            urgent = batch.timing().1 >= SLOW_BATCH;
+            state.back.push(batch);
+        }
+        loop {
+            if state.closed {
+                return None;
+            }
+            if let Some(batch) = state.queued.pop_front() {
+                if state.runner_waits && (urgent || state.queued.len() < self.low) {
+                    self.results.notify_one();
+                }
+                return Some(batch);
+            }
+            // About to wait: whatever is back must not wait with it.
+            if state.runner_waits && !state.back.is_empty() {
+                self.results.notify_one();
+            }
+            state.idle += 1;
+            state = self
+                .work
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+            state.idle -= 1;
+        }
+    }
+
+    /// Moves the batches back into `into`, waiting up to `timeout` for one
+    /// if there are none.
+    fn take_back(&self, into: &mut VecDeque<Batch>, timeout: Duration) {
+        let mut state = self.lock();
+        if state.back.is_empty() {
+            state.runner_waits = true;
+            let (waited, _) = self
+                .results
+                .wait_timeout_while(state, timeout, |state| state.back.is_empty())
+                .unwrap_or_else(PoisonError::into_inner);
+            state = waited;
+            state.runner_waits = false;
+        }
+        into.extend(state.back.drain(..));
+    }
+
+    /// Ends the workers: the batches still queued are dropped, their lines
+    /// left unrecorded.
+    fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.queued.clear();
+        drop(state);
+        self.work.notify_all();
+    }
+}
+
+/// Runs batches of lines: on the calling thread with one worker, on a pool
+/// otherwise.
 pub(super) enum Exec<'a> {
     Inline {
-        results: VecDeque<JobResult>,
+        results: VecDeque<Batch>,
     },
     Pool {
         shared: Arc<Shared>,
-        jobs: Option<SyncSender<Job>>,
-        results: Receiver<JobResult>,
+        queue: Arc<Queue>,
+        /// Results taken from the queue, not yet handed out.
+        results: VecDeque<Batch>,
         in_flight: usize,
         limit: usize,
         _scope: std::marker::PhantomData<&'a ()>,
@@ -198,54 +305,34 @@ impl<'a> Exec<'a> {
                 results: VecDeque::new(),
             };
         }
-        // Two jobs a worker keep every worker busy between results.
-        let limit = runner.workers * 2;
-        let (job_tx, job_rx) = mpsc::sync_channel::<Job>(limit);
-        let (result_tx, result_rx) = mpsc::channel();
-        let job_rx = Arc::new(Mutex::new(job_rx));
+        let queue = Arc::new(Queue::new(runner.workers));
         for _ in 0..runner.workers {
-            let job_rx = Arc::clone(&job_rx);
-            let result_tx = result_tx.clone();
+            let queue = Arc::clone(&queue);
             let shared = Arc::clone(shared);
             scope.spawn(move || {
-                loop {
-                    let job = match job_rx.lock() {
-                        Ok(receiver) => receiver.recv(),
-                        Err(poisoned) => poisoned.into_inner().recv(),
-                    };
-                    let Ok(job) = job else { break };
-                    let outcome = if shared.stopping() {
-                        Outcome::Abandoned
-                    } else {
-                        // A panic outside the task itself (an observer, an
-                        // error's Display) must still produce a result, or
-                        // the runner would wait for this line forever.
-                        let line = shared.named(&Line::new(&job.bytes, job.line, job.offset));
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                            shared.attempt(task, &line, &shared.run_stop)
-                        }))
-                        .unwrap_or_else(|panic| Outcome::Failed {
-                            attempts: 1,
-                            error: panic_message(panic.as_ref()),
-                        })
-                    };
-                    let result = JobResult {
-                        line: job.line,
-                        outcome,
-                    };
-                    if result_tx.send(result).is_err() {
-                        break;
-                    }
+                let mut done = None;
+                while let Some(mut batch) = queue.swap(done.take()) {
+                    batch.run(&shared, task, &shared.run_stop);
+                    done = Some(batch);
                 }
             });
         }
         Exec::Pool {
             shared: Arc::clone(shared),
-            jobs: Some(job_tx),
-            results: result_rx,
+            queue,
+            results: VecDeque::new(),
             in_flight: 0,
-            limit,
+            // Two batches a worker keep every worker busy between results.
+            limit: runner.workers * 2,
             _scope: std::marker::PhantomData,
+        }
+    }
+
+    /// Batches out: running, queued, or back but not yet handed out.
+    pub(super) fn in_flight(&self) -> usize {
+        match self {
+            Exec::Inline { results, .. } => results.len(),
+            Exec::Pool { in_flight, .. } => *in_flight,
         }
     }
 
@@ -258,73 +345,51 @@ impl<'a> Exec<'a> {
         }
     }
 
-    pub(super) fn in_flight(&self) -> usize {
-        match self {
-            Exec::Inline { results, .. } => results.len(),
-            Exec::Pool { in_flight, .. } => *in_flight,
-        }
-    }
-
-    pub(super) fn submit<T: Task>(&mut self, line: &Line<'_>, task: &T, shared: &Shared) {
+    pub(super) fn submit<T: Task>(&mut self, mut batch: Batch, task: &T, shared: &Shared) {
         match self {
             Exec::Inline { results, .. } => {
-                let outcome = shared.attempt(task, &shared.named(line), &shared.user_stop);
-                results.push_back(JobResult {
-                    line: line.number(),
-                    outcome,
-                });
+                batch.run(shared, task, &shared.user_stop);
+                results.push_back(batch);
             }
             Exec::Pool {
-                jobs, in_flight, ..
+                queue, in_flight, ..
             } => {
-                let job = Job {
-                    bytes: line.raw().to_vec(),
-                    line: line.number(),
-                    offset: line.offset(),
-                };
-                // The channel holds `limit` jobs and no more are in flight,
-                // so this does not block; it fails only if every worker is
-                // gone, and then the line is simply not run.
-                if let Some(jobs) = jobs {
-                    if jobs.send(job).is_ok() {
-                        *in_flight += 1;
-                    }
-                }
+                queue.push(batch);
+                *in_flight += 1;
             }
         }
     }
 
-    pub(super) fn next_result(&mut self, timeout: Duration) -> Option<JobResult> {
+    /// The next result, waiting up to `timeout` for one.
+    pub(super) fn next_result(&mut self, timeout: Duration) -> Option<Batch> {
         match self {
             Exec::Inline { results, .. } => results.pop_front(),
             Exec::Pool {
-                results, in_flight, ..
-            } => match results.recv_timeout(timeout) {
-                Ok(result) => {
-                    *in_flight -= 1;
-                    Some(result)
+                queue,
+                results,
+                in_flight,
+                ..
+            } => {
+                if results.is_empty() {
+                    queue.take_back(results, timeout);
                 }
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => {
-                    // No worker is left to answer: the lines in flight stay
-                    // unrecorded, to be done again.
-                    *in_flight = 0;
-                    None
-                }
-            },
+                let result = results.pop_front()?;
+                *in_flight -= 1;
+                Some(result)
+            }
         }
     }
 }
 
 impl Drop for Exec<'_> {
     fn drop(&mut self) {
-        // Ends the workers: queued jobs are abandoned, backoff waits end,
-        // and the closed channel ends their loops.
+        // Ends the workers: queued batches are dropped, backoff waits end,
+        // and the closed queue ends their loops.
         match self {
             Exec::Inline { .. } => {}
-            Exec::Pool { shared, jobs, .. } => {
+            Exec::Pool { shared, queue, .. } => {
                 shared.run_stop.stop();
-                jobs.take();
+                queue.close();
             }
         }
     }

@@ -1,0 +1,401 @@
+//! Lines handed to the workers in batches: a run of consecutive lines goes
+//! to one worker and comes back as one result, so a cheap task pays one
+//! hand-off between threads per batch instead of one per line.
+//!
+//! A batch is sized from the measured time of the task (and of reading the
+//! lines), so that it holds about [`BATCH_WORK`] of work: a task of 100 µs
+//! or more gets batches of one line, as if there were no batching, and what
+//! a kill repeats stays small in time whatever the task costs.
+
+use std::time::{Duration, Instant};
+
+use crate::checkpoint::Checkpoint;
+use crate::error::Result;
+use crate::line::Line;
+use crate::position::Position;
+use crate::stop::StopToken;
+use crate::task::Task;
+
+use super::pool::{Outcome, Shared, panic_message};
+
+/// The work a batch is sized to hold, in the wall time of its tasks.
+pub(super) const BATCH_WORK: Duration = Duration::from_micros(250);
+
+/// A batch of less work than this runs on the runner's thread: handing it to
+/// a worker would cost more than running it.
+const INLINE_WORK: Duration = Duration::from_micros(20);
+
+/// How long the lines of a batch finished beyond the watermark wait for the
+/// lines before them to finish before they are recorded as done one by one.
+/// Batches of cheap lines usually come back within [`BATCH_WORK`] of each
+/// other, so most never need their own records.
+pub(super) const HOLD: Duration = Duration::from_millis(1);
+
+/// A batch is closed once its bytes reach this, whatever its length.
+pub(super) const MAX_BATCH_BYTES: usize = 256 << 10;
+
+/// The bytes of held batches kept at most; past it, a batch finished beyond
+/// the watermark is recorded at once.
+const MAX_HELD_BYTES: usize = 4 << 20;
+
+/// Consecutive lines for one worker and, once run, what became of them.
+#[derive(Debug, Default)]
+pub(super) struct Batch {
+    /// The number and offset of its first line.
+    first: u64,
+    offset: u64,
+    /// The lines' bytes, back to back.
+    bytes: Vec<u8>,
+    /// Where each line ends in `bytes`.
+    ends: Vec<usize>,
+    /// The lines not to run (another shard's, or recorded by an earlier
+    /// run), by index, ascending.
+    pass: Vec<usize>,
+    /// Lines failed for good, by index, ascending: attempts and error.
+    failed: Vec<(usize, u32, String)>,
+    /// The first line a stop abandoned: it and every line after it are
+    /// unfinished.
+    stopped_at: Option<usize>,
+    /// Lines whose task ran, and the wall time that took.
+    ran: usize,
+    busy: Duration,
+}
+
+impl Batch {
+    /// An empty batch starting at line `first`, at byte `offset`; it reuses
+    /// this one's buffers.
+    pub(super) fn reset(&mut self, first: u64, offset: u64) {
+        self.first = first;
+        self.offset = offset;
+        self.bytes.clear();
+        self.ends.clear();
+        self.pass.clear();
+        self.failed.clear();
+        self.stopped_at = None;
+        self.ran = 0;
+        self.busy = Duration::ZERO;
+    }
+
+    /// A batch of the one line `line`.
+    pub(super) fn single(line: &Line<'_>) -> Batch {
+        let mut batch = Batch::default();
+        batch.reset(line.number(), line.offset());
+        batch.push(line, true);
+        batch
+    }
+
+    pub(super) fn first(&self) -> u64 {
+        self.first
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub(super) fn byte_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Adds the next line; `run`: whether its task is to run.
+    #[inline]
+    pub(super) fn push(&mut self, line: &Line<'_>, run: bool) {
+        debug_assert_eq!(line.number(), self.first + self.ends.len() as u64);
+        if !run {
+            self.pass.push(self.ends.len());
+        }
+        self.bytes.extend_from_slice(line.raw());
+        self.ends.push(self.bytes.len());
+    }
+
+    /// Whether no line of it is to run.
+    pub(super) fn runs_nothing(&self) -> bool {
+        self.pass.len() == self.ends.len()
+    }
+
+    /// Line `index` of the batch.
+    #[inline]
+    pub(super) fn line(&self, index: usize) -> Line<'_> {
+        let start = index.checked_sub(1).map_or(0, |before| self.ends[before]);
+        Line::new(
+            &self.bytes[start..self.ends[index]],
+            self.first + index as u64,
+            self.offset + start as u64,
+        )
+    }
+
+    /// Lines `[0, finished())` are finished: done, failed or passed.
+    pub(super) fn finished(&self) -> usize {
+        self.stopped_at.unwrap_or(self.ends.len())
+    }
+
+    /// The position after its last finished line, if any.
+    pub(super) fn finished_end(&self) -> Option<Position> {
+        let last = self.finished().checked_sub(1)?;
+        Some(self.line(last).end_position())
+    }
+
+    /// The lines that failed for good, by index: attempts and error.
+    pub(super) fn failed(&self) -> &[(usize, u32, String)] {
+        &self.failed
+    }
+
+    /// How many lines are done: finished, run, and not failed.
+    pub(super) fn done_count(&self) -> usize {
+        let finished = self.finished();
+        let passed = self.pass.partition_point(|&index| index < finished);
+        finished - passed - self.failed.len()
+    }
+
+    /// The indices of the lines done: finished, run, and not failed.
+    pub(super) fn done_lines(&self) -> DoneLines<'_> {
+        DoneLines {
+            next: 0,
+            end: self.finished(),
+            pass: &self.pass,
+            failed: &self.failed,
+        }
+    }
+
+    /// Lines whose task ran, and the time they took.
+    pub(super) fn timing(&self) -> (usize, Duration) {
+        (self.ran, self.busy)
+    }
+
+    /// How a batch of one line ended, for a retry-failed run.
+    pub(super) fn outcome(mut self) -> Outcome {
+        if self.stopped_at.is_some() {
+            return Outcome::Abandoned;
+        }
+        match self.failed.pop() {
+            Some((_, attempts, error)) => Outcome::Failed { attempts, error },
+            None => Outcome::Done,
+        }
+    }
+
+    /// Runs the task on each line to run, in order, until a stop. Backoff
+    /// waits on `sleeper`. A panic outside the task itself (an observer, an
+    /// error's `Display`) fails its line, so the batch always comes back.
+    pub(super) fn run<T: Task>(&mut self, shared: &Shared, task: &T, sleeper: &StopToken) {
+        let started = Instant::now();
+        let mut pass = self.pass.iter().copied().peekable();
+        let mut ran = 0;
+        for index in 0..self.ends.len() {
+            if pass.next_if_eq(&index).is_some() {
+                continue;
+            }
+            if shared.stopping() {
+                self.stopped_at = Some(index);
+                break;
+            }
+            let line = self.line(index);
+            let line = shared.named(&line);
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                shared.attempt(task, &line, sleeper)
+            }))
+            .unwrap_or_else(|panic| Outcome::Failed {
+                attempts: 1,
+                error: panic_message(panic.as_ref()),
+            });
+            ran += 1;
+            match outcome {
+                Outcome::Done => {}
+                Outcome::Failed { attempts, error } => self.failed.push((index, attempts, error)),
+                Outcome::Abandoned => {
+                    self.stopped_at = Some(index);
+                    break;
+                }
+            }
+        }
+        self.ran = ran;
+        self.busy = started.elapsed();
+    }
+}
+
+/// The indices of the done lines of a batch.
+pub(super) struct DoneLines<'a> {
+    next: usize,
+    end: usize,
+    pass: &'a [usize],
+    failed: &'a [(usize, u32, String)],
+}
+
+impl Iterator for DoneLines<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        while self.next < self.end {
+            let index = self.next;
+            self.next += 1;
+            if let Some((&skip, rest)) = self.pass.split_first() {
+                if skip == index {
+                    self.pass = rest;
+                    continue;
+                }
+            }
+            if let Some(((skip, ..), rest)) = self.failed.split_first() {
+                if *skip == index {
+                    self.failed = rest;
+                    continue;
+                }
+            }
+            return Some(index);
+        }
+        None
+    }
+}
+
+/// Records every done line of `batch` as done beyond the watermark.
+pub(super) fn record_done(checkpoint: &mut Checkpoint, batch: &Batch) -> Result<()> {
+    for index in batch.done_lines() {
+        checkpoint.commit_done(batch.line(index).end_position())?;
+    }
+    Ok(())
+}
+
+/// How many lines the next batch holds, from the measured cost of a line:
+/// its task's wall time, or the time it took to read it when reading is
+/// slower (a stream whose lines come slowly must not have lines wait in a
+/// batch for the ones after them).
+#[derive(Debug)]
+pub(super) struct Sizer {
+    /// Nanoseconds a line, averaged: of its task, of its reading.
+    task: Option<f64>,
+    read: Option<f64>,
+    len: usize,
+    max: usize,
+}
+
+impl Sizer {
+    /// Batches of one line until a result tells what a line costs, and of
+    /// at most `max` lines.
+    pub(super) fn new(max: usize) -> Sizer {
+        Sizer {
+            task: None,
+            read: None,
+            len: 1,
+            max: max.max(1),
+        }
+    }
+
+    /// The length of the next batch.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the next batch costs less to run than to hand to a worker
+    /// (about two context switches and a wake-up): the runner then runs it
+    /// itself. Only a task of a few tens of nanoseconds a line, whose lines
+    /// are read slower than they run, gets there; with batches of any
+    /// other task the workers gain.
+    pub(super) fn inline(&self) -> bool {
+        self.task
+            .is_some_and(|task| task * (self.len as f64) < INLINE_WORK.as_nanos() as f64)
+    }
+
+    /// A batch came back: `ran` lines run in `busy`.
+    pub(super) fn ran(&mut self, ran: usize, busy: Duration) {
+        if ran > 0 {
+            average(&mut self.task, busy, ran);
+            self.resize();
+        }
+    }
+
+    /// A batch of `lines` lines was read in `took`.
+    pub(super) fn read(&mut self, lines: usize, took: Duration) {
+        if lines > 0 {
+            average(&mut self.read, took, lines);
+            self.resize();
+        }
+    }
+
+    fn resize(&mut self) {
+        let Some(task) = self.task else { return };
+        let per_line = task.max(self.read.unwrap_or(0.0)).max(1.0);
+        let fits = (BATCH_WORK.as_nanos() as f64 / per_line) as usize;
+        // Grows by doubling at most, so one fast batch does not make the
+        // next one huge; shrinks at once.
+        self.len = fits.clamp(1, self.max).min(self.len.saturating_mul(2));
+    }
+}
+
+/// An exponentially weighted average of nanoseconds a line (a quarter of
+/// the weight to the new sample).
+fn average(value: &mut Option<f64>, took: Duration, lines: usize) {
+    let sample = took.as_nanos() as f64 / lines as f64;
+    *value = Some(match *value {
+        None => sample,
+        Some(old) => old + (sample - old) / 4.0,
+    });
+}
+
+/// Batches that finished beyond the watermark, their done lines not yet
+/// recorded: most are passed by the watermark within [`HOLD`] and never
+/// need a record; the others are recorded then.
+#[derive(Debug, Default)]
+pub(super) struct Held {
+    batches: Vec<(Batch, Instant)>,
+    bytes: usize,
+}
+
+impl Held {
+    /// Keeps `batch`, finished beyond the watermark, or records its done
+    /// lines at once and gives it back: a batch of one line (a task slow
+    /// enough that a record costs nothing next to it), or when holding it
+    /// would pass the memory bound.
+    pub(super) fn hold_or_record(
+        &mut self,
+        checkpoint: &mut Checkpoint,
+        batch: Batch,
+        now: Instant,
+    ) -> Result<Option<Batch>> {
+        if batch.len() > 1 && self.bytes + batch.byte_len() <= MAX_HELD_BYTES {
+            self.bytes += batch.byte_len();
+            self.batches.push((batch, now));
+            return Ok(None);
+        }
+        record_done(checkpoint, &batch)?;
+        Ok(Some(batch))
+    }
+
+    /// When the oldest held batch is to be recorded.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        self.batches.iter().map(|(_, since)| *since + HOLD).min()
+    }
+
+    /// Lets go of the batches the watermark passed, and records those held
+    /// since `HOLD` before `now` (all of them with `None`, at the end of a
+    /// run). The batches let go of are passed to `spare`.
+    pub(super) fn release(
+        &mut self,
+        checkpoint: &mut Checkpoint,
+        watermark: u64,
+        now: Option<Instant>,
+        spare: &mut Vec<Batch>,
+    ) -> Result<()> {
+        let mut index = 0;
+        while index < self.batches.len() {
+            let (batch, since) = &self.batches[index];
+            let passed = batch.first + batch.len() as u64 - 1 <= watermark;
+            let due = now.is_none_or(|now| now.duration_since(*since) >= HOLD);
+            if !passed && !due {
+                index += 1;
+                continue;
+            }
+            if !passed {
+                record_done(checkpoint, batch)?;
+            }
+            let (batch, _) = self.batches.swap_remove(index);
+            self.bytes -= batch.byte_len();
+            spare.push(batch);
+        }
+        Ok(())
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+}
