@@ -276,4 +276,44 @@ mod tests {
         assert_eq!(window.finish(2), Finished::Beyond);
         assert_eq!(window.finish(4), Finished::Advanced(ends[3]));
     }
+
+    #[test]
+    fn runs_settle_out_of_order_and_the_watermark_passes_whole_runs() {
+        let ends = ends(9);
+        let mut window = Window::new(Position::start(), 9);
+        window.start_run(3);
+        window.start_run(4);
+        window.start_run(2);
+        assert_eq!(
+            (window.len(), window.room(), window.next_line()),
+            (9, 0, 10)
+        );
+        assert!(window.contains(4) && window.contains(7) && !window.contains(10));
+        assert_eq!(window.settle(4, 4, ends[6]), Finished::Beyond);
+        // Not the first line of a run: no such run.
+        assert_eq!(window.settle(2, 3, ends[2]), Finished::Beyond);
+        assert_eq!(window.settle(1, 3, ends[2]), Finished::Advanced(ends[6]));
+        assert_eq!((window.len(), window.next_line()), (2, 10));
+        assert_eq!(window.settle(8, 2, ends[8]), Finished::Advanced(ends[8]));
+        assert!(window.is_empty());
+    }
+
+    #[test]
+    fn a_run_cut_short_moves_the_watermark_past_its_finished_lines_only() {
+        let ends = ends(8);
+        let mut window = Window::new(Position::start(), 8);
+        window.start_run(4);
+        window.start_run(4);
+        // The second run finished whole; the first stopped after two lines.
+        assert_eq!(window.settle(5, 4, ends[7]), Finished::Beyond);
+        assert_eq!(window.settle(1, 2, ends[1]), Finished::Advanced(ends[1]));
+        assert_eq!(window.watermark(), ends[1]);
+        // Lines 3 and 4 stay unfinished, and hold the window.
+        assert!(window.contains(3) && !window.has_room());
+        // A run stopped before its first line moves nothing.
+        let mut window = Window::new(Position::start(), 8);
+        window.start_run(4);
+        assert_eq!(window.settle(1, 0, Position::start()), Finished::Beyond);
+        assert_eq!(window.watermark(), Position::start());
+    }
 }

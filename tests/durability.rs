@@ -310,16 +310,52 @@ fn a_group_is_synced_within_its_delay_without_another_call() {
 // 3. SIGKILL at random moments
 // ---------------------------------------------------------------------------
 
-const TORTURE_KILLS: usize = 30;
 const TORTURE_WORKERS: usize = 8;
-/// A task's duration: a sleep, so the figures do not depend on the CPU.
-const TASK_TIME: Duration = Duration::from_micros(500);
-/// When each kill comes, after its child was started.
-const KILL_AFTER_MS: std::ops::RangeInclusive<u64> = 30..=200;
 /// The writer thread is one more thread on a machine whose cores the
 /// workers and the runner already share: a write may come this much later
 /// than `write_delay` with no fault of the checkpoint's.
 const WRITER_WAKE_SLACK: Duration = Duration::from_millis(5);
+
+/// A run of a runner with 8 workers SIGKILLed at random moments, then run
+/// to the end: nothing is lost, and each kill throws away at most the lines
+/// in progress and the commits of the last `write_delay`.
+struct Torture {
+    /// The test function, whose child plays the run.
+    test_name: &'static str,
+    kills: usize,
+    /// When each kill comes, after its child was started.
+    kill_after_ms: std::ops::RangeInclusive<u64>,
+    /// What a line's task takes at least.
+    task_time: Duration,
+    /// Whether the task sleeps (a task slower than a batch's work: batches
+    /// of one line) or spins (a cheap task: batches of many lines).
+    sleeps: bool,
+    /// The most lines a kill may find in progress.
+    in_progress: usize,
+}
+
+/// A task of 500 µs, a sleep so the figures do not depend on the CPU: its
+/// lines go one at a time, and at most two a worker are in progress
+/// (running, or finished with the result on its way to the checkpoint).
+const SLOW_TORTURE: Torture = Torture {
+    test_name: "sigkill_at_random_moments_repeats_only_lines_in_flight_and_one_write_delay",
+    kills: 30,
+    kill_after_ms: 30..=200,
+    task_time: Duration::from_micros(500),
+    sleeps: true,
+    in_progress: 2 * TORTURE_WORKERS,
+};
+
+/// A cheap task (5 µs of spinning, and the append): its lines go in
+/// batches, and what is in progress is bounded by the window.
+const CHEAP_TORTURE: Torture = Torture {
+    test_name: "sigkill_at_random_moments_with_a_cheap_task_repeats_at_most_the_window_and_one_write_delay",
+    kills: 12,
+    kill_after_ms: 20..=80,
+    task_time: Duration::from_micros(5),
+    sleeps: false,
+    in_progress: Runner::DEFAULT_WINDOW,
+};
 
 /// SplitMix64: enough randomness for kill moments, reproducible from the
 /// printed seed.
@@ -349,10 +385,17 @@ fn torture_seed() -> u64 {
     }
 }
 
-fn torture_child() {
+fn torture_child(torture: &Torture) {
     let output = open_output(&env_path(OUTPUT_VAR));
     let task = |line: &Line<'_>| -> io::Result<()> {
-        thread::sleep(TASK_TIME);
+        if torture.sleeps {
+            thread::sleep(torture.task_time);
+        } else {
+            let started = std::time::Instant::now();
+            while started.elapsed() < torture.task_time {
+                std::hint::spin_loop();
+            }
+        }
         append(&output, line)
     };
     let report = Runner::new()
@@ -363,25 +406,19 @@ fn torture_child() {
     println!("{REPORT}{} {}", report.done, report.elapsed.as_micros());
 }
 
-#[test]
-fn sigkill_at_random_moments_repeats_only_lines_in_flight_and_one_write_delay() {
-    const TEST_NAME: &str =
-        "sigkill_at_random_moments_repeats_only_lines_in_flight_and_one_write_delay";
-    if child_role().as_deref() == Some("torture") {
-        return torture_child();
-    }
+fn kill_torture(torture: &Torture) {
     let _serial = serial();
     let seed = torture_seed();
     eprintln!("kill torture: seed {seed} (rerun with {SEED_VAR}={seed})");
     let mut rng = SplitMix64(seed);
-    let kill_after: Vec<u64> = (0..TORTURE_KILLS)
-        .map(|_| rng.in_range(&KILL_AFTER_MS))
+    let kill_after: Vec<u64> = (0..torture.kills)
+        .map(|_| rng.in_range(&torture.kill_after_ms))
         .collect();
     // No child may finish before its kill, however fast the machine: the
-    // workers can do no more than one line per `TASK_TIME` each while the
+    // workers can do no more than one line per `task_time` each while the
     // children live. The rest is left for the final run, whose throughput
     // gives the bound.
-    let fastest_per_ms = (TORTURE_WORKERS as u128 * 1000 / TASK_TIME.as_micros()) as u64;
+    let fastest_per_ms = (TORTURE_WORKERS as u128 * 1000 / torture.task_time.as_micros()) as u64;
     let line_count = (kill_after.iter().sum::<u64>() * fastest_per_ms) as usize + 5_000;
     let input = Input::generated(line_count);
     let output = input.sibling("output.txt");
@@ -397,7 +434,7 @@ fn sigkill_at_random_moments_repeats_only_lines_in_flight_and_one_write_delay() 
     let mut thrown_away = Vec::new();
     let mut before = vec![0u32; line_count];
     for (kill, &after_ms) in kill_after.iter().enumerate() {
-        let mut child = spawn_self(TEST_NAME, "torture", &env);
+        let mut child = spawn_self(torture.test_name, "torture", &env);
         thread::sleep(Duration::from_millis(after_ms));
         assert!(
             !child.has_exited(),
@@ -421,7 +458,7 @@ fn sigkill_at_random_moments_repeats_only_lines_in_flight_and_one_write_delay() 
         thrown_away.push(lost);
         before = now;
     }
-    let last_run = spawn_self(TEST_NAME, "torture", &env).wait_success(DEADLINE);
+    let last_run = spawn_self(torture.test_name, "torture", &env).wait_success(DEADLINE);
     let (done, micros) = last_run
         .reports(REPORT)
         .find_map(|report| {
@@ -432,28 +469,32 @@ fn sigkill_at_random_moments_repeats_only_lines_in_flight_and_one_write_delay() 
 
     let counts = counts_by_line(&input, &output);
     let duplicates: u64 = counts.iter().map(|&n| u64::from(n.saturating_sub(1))).sum();
-    // A kill throws away at most the lines in progress (two a worker:
-    // running, or finished with the result on its way to the checkpoint)
-    // and the commits of the last `write_delay`, at the rate the final,
-    // uninterrupted run kept.
+    // A kill throws away at most the lines in progress and the commits of
+    // the last `write_delay`, at the rate the final, uninterrupted run kept.
     let lines_per_s = done as f64 * 1e6 / micros as f64;
     let one_write_delay = (lines_per_s * (WRITE_DELAY + WRITER_WAKE_SLACK).as_secs_f64()).ceil();
-    let bound = 2 * TORTURE_WORKERS + one_write_delay as usize;
+    let bound = torture.in_progress + one_write_delay as usize;
     eprintln!(
-        "kill torture: {line_count} lines, {TORTURE_WORKERS} workers, a task of {} us, \
-         {TORTURE_KILLS} kills {}..={} ms after the start; final run: {done} lines in {} ms = \
+        "kill torture: {line_count} lines, {TORTURE_WORKERS} workers, a task of {} us ({}), \
+         {} kills {}..={} ms after the start; final run: {done} lines in {} ms = \
          {lines_per_s:.0} lines/s",
-        TASK_TIME.as_micros(),
-        KILL_AFTER_MS.start(),
-        KILL_AFTER_MS.end(),
+        torture.task_time.as_micros(),
+        if torture.sleeps {
+            "a sleep"
+        } else {
+            "spinning"
+        },
+        torture.kills,
+        torture.kill_after_ms.start(),
+        torture.kill_after_ms.end(),
         micros / 1000,
     );
     eprintln!(
         "kill torture: {duplicates} lines done twice in all, {:.1} per kill, at most {} by one \
-         kill; bound per kill: 2 x {TORTURE_WORKERS} workers + {one_write_delay} commits of {} \
-         = {bound}",
-        duplicates as f64 / TORTURE_KILLS as f64,
+         kill; bound per kill: {} lines in progress + {one_write_delay} commits of {} = {bound}",
+        duplicates as f64 / torture.kills as f64,
         thrown_away.iter().max().unwrap(),
+        torture.in_progress,
         ms(WRITE_DELAY + WRITER_WAKE_SLACK),
     );
     eprintln!("kill torture: kill moments (ms): {kill_after:?}");
@@ -475,6 +516,22 @@ fn sigkill_at_random_moments_repeats_only_lines_in_flight_and_one_write_delay() 
             "kill {kill}, {after_ms} ms after the start, threw away {lost} lines (bound {bound})"
         );
     }
+}
+
+#[test]
+fn sigkill_at_random_moments_repeats_only_lines_in_flight_and_one_write_delay() {
+    if child_role().as_deref() == Some("torture") {
+        return torture_child(&SLOW_TORTURE);
+    }
+    kill_torture(&SLOW_TORTURE);
+}
+
+#[test]
+fn sigkill_at_random_moments_with_a_cheap_task_repeats_at_most_the_window_and_one_write_delay() {
+    if child_role().as_deref() == Some("torture") {
+        return torture_child(&CHEAP_TORTURE);
+    }
+    kill_torture(&CHEAP_TORTURE);
 }
 
 // ---------------------------------------------------------------------------

@@ -147,7 +147,8 @@ impl Batch {
     pub(super) fn done_count(&self) -> usize {
         let finished = self.finished();
         let passed = self.pass.partition_point(|&index| index < finished);
-        finished - passed - self.failed.len()
+        let failed = self.failed.partition_point(|&(index, ..)| index < finished);
+        finished - passed - failed
     }
 
     /// The indices of the lines done: finished, run, and not failed.
@@ -397,5 +398,131 @@ impl Held {
 
     pub(super) fn is_empty(&self) -> bool {
         self.batches.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch_of(first: u64, lines: &[&str], pass: &[usize]) -> Batch {
+        let mut batch = Batch::default();
+        let offset = 100;
+        batch.reset(first, offset);
+        let mut at = offset;
+        for (index, text) in lines.iter().enumerate() {
+            let line = Line::new(text.as_bytes(), first + index as u64, at);
+            batch.push(&line, !pass.contains(&index));
+            at += text.len() as u64;
+        }
+        batch
+    }
+
+    #[test]
+    fn a_batch_gives_back_each_line_with_its_number_and_offset() {
+        let batch = batch_of(7, &["a\n", "bb\n", "ccc\n"], &[]);
+        let lines: Vec<_> = (0..batch.len())
+            .map(|index| {
+                let line = batch.line(index);
+                (line.raw().to_vec(), line.number(), line.offset())
+            })
+            .collect();
+        assert_eq!(
+            lines,
+            vec![
+                (b"a\n".to_vec(), 7, 100),
+                (b"bb\n".to_vec(), 8, 102),
+                (b"ccc\n".to_vec(), 9, 105)
+            ]
+        );
+        assert_eq!(
+            batch.finished_end(),
+            Some(Line::new(b"ccc\n", 9, 105).end_position())
+        );
+    }
+
+    #[test]
+    fn done_lines_leave_out_passed_failed_and_abandoned_lines() {
+        let mut batch = batch_of(1, &["a\n"; 8], &[1, 4]);
+        batch.failed.push((2, 3, "no".into()));
+        batch.failed.push((5, 1, "no".into()));
+        assert_eq!(batch.done_lines().collect::<Vec<_>>(), vec![0, 3, 6, 7]);
+        assert_eq!(batch.done_count(), 4);
+        batch.stopped_at = Some(6);
+        assert_eq!(batch.done_lines().collect::<Vec<_>>(), vec![0, 3]);
+        assert_eq!(batch.done_count(), 2);
+        assert_eq!(
+            batch.finished_end(),
+            Some(Line::new(b"a\n", 6, 110).end_position())
+        );
+        batch.stopped_at = Some(0);
+        assert_eq!(batch.finished_end(), None);
+        assert_eq!(batch.done_count(), 0);
+    }
+
+    #[test]
+    fn a_batch_of_only_passed_lines_runs_nothing() {
+        assert!(batch_of(1, &["a\n", "b\n"], &[0, 1]).runs_nothing());
+        assert!(!batch_of(1, &["a\n", "b\n"], &[1]).runs_nothing());
+    }
+
+    #[test]
+    fn batches_start_at_one_line_and_grow_by_doubling_to_a_batch_of_work() {
+        let mut sizer = Sizer::new(1000);
+        assert_eq!(sizer.len(), 1);
+        assert!(!sizer.inline());
+        // A task of 1 µs a line: 250 lines fit in a batch's work.
+        let mut lens = Vec::new();
+        for _ in 0..12 {
+            let len = sizer.len();
+            sizer.ran(len, Duration::from_micros(len as u64));
+            lens.push(sizer.len());
+        }
+        assert_eq!(lens[..8], [2, 4, 8, 16, 32, 64, 128, 250]);
+        assert_eq!(lens[11], 250);
+        // The task slows down to 1 ms: one line at once.
+        sizer.ran(1, Duration::from_millis(100));
+        assert_eq!(sizer.len(), 1);
+    }
+
+    #[test]
+    fn a_task_slower_than_a_batch_of_work_keeps_batches_of_one_line() {
+        let mut sizer = Sizer::new(1000);
+        for _ in 0..20 {
+            sizer.ran(1, BATCH_WORK + Duration::from_micros(1));
+            assert_eq!(sizer.len(), 1);
+        }
+    }
+
+    #[test]
+    fn slow_reading_shrinks_batches_and_the_largest_is_the_limit() {
+        let mut sizer = Sizer::new(64);
+        for _ in 0..20 {
+            let len = sizer.len();
+            sizer.ran(len, Duration::from_nanos(100 * len as u64));
+        }
+        assert_eq!(sizer.len(), 64);
+        // Lines come 100 µs apart: two fit in a batch's work.
+        for _ in 0..20 {
+            sizer.read(1, Duration::from_micros(100));
+        }
+        assert_eq!(sizer.len(), 2);
+    }
+
+    #[test]
+    fn only_a_batch_cheaper_than_a_hand_over_runs_inline() {
+        let mut sizer = Sizer::new(256);
+        for _ in 0..20 {
+            let len = sizer.len();
+            sizer.ran(len, Duration::from_nanos(5 * len as u64));
+        }
+        assert_eq!(sizer.len(), 256);
+        assert!(sizer.inline(), "256 lines of 5 ns");
+        let mut sizer = Sizer::new(256);
+        for _ in 0..20 {
+            let len = sizer.len();
+            sizer.ran(len, Duration::from_nanos(500 * len as u64));
+        }
+        assert!(!sizer.inline(), "256 lines of 500 ns");
     }
 }
