@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark 6: peak memory (maximum resident set size, from GNU time) of
-# `examples/tally.rs`, a sequential no-op run with the default group commit,
-# over 1,000,000 and 10,000,000 lines. The target is under 16 MiB at both
-# sizes, independent of the number of lines.
+# `examples/tally.rs`, a no-op run with the default group commit, over
+# 1,000,000 and 10,000,000 lines, with one worker and with 8. The target is
+# under 16 MiB in every case, independent of the number of lines.
 #
 #   bash benches/tally_memory.sh
 #
@@ -27,7 +27,7 @@ trap 'rm -rf "$work"' EXIT
 
 limit_kib=$((16 * 1024))
 status=0
-printf '%-12s %14s %10s\n' lines "max RSS (KiB)" "time (s)"
+printf '%-8s %-12s %14s %10s\n' workers lines "max RSS (KiB)" "time (s)"
 for lines in 1000000 10000000; do
     input="$work/input-$lines.txt"
     awk -v n="$lines" 'BEGIN {
@@ -35,15 +35,19 @@ for lines in 1000000 10000000; do
             printf "%010d https://example.org/records/item-%010d.json\n", i, (i * 48271) % 2147483647
     }' >"$input"
     [[ $(stat -c %s "$input") -eq $((lines * 60)) ]]
-    /usr/bin/time -v -o "$work/time-$lines.txt" "$tally" "$input" >"$work/out-$lines.txt"
-    grep -q "^this run:  $lines lines, $((lines * 60)) bytes" "$work/out-$lines.txt"
-    rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$work/time-$lines.txt")
-    wall=$(sed -n 's/.*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' "$work/time-$lines.txt")
-    printf '%-12s %14s %10s\n' "$lines" "$rss" "$wall"
-    if ((rss >= limit_kib)); then
-        echo "tally_memory: $lines lines took $rss KiB, over $limit_kib KiB" >&2
-        status=1
-    fi
+    for workers in 1 8; do
+        rm -f "$input.checkpoint" "$input.checkpoint.lock"
+        /usr/bin/time -v -o "$work/time-$lines.txt" "$tally" --workers "$workers" "$input" \
+            >"$work/out-$lines.txt"
+        grep -q "^this run:  $lines lines, $((lines * 60)) bytes" "$work/out-$lines.txt"
+        rss=$(sed -n 's/.*Maximum resident set size (kbytes): //p' "$work/time-$lines.txt")
+        wall=$(sed -n 's/.*Elapsed (wall clock) time (h:mm:ss or m:ss): //p' "$work/time-$lines.txt")
+        printf '%-8s %-12s %14s %10s\n' "$workers" "$lines" "$rss" "$wall"
+        if ((rss >= limit_kib)); then
+            echo "tally_memory: $workers workers, $lines lines took $rss KiB, over $limit_kib KiB" >&2
+            status=1
+        fi
+    done
     rm -f "$input" "$input.checkpoint" "$input.checkpoint.lock"
 done
 exit "$status"

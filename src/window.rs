@@ -21,7 +21,7 @@ pub(crate) struct Window {
     watermark: Position,
     /// The runs after the watermark, in input order, without gaps.
     runs: VecDeque<Run>,
-    /// Lines in `runs`, not counting those a stopped run finished.
+    /// Lines in `runs`.
     lines: usize,
     capacity: usize,
 }
@@ -139,14 +139,37 @@ impl Window {
         self.settle_at(index, 1, end)
     }
 
-    /// The run starting at `first` came back with its first `finished`
-    /// lines finished (all of them, unless a stop abandoned the rest); `end`
-    /// is the position after the last of them.
-    pub(crate) fn settle(&mut self, first: u64, finished: usize, end: Position) -> Finished {
-        match self.index_of(first) {
-            Some(index) if self.runs[index].first == first => self.settle_at(index, finished, end),
-            _ => Finished::Beyond,
+    /// The run starting at `first`, or its first `len` lines when the rest
+    /// runs on as a run of its own, came back with its first `finished`
+    /// lines finished (all of them, unless a stop abandoned the rest);
+    /// `end` is the position after the last of them.
+    pub(crate) fn settle(
+        &mut self,
+        first: u64,
+        len: usize,
+        finished: usize,
+        end: Position,
+    ) -> Finished {
+        let Some(index) = self
+            .index_of(first)
+            .filter(|&index| self.runs[index].first == first)
+        else {
+            return Finished::Beyond;
+        };
+        let watermark = self.watermark;
+        let run = &mut self.runs[index];
+        if len < run.len {
+            let rest = Run {
+                first: first + len as u64,
+                len: run.len - len,
+                finished: 0,
+                end: watermark,
+                settled: false,
+            };
+            run.len = len;
+            self.runs.insert(index + 1, rest);
         }
+        self.settle_at(index, finished, end)
     }
 
     fn settle_at(&mut self, index: usize, finished: usize, end: Position) -> Finished {
@@ -289,12 +312,12 @@ mod tests {
             (9, 0, 10)
         );
         assert!(window.contains(4) && window.contains(7) && !window.contains(10));
-        assert_eq!(window.settle(4, 4, ends[6]), Finished::Beyond);
+        assert_eq!(window.settle(4, 4, 4, ends[6]), Finished::Beyond);
         // Not the first line of a run: no such run.
-        assert_eq!(window.settle(2, 3, ends[2]), Finished::Beyond);
-        assert_eq!(window.settle(1, 3, ends[2]), Finished::Advanced(ends[6]));
+        assert_eq!(window.settle(2, 3, 3, ends[2]), Finished::Beyond);
+        assert_eq!(window.settle(1, 3, 3, ends[2]), Finished::Advanced(ends[6]));
         assert_eq!((window.len(), window.next_line()), (2, 10));
-        assert_eq!(window.settle(8, 2, ends[8]), Finished::Advanced(ends[8]));
+        assert_eq!(window.settle(8, 2, 2, ends[8]), Finished::Advanced(ends[8]));
         assert!(window.is_empty());
     }
 
@@ -305,15 +328,30 @@ mod tests {
         window.start_run(4);
         window.start_run(4);
         // The second run finished whole; the first stopped after two lines.
-        assert_eq!(window.settle(5, 4, ends[7]), Finished::Beyond);
-        assert_eq!(window.settle(1, 2, ends[1]), Finished::Advanced(ends[1]));
+        assert_eq!(window.settle(5, 4, 4, ends[7]), Finished::Beyond);
+        assert_eq!(window.settle(1, 4, 2, ends[1]), Finished::Advanced(ends[1]));
         assert_eq!(window.watermark(), ends[1]);
         // Lines 3 and 4 stay unfinished, and hold the window.
         assert!(window.contains(3) && !window.has_room());
         // A run stopped before its first line moves nothing.
         let mut window = Window::new(Position::start(), 8);
         window.start_run(4);
-        assert_eq!(window.settle(1, 0, Position::start()), Finished::Beyond);
+        assert_eq!(window.settle(1, 4, 0, Position::start()), Finished::Beyond);
         assert_eq!(window.watermark(), Position::start());
+    }
+
+    #[test]
+    fn a_run_handed_back_in_parts_is_split_and_each_part_settles() {
+        let ends = ends(6);
+        let mut window = Window::new(Position::start(), 6);
+        window.start_run(6);
+        // Lines 1-2 come back while 3-6 run on.
+        assert_eq!(window.settle(1, 2, 2, ends[1]), Finished::Advanced(ends[1]));
+        assert_eq!((window.len(), window.next_line()), (4, 7));
+        assert!(window.contains(3) && !window.contains(2));
+        // Then 3-4, then the last part.
+        assert_eq!(window.settle(3, 2, 2, ends[3]), Finished::Advanced(ends[3]));
+        assert_eq!(window.settle(5, 2, 2, ends[5]), Finished::Advanced(ends[5]));
+        assert!(window.is_empty());
     }
 }

@@ -16,20 +16,24 @@ use crate::position::Position;
 use crate::stop::StopToken;
 use crate::task::Task;
 
-use super::pool::{Outcome, Shared, panic_message};
+use super::pool::{Outcome, Shared, panic_message, run_once};
 
 /// The work a batch is sized to hold, in the wall time of its tasks.
 pub(super) const BATCH_WORK: Duration = Duration::from_micros(250);
 
-/// A batch of less work than this runs on the runner's thread: handing it to
-/// a worker would cost more than running it.
-const INLINE_WORK: Duration = Duration::from_micros(20);
+/// A task cheaper than this a line runs on the runner's thread (see
+/// [`Sizer::inline`]).
+const INLINE_TASK: Duration = Duration::from_nanos(30);
 
 /// How long the lines of a batch finished beyond the watermark wait for the
 /// lines before them to finish before they are recorded as done one by one.
 /// Batches of cheap lines usually come back within [`BATCH_WORK`] of each
 /// other, so most never need their own records.
 pub(super) const HOLD: Duration = Duration::from_millis(1);
+
+/// A batch running longer than this hands back its finished lines before
+/// its next line.
+pub(super) const SPLIT_AFTER: Duration = Duration::from_micros(500);
 
 /// A batch is closed once its bytes reach this, whatever its length.
 pub(super) const MAX_BATCH_BYTES: usize = 256 << 10;
@@ -59,6 +63,8 @@ pub(super) struct Batch {
     /// Lines whose task ran, and the wall time that took.
     ran: usize,
     busy: Duration,
+    /// Handed back early: the rest of the batch runs on.
+    continues: bool,
 }
 
 impl Batch {
@@ -74,6 +80,7 @@ impl Batch {
         self.stopped_at = None;
         self.ran = 0;
         self.busy = Duration::ZERO;
+        self.continues = false;
     }
 
     /// A batch of the one line `line`.
@@ -177,43 +184,131 @@ impl Batch {
         }
     }
 
-    /// Runs the task on each line to run, in order, until a stop. Backoff
-    /// waits on `sleeper`. A panic outside the task itself (an observer, an
-    /// error's `Display`) fails its line, so the batch always comes back.
-    pub(super) fn run<T: Task>(&mut self, shared: &Shared, task: &T, sleeper: &StopToken) {
-        let started = Instant::now();
-        let mut pass = self.pass.iter().copied().peekable();
-        let mut ran = 0;
-        for index in 0..self.ends.len() {
-            if pass.next_if_eq(&index).is_some() {
+    /// Runs the task on each line to run, in order, until a stop, and
+    /// returns the batch with what became of its lines. Backoff waits on
+    /// `sleeper`. A panic outside the task itself (an observer, an error's
+    /// `Display`) fails its line, so the batch always comes back.
+    ///
+    /// With `hand_back` (on a worker), the lines finished so far go back
+    /// early, and the rest runs as a batch of its own: before a line, once
+    /// the batch has run [`SPLIT_AFTER`] (lines of very different costs: a
+    /// slow one must not keep the quick ones before it unrecorded), and
+    /// before the retries of a failed line (their backoff may be long).
+    /// Then the last part is returned.
+    pub(super) fn run<T: Task>(
+        mut self,
+        shared: &Shared,
+        task: &T,
+        sleeper: &StopToken,
+        mut hand_back: Option<&mut dyn FnMut(Batch)>,
+    ) -> Batch {
+        let mut started = Instant::now();
+        // The clock is read every line for short batches (slow lines), every
+        // eighth for long ones (cheap lines).
+        let stride = if self.len() > 16 { 8 } else { 1 };
+        let (mut index, mut passed, mut ran) = (0, 0, 0);
+        while index < self.ends.len() {
+            if self.pass.get(passed) == Some(&index) {
+                passed += 1;
+                index += 1;
                 continue;
             }
             if shared.stopping() {
                 self.stopped_at = Some(index);
                 break;
             }
-            let line = self.line(index);
-            let line = shared.named(&line);
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                shared.attempt(task, &line, sleeper)
-            }))
-            .unwrap_or_else(|panic| Outcome::Failed {
-                attempts: 1,
-                error: panic_message(panic.as_ref()),
-            });
+            if index > 0 && index % stride == 0 && started.elapsed() >= SPLIT_AFTER {
+                if let Some(hand_back) = hand_back.as_deref_mut() {
+                    self = self.hand_back_before(index, ran, started, hand_back);
+                    (index, passed, ran, started) = (0, 0, 0, Instant::now());
+                    continue;
+                }
+            }
+            let first = {
+                let line = self.line(index);
+                let line = shared.named(&line);
+                match guard(|| shared.started(&line)) {
+                    Ok(()) => run_once(task, &line),
+                    // An observer's panic fails the line as a task's would.
+                    Err(panic) => Err(panic),
+                }
+            };
+            let outcome = match first {
+                Ok(Ok(())) => Outcome::Done,
+                first => {
+                    if index > 0 {
+                        if let Some(hand_back) = hand_back.as_deref_mut() {
+                            self = self.hand_back_before(index, ran, started, hand_back);
+                            (index, passed, ran, started) = (0, 0, 0, Instant::now());
+                        }
+                    }
+                    let line = self.line(index);
+                    let line = shared.named(&line);
+                    guard(|| shared.after_failure(task, &line, sleeper, first)).unwrap_or_else(
+                        |panic| Outcome::Failed {
+                            attempts: 1,
+                            error: panic_message(panic.as_ref()),
+                        },
+                    )
+                }
+            };
             ran += 1;
             match outcome {
                 Outcome::Done => {}
-                Outcome::Failed { attempts, error } => self.failed.push((index, attempts, error)),
+                Outcome::Failed { attempts, error } => {
+                    self.failed.push((index, attempts, error));
+                    shared.note_failure();
+                }
                 Outcome::Abandoned => {
                     self.stopped_at = Some(index);
                     break;
                 }
             }
+            index += 1;
         }
         self.ran = ran;
         self.busy = started.elapsed();
+        self
     }
+
+    /// Hands back lines `[0, at)` (run since `started`, `ran` of them by the
+    /// task) and returns the rest.
+    fn hand_back_before(
+        mut self,
+        at: usize,
+        ran: usize,
+        started: Instant,
+        hand_back: &mut dyn FnMut(Batch),
+    ) -> Batch {
+        let cut = self.ends[at - 1];
+        let split = self.pass.partition_point(|&index| index < at);
+        let rest = Batch {
+            first: self.first + at as u64,
+            offset: self.offset + cut as u64,
+            bytes: self.bytes[cut..].to_vec(),
+            ends: self.ends[at..].iter().map(|end| end - cut).collect(),
+            pass: self.pass[split..].iter().map(|index| index - at).collect(),
+            ..Batch::default()
+        };
+        self.bytes.truncate(cut);
+        self.ends.truncate(at);
+        self.pass.truncate(split);
+        self.ran = ran;
+        self.busy = started.elapsed();
+        self.continues = true;
+        hand_back(self);
+        rest
+    }
+
+    /// Whether the rest of this batch runs on as a batch of its own.
+    pub(super) fn continues(&self) -> bool {
+        self.continues
+    }
+}
+
+/// Runs `f`, catching a panic.
+fn guard<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
 }
 
 /// The indices of the done lines of a batch.
@@ -287,14 +382,13 @@ impl Sizer {
         self.len
     }
 
-    /// Whether the next batch costs less to run than to hand to a worker
-    /// (about two context switches and a wake-up): the runner then runs it
-    /// itself. Only a task of a few tens of nanoseconds a line, whose lines
-    /// are read slower than they run, gets there; with batches of any
-    /// other task the workers gain.
+    /// Whether the task is so cheap that handing its lines to a worker
+    /// (a wake-up and two context switches a batch, shared by at most a
+    /// few hundred lines) costs more than running them: a few tens of
+    /// nanoseconds a line. The runner then runs them itself, in order.
     pub(super) fn inline(&self) -> bool {
         self.task
-            .is_some_and(|task| task * (self.len as f64) < INLINE_WORK.as_nanos() as f64)
+            .is_some_and(|task| task < INLINE_TASK.as_nanos() as f64)
     }
 
     /// A batch came back: `ran` lines run in `busy`.
@@ -510,19 +604,45 @@ mod tests {
     }
 
     #[test]
-    fn only_a_batch_cheaper_than_a_hand_over_runs_inline() {
-        let mut sizer = Sizer::new(256);
-        for _ in 0..20 {
-            let len = sizer.len();
-            sizer.ran(len, Duration::from_nanos(5 * len as u64));
+    fn only_a_task_cheaper_than_a_hand_over_runs_inline() {
+        for (nanos, max, inline) in [(5, 256, true), (500, 256, false), (500, 1, false)] {
+            let mut sizer = Sizer::new(max);
+            for _ in 0..20 {
+                let len = sizer.len();
+                sizer.ran(len, Duration::from_nanos(nanos * len as u64));
+            }
+            assert_eq!(sizer.len(), max);
+            // Whatever the largest batch: a small window with many workers
+            // does not make a 500 ns task run inline.
+            assert_eq!(
+                sizer.inline(),
+                inline,
+                "{nanos} ns a line, batches of {max}"
+            );
         }
-        assert_eq!(sizer.len(), 256);
-        assert!(sizer.inline(), "256 lines of 5 ns");
-        let mut sizer = Sizer::new(256);
-        for _ in 0..20 {
-            let len = sizer.len();
-            sizer.ran(len, Duration::from_nanos(500 * len as u64));
-        }
-        assert!(!sizer.inline(), "256 lines of 500 ns");
+    }
+
+    #[test]
+    fn handing_back_part_of_a_batch_leaves_the_rest_with_its_own_lines() {
+        let mut batch = batch_of(10, &["a\n", "bb\n", "c\n", "dd\n", "e\n"], &[1, 3]);
+        batch.failed.push((0, 2, "no".into()));
+        let mut back = Vec::new();
+        let rest = batch.hand_back_before(2, 1, Instant::now(), &mut |part| back.push(part));
+        let [part] = &back[..] else {
+            panic!("{back:?}")
+        };
+        assert!(part.continues() && !rest.continues());
+        assert_eq!((part.first(), part.len(), part.failed().len()), (10, 2, 1));
+        assert_eq!(part.done_count(), 0);
+        assert_eq!(
+            (rest.first(), rest.len(), rest.pass.clone()),
+            (12, 3, vec![1])
+        );
+        let line = rest.line(1);
+        assert_eq!(
+            (line.raw(), line.number(), line.offset()),
+            (&b"dd\n"[..], 13, 107)
+        );
+        assert_eq!(rest.line(2).offset(), 110);
     }
 }

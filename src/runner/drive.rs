@@ -372,7 +372,7 @@ impl<'r, R: BufRead> WindowedLines<'r, R> {
         let end = batch
             .finished_end()
             .unwrap_or_else(|| self.window.watermark());
-        match self.window.settle(first, finished, end) {
+        match self.window.settle(first, batch.len(), finished, end) {
             Finished::Advanced(watermark) => {
                 run.checkpoint.commit(watermark)?;
                 self.recycle(batch);
@@ -399,9 +399,13 @@ impl<R: BufRead> Feed for WindowedLines<'_, R> {
         task: &T,
     ) -> Result<bool> {
         loop {
+            // Batches run inline can keep this loop going: it does what the
+            // pump's loop would between them.
+            run.check_stop();
+            run.note_sync();
             let len = self.sizer.len();
             let room = self.window.room();
-            if room == 0 || !exec.can_submit() {
+            if run.stopping() || room == 0 || !exec.can_submit() {
                 return Ok(false);
             }
             let (batch, long, end_of_input) = self.read_batch(run, len.min(room))?;
@@ -412,9 +416,14 @@ impl<R: BufRead> Feed for WindowedLines<'_, R> {
                 if batch.runs_nothing() {
                     self.settle_batch(run, batch)?;
                 } else if self.sizer.inline() {
-                    let mut batch = batch;
-                    batch.run(&run.shared, task, &run.shared.run_stop);
+                    // Backoff waits end with the user's stop: the thread
+                    // that would pass it on to `run_stop` is this one.
+                    let batch = batch.run(&run.shared, task, &run.shared.user_stop, None);
                     self.settle(run, batch)?;
+                    if exec.in_flight() > 0 {
+                        // Results from the workers are waiting.
+                        return Ok(false);
+                    }
                 } else {
                     exec.submit(batch, task, &run.shared);
                 }
@@ -636,6 +645,8 @@ impl<'r, 'c> RunState<'r, 'c> {
                 retry: runner.retry.clone(),
                 retried: AtomicU64::new(0),
                 input: input.map(Path::to_path_buf),
+                halt_after: runner.halt_after,
+                failures: AtomicU64::new(0),
             }),
             runner,
             checkpoint,

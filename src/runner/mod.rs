@@ -131,15 +131,22 @@ impl Report {
 ///   calling thread. The checkpoint's writer thread writes each finished
 ///   line within the [`write_delay`](Runner::write_delay) and syncs it
 ///   within the group's delay, even while the next line runs for long.
-/// - With `n` workers, lines run on `n` threads and finish in any order. Up
-///   to `2n` lines are handed to the workers at a time (running, queued, or
-///   finished with the result on its way back), so after a kill at most
-///   `2n` lines plus the commits of the last `write_delay` are done again
-///   (after a power loss, plus the unsynced group). The
-///   checkpoint records the low watermark (everything before it is finished)
-///   plus the lines finished beyond it, so a restart skips exactly the
-///   finished lines. At most [`window`](Runner::window) lines are in flight
-///   or finished beyond the watermark; a stuck line holds new lines back once
+/// - With `n` workers, lines run on `n` threads and finish in any order.
+///   They go to the workers in batches of consecutive lines, at most `2n`
+///   batches at a time (running, queued, or finished with the result on its
+///   way back). A batch holds one line when the task takes 250 µs or more,
+///   as measured during the run, and otherwise as many lines as take about
+///   that long, so a cheap task pays for a hand-over between threads once a
+///   batch, not once a line. After a kill, the lines in progress are done
+///   again: at most `2n` lines of a slow task, at most about 500 µs of work
+///   a worker of a cheap one, and never more than the window; plus the
+///   commits of the last `write_delay` (after a power loss, plus the
+///   unsynced group). The checkpoint records the low watermark (everything
+///   before it is finished) plus the lines finished beyond it (at once for
+///   a batch of one line, within 1 ms for longer batches, most of which the
+///   watermark passes first), so a restart skips exactly the finished
+///   lines. At most [`window`](Runner::window) lines are in flight or
+///   finished beyond the watermark; a stuck line holds new lines back once
 ///   the window is full. No line is recorded as finished before its task
 ///   returned.
 /// - A failing line is retried per the [`RetryPolicy`]; a line out of
@@ -262,6 +269,14 @@ impl Runner {
 
     /// Number of worker threads (default 1: strictly in order, on the
     /// calling thread).
+    ///
+    /// With more than one, the calling thread reads the lines and records
+    /// their results while the workers run them, in batches sized to about
+    /// 250 µs of the task's measured time (see [`Runner`]). A task so cheap
+    /// that handing a batch to another thread costs more than running it
+    /// (a few tens of nanoseconds a line) runs on the calling thread
+    /// instead, in order. Workers beyond the number of cores help tasks
+    /// that wait (I/O), not tasks that compute.
     #[must_use = "a builder method returns the changed builder"]
     pub fn workers(mut self, workers: usize) -> Runner {
         self.workers = workers.max(1);
@@ -270,7 +285,9 @@ impl Runner {
 
     /// Most lines in flight or finished beyond the watermark (default
     /// [`DEFAULT_WINDOW`](Runner::DEFAULT_WINDOW)); at least the number of
-    /// workers.
+    /// workers. A batch holds at most `window / (2 × workers)` lines, so
+    /// with many workers a larger window lets cheap tasks go in larger
+    /// batches.
     #[must_use = "a builder method returns the changed builder"]
     pub fn window(mut self, lines: usize) -> Runner {
         self.window = lines.max(1);

@@ -26,6 +26,11 @@ pub(super) struct Shared {
     pub(super) run_stop: StopToken,
     pub(super) retry: RetryPolicy,
     pub(super) retried: AtomicU64,
+    /// [`Runner::halt_after_failures`], and the lines the workers failed so
+    /// far: the worker that fails the last one stops the run at once,
+    /// rather than the rest of its batch and the others failing too.
+    pub(super) halt_after: Option<u64>,
+    pub(super) failures: AtomicU64,
     /// The input file, named in the lines the task sees (and so in their
     /// errors), whichever way they reach it.
     pub(super) input: Option<PathBuf>,
@@ -52,6 +57,15 @@ impl Shared {
         self.run_stop.is_stopped() || self.user_stop.is_stopped()
     }
 
+    /// A line failed for good on a worker.
+    pub(super) fn note_failure(&self) {
+        if let Some(limit) = self.halt_after {
+            if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= limit {
+                self.run_stop.stop();
+            }
+        }
+    }
+
     /// Runs the task on a line until it succeeds, fails for good, or the
     /// run stops. Backoff waits on `sleeper`, so a stop ends them at once.
     #[inline]
@@ -61,15 +75,21 @@ impl Shared {
         line: &Line<'_>,
         sleeper: &StopToken,
     ) -> Outcome {
+        self.started(line);
+        match run_once(task, line) {
+            Ok(Ok(())) => Outcome::Done,
+            first => self.after_failure(task, line, sleeper, first),
+        }
+    }
+
+    /// A line's task starts.
+    #[inline]
+    pub(super) fn started(&self, line: &Line<'_>) {
         if self.observer.is_some() {
             self.emit(&Event::Started {
                 line: line.number(),
                 offset: line.offset(),
             });
-        }
-        match run_once(task, line) {
-            Ok(Ok(())) => Outcome::Done,
-            first => self.after_failure(task, line, sleeper, first),
         }
     }
 
@@ -193,6 +213,9 @@ struct QueueState {
 /// once, not with the next ones.
 const SLOW_BATCH: Duration = Duration::from_millis(1);
 
+/// The longest a result handed back without a wake-up waits to be seen.
+const LAZY_WAIT: Duration = Duration::from_millis(1);
+
 impl Queue {
     fn new(workers: usize) -> Queue {
         Queue {
@@ -214,6 +237,16 @@ impl Queue {
         drop(state);
         if wake {
             self.work.notify_one();
+        }
+    }
+
+    /// Hands back part of a batch whose rest runs on.
+    fn hand_back(&self, batch: Batch) {
+        let mut state = self.lock();
+        let urgent = batch.timing().1 >= SLOW_BATCH;
+        state.back.push(batch);
+        if state.runner_waits && (urgent || state.queued.len() < self.low) {
+            self.results.notify_one();
         }
     }
 
@@ -250,14 +283,15 @@ impl Queue {
     }
 
     /// Moves the batches back into `into`, waiting up to `timeout` for one
-    /// if there are none.
+    /// if there are none. The wait ends after [`LAZY_WAIT`] at most, to pick
+    /// up the results handed back without a wake-up.
     fn take_back(&self, into: &mut VecDeque<Batch>, timeout: Duration) {
         let mut state = self.lock();
         if state.back.is_empty() {
             state.runner_waits = true;
             let (waited, _) = self
                 .results
-                .wait_timeout_while(state, timeout, |state| state.back.is_empty())
+                .wait_timeout_while(state, timeout.min(LAZY_WAIT), |state| state.back.is_empty())
                 .unwrap_or_else(PoisonError::into_inner);
             state = waited;
             state.runner_waits = false;
@@ -311,9 +345,9 @@ impl<'a> Exec<'a> {
             let shared = Arc::clone(shared);
             scope.spawn(move || {
                 let mut done = None;
-                while let Some(mut batch) = queue.swap(done.take()) {
-                    batch.run(&shared, task, &shared.run_stop);
-                    done = Some(batch);
+                while let Some(batch) = queue.swap(done.take()) {
+                    let mut hand_back = |part: Batch| queue.hand_back(part);
+                    done = Some(batch.run(&shared, task, &shared.run_stop, Some(&mut hand_back)));
                 }
             });
         }
@@ -345,11 +379,10 @@ impl<'a> Exec<'a> {
         }
     }
 
-    pub(super) fn submit<T: Task>(&mut self, mut batch: Batch, task: &T, shared: &Shared) {
+    pub(super) fn submit<T: Task>(&mut self, batch: Batch, task: &T, shared: &Shared) {
         match self {
             Exec::Inline { results, .. } => {
-                batch.run(shared, task, &shared.user_stop);
-                results.push_back(batch);
+                results.push_back(batch.run(shared, task, &shared.user_stop, None));
             }
             Exec::Pool {
                 queue, in_flight, ..
@@ -374,7 +407,9 @@ impl<'a> Exec<'a> {
                     queue.take_back(results, timeout);
                 }
                 let result = results.pop_front()?;
-                *in_flight -= 1;
+                if !result.continues() {
+                    *in_flight -= 1;
+                }
                 Some(result)
             }
         }
