@@ -31,6 +31,9 @@ const INLINE_TASK: Duration = Duration::from_nanos(30);
 /// other, so most never need their own records.
 pub(super) const HOLD: Duration = Duration::from_millis(1);
 
+/// A batch that ran this long is a slow task's (see [`Batch::is_slow`]).
+const SLOW_BATCH: Duration = Duration::from_millis(1);
+
 /// A batch running longer than this hands back its finished lines before
 /// its next line.
 pub(super) const SPLIT_AFTER: Duration = Duration::from_micros(500);
@@ -298,6 +301,13 @@ impl Batch {
         self.continues = true;
         hand_back(self);
         rest
+    }
+
+    /// Whether this is a slow task's batch, whose result the runner should
+    /// take at once: one line (a task of [`BATCH_WORK`] or more), or a run
+    /// of [`SLOW_BATCH`] or more.
+    pub(super) fn is_slow(&self) -> bool {
+        self.len() == 1 || self.busy >= SLOW_BATCH
     }
 
     /// Whether the rest of this batch runs on as a batch of its own.

@@ -185,9 +185,9 @@ pub(super) enum Outcome {
 /// idle workers and whether the runner waits, so that a hand-over costs no
 /// system call while every thread is busy.
 ///
-/// A worker wakes the runner for a result only when it matters soon: the
-/// batch took long (a slow task: its lines are recorded at once), or few
-/// batches are left queued (the workers are about to run dry). Cheap
+/// A worker wakes the runner for a result only when it matters soon: a
+/// slow task's (see [`Batch::is_slow`]: its lines are recorded at once), or
+/// when few batches are left queued (the workers are about to run dry). Cheap
 /// batches come back in groups, one wake-up for several; they still count
 /// as in flight until taken, which keeps the bound on what a kill repeats.
 pub(super) struct Queue {
@@ -208,10 +208,6 @@ struct QueueState {
     idle: usize,
     runner_waits: bool,
 }
-
-/// A batch that ran this long is a slow task's: its result is recorded at
-/// once, not with the next ones.
-const SLOW_BATCH: Duration = Duration::from_millis(1);
 
 /// The longest a result handed back without a wake-up waits to be seen.
 const LAZY_WAIT: Duration = Duration::from_millis(1);
@@ -243,7 +239,7 @@ impl Queue {
     /// Hands back part of a batch whose rest runs on.
     fn hand_back(&self, batch: Batch) {
         let mut state = self.lock();
-        let urgent = batch.timing().1 >= SLOW_BATCH;
+        let urgent = batch.is_slow();
         state.back.push(batch);
         if state.runner_waits && (urgent || state.queued.len() < self.low) {
             self.results.notify_one();
@@ -256,7 +252,7 @@ impl Queue {
         let mut state = self.lock();
         let mut urgent = false;
         if let Some(batch) = done {
-            urgent = batch.timing().1 >= SLOW_BATCH;
+            urgent = batch.is_slow();
             state.back.push(batch);
         }
         loop {
