@@ -12,7 +12,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use linemark::{Checkpoint, Event, Line, RetryPolicy, Runner, StopToken, permanent};
+use linemark::{Checkpoint, Event, Line, Report, RetryPolicy, Runner, StopToken, permanent};
 
 /// Long enough for the batches to grow to their largest.
 const LINES: usize = 50_000;
@@ -35,6 +35,16 @@ impl Tally {
             .entry(line.number())
             .or_insert_with(|| (0, line.as_str().unwrap().to_string()));
         entry.0 += 1;
+    }
+
+    /// Runs `runner` over `input`, noting every line.
+    fn run(&self, runner: Runner, input: &Path) -> Report {
+        runner
+            .run(input, |line| {
+                self.note(line);
+                Ok(())
+            })
+            .unwrap()
     }
 
     /// Checks that lines `1..=lines` each ran once, with their own content.
@@ -139,14 +149,7 @@ fn failed_lines_in_batches_are_recorded_as_their_own_and_retried_alone() {
     }
     // A retry runs exactly the failed lines.
     let tally = Tally::default();
-    let report = Runner::new()
-        .workers(4)
-        .retry_failed(true)
-        .run(&input, |line| {
-            tally.note(line);
-            Ok(())
-        })
-        .unwrap();
+    let report = tally.run(Runner::new().workers(4).retry_failed(true), &input);
     assert!(report.is_complete(), "{report:?}");
     let ran: Vec<u64> = tally.0.lock().unwrap().keys().copied().collect();
     assert_eq!(
@@ -176,13 +179,7 @@ fn a_stop_mid_batch_loses_nothing_and_repeats_nothing() {
             .unwrap();
         assert!(report.stopped, "{report:?}");
         assert!(report.done < LINES as u64);
-        let report = Runner::new()
-            .workers(workers)
-            .run(&input, |line| {
-                tally.note(line);
-                Ok(())
-            })
-            .unwrap();
+        let report = tally.run(Runner::new().workers(workers), &input);
         assert!(report.is_complete(), "{report:?}");
         tally.assert_each_once(LINES);
     }
@@ -206,6 +203,19 @@ fn shards_of_a_cheap_task_cover_every_line_once() {
         assert!(report.is_complete(), "{report:?}");
     }
     tally.assert_each_once(LINES);
+}
+
+/// Waits until `count` reaches `value` (a minute at most).
+fn wait_for(count: &AtomicU64, value: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while count.load(Ordering::SeqCst) < value {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {} of {value} after a minute",
+            count.load(Ordering::SeqCst)
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Line 1 blocks until released; the others are cheap.
@@ -234,16 +244,13 @@ fn a_stuck_line_holds_the_window_and_its_finished_followers_are_recorded_at_a_st
                 })
         });
         // The others run until the window is full, and no further.
-        let mut seen = 0;
-        loop {
-            std::thread::sleep(Duration::from_millis(20));
-            let now = others.load(Ordering::SeqCst);
-            if now == seen && now > 0 {
-                break;
-            }
-            seen = now;
-        }
-        assert_eq!(seen, WINDOW as u64 - 1, "lines run past the stuck one");
+        wait_for(&others, WINDOW as u64 - 1);
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            others.load(Ordering::SeqCst),
+            WINDOW as u64 - 1,
+            "lines run past the stuck one"
+        );
         stop.stop();
         release_tx.send(()).unwrap();
         run.join().unwrap()
@@ -254,14 +261,7 @@ fn a_stuck_line_holds_the_window_and_its_finished_followers_are_recorded_at_a_st
     // Line 1 finished after the stop: the watermark passed all of them.
     assert_eq!(report.position.line(), WINDOW as u64);
     let tally = Tally::default();
-    let report = Runner::new()
-        .workers(4)
-        .window(WINDOW)
-        .run(&input, |line| {
-            tally.note(line);
-            Ok(())
-        })
-        .unwrap();
+    let report = tally.run(Runner::new().workers(4).window(WINDOW), &input);
     assert_eq!(report.done, (LINES - WINDOW) as u64);
     let ran = tally.0.lock().unwrap();
     assert_eq!(ran.keys().next(), Some(&(WINDOW as u64 + 1)));
@@ -299,15 +299,8 @@ fn lines_finished_beyond_a_line_abandoned_by_a_stop_are_not_done_again() {
                     Ok(())
                 })
         });
-        let mut seen = 0;
-        loop {
-            std::thread::sleep(Duration::from_millis(20));
-            let now = others.load(Ordering::SeqCst);
-            if now == seen && now > 0 {
-                break;
-            }
-            seen = now;
-        }
+        // Line 1, and the window's other lines after line 2.
+        wait_for(&others, 300);
         stop.stop();
         run.join().unwrap()
     })
@@ -319,13 +312,7 @@ fn lines_finished_beyond_a_line_abandoned_by_a_stop_are_not_done_again() {
     assert_eq!(first_run, 300, "lines run");
     let snapshot = Checkpoint::inspect(&report.checkpoint).unwrap();
     assert_eq!(snapshot.done_beyond, (3..=301).collect::<Vec<u64>>());
-    let report = Runner::new()
-        .workers(4)
-        .run(&input, |line| {
-            tally.note(line);
-            Ok(())
-        })
-        .unwrap();
+    let report = tally.run(Runner::new().workers(4), &input);
     assert!(report.is_complete(), "{report:?}");
     tally.assert_each_once(LINES);
 }
@@ -411,4 +398,66 @@ fn a_stream_whose_next_line_waits_for_the_previous_result_does_not_deadlock() {
     writer.join().unwrap();
     assert!(writer_done.load(Ordering::SeqCst));
     assert_eq!(done.unwrap(), COUNT);
+}
+
+/// A line that fails and waits out a long backoff does not hold back the
+/// lines finished before it in its batch: they are handed back first, and
+/// recorded (their Done events come) long before the backoff ends.
+#[test]
+fn lines_before_a_retried_line_are_recorded_before_its_backoff_ends() {
+    const BACKOFF: Duration = Duration::from_secs(1);
+    let dir = tempfile::tempdir().unwrap();
+    let input = input_with(dir.path(), LINES);
+    let retried = |number: u64| number % 20_000 == 5_000;
+    let failed_once = Mutex::new(std::collections::HashSet::new());
+    let finished: Arc<Mutex<BTreeMap<u64, std::time::Instant>>> = Arc::default();
+    let late: Arc<Mutex<Vec<(u64, Duration)>>> = Arc::default();
+    let observer = {
+        let (finished, late) = (Arc::clone(&finished), Arc::clone(&late));
+        move |event: &Event<'_>| {
+            if let Event::Done { line, .. } = event {
+                if let Some(at) = finished.lock().unwrap().get(line) {
+                    late.lock().unwrap().push((*line, at.elapsed()));
+                }
+            }
+        }
+    };
+    let report = Runner::new()
+        .workers(2)
+        .retry(
+            RetryPolicy::new()
+                .max_attempts(2)
+                .initial_delay(BACKOFF)
+                .max_delay(BACKOFF)
+                .jitter(false),
+        )
+        .observer(observer)
+        .run(&input, |line| {
+            let number = line.number();
+            if retried(number) && failed_once.lock().unwrap().insert(number) {
+                return Err(io::Error::other("once").into());
+            }
+            // About a microsecond: too dear to run on the runner's thread.
+            let started = std::time::Instant::now();
+            while started.elapsed() < Duration::from_micros(1) {
+                std::hint::spin_loop();
+            }
+            if !retried(number) {
+                finished
+                    .lock()
+                    .unwrap()
+                    .insert(number, std::time::Instant::now());
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert!(report.is_complete(), "{report:?}");
+    assert_eq!(report.retried, 3);
+    let late = late.lock().unwrap();
+    assert_eq!(late.len(), LINES - 3);
+    let (line, worst) = late.iter().max_by_key(|(_, late)| *late).unwrap();
+    assert!(
+        *worst < BACKOFF / 2,
+        "line {line} was recorded {worst:?} after it finished"
+    );
 }

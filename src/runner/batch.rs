@@ -68,6 +68,8 @@ pub(super) struct Batch {
     busy: Duration,
     /// Handed back early: the rest of the batch runs on.
     continues: bool,
+    /// A line of it failed an attempt (and may have waited out a backoff).
+    troubled: bool,
 }
 
 impl Batch {
@@ -84,6 +86,7 @@ impl Batch {
         self.ran = 0;
         self.busy = Duration::ZERO;
         self.continues = false;
+        self.troubled = false;
     }
 
     /// A batch of the one line `line`.
@@ -176,6 +179,11 @@ impl Batch {
         (self.ran, self.busy)
     }
 
+    /// Whether a line of it failed an attempt.
+    pub(super) fn troubled(&self) -> bool {
+        self.troubled
+    }
+
     /// How a batch of one line ended, for a retry-failed run.
     pub(super) fn outcome(mut self) -> Outcome {
         if self.stopped_at.is_some() {
@@ -239,6 +247,7 @@ impl Batch {
             let outcome = match first {
                 Ok(Ok(())) => Outcome::Done,
                 first => {
+                    self.troubled = true;
                     if index > 0 {
                         if let Some(hand_back) = hand_back.as_deref_mut() {
                             self = self.hand_back_before(index, ran, started, hand_back);
@@ -373,6 +382,8 @@ pub(super) struct Sizer {
     read: Option<f64>,
     len: usize,
     max: usize,
+    /// No line has failed an attempt yet.
+    inline_ok: bool,
 }
 
 impl Sizer {
@@ -384,6 +395,7 @@ impl Sizer {
             read: None,
             len: 1,
             max: max.max(1),
+            inline_ok: true,
         }
     }
 
@@ -395,10 +407,20 @@ impl Sizer {
     /// Whether the task is so cheap that handing its lines to a worker
     /// (a wake-up and two context switches a batch, shared by at most a
     /// few hundred lines) costs more than running them: a few tens of
-    /// nanoseconds a line. The runner then runs them itself, in order.
+    /// nanoseconds a line. The runner then runs them itself, in order, until
+    /// a line fails an attempt (see [`failing`](Sizer::failing)).
     pub(super) fn inline(&self) -> bool {
-        self.task
-            .is_some_and(|task| task < INLINE_TASK.as_nanos() as f64)
+        self.inline_ok
+            && self
+                .task
+                .is_some_and(|task| task < INLINE_TASK.as_nanos() as f64)
+    }
+
+    /// A line failed an attempt: from now on no batch runs on the runner's
+    /// thread, where a retry's backoff would hold up every line (the worker
+    /// whose line waits holds up only its own batch).
+    pub(super) fn failing(&mut self) {
+        self.inline_ok = false;
     }
 
     /// A batch came back: `ran` lines run in `busy`.
@@ -629,6 +651,8 @@ mod tests {
                 inline,
                 "{nanos} ns a line, batches of {max}"
             );
+            sizer.failing();
+            assert!(!sizer.inline(), "after a failure");
         }
     }
 

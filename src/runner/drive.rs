@@ -447,6 +447,9 @@ impl<R: BufRead> Feed for WindowedLines<'_, R> {
     fn settle(&mut self, run: &mut RunState<'_, '_>, result: Batch) -> Result<()> {
         let (ran, busy) = result.timing();
         self.sizer.ran(ran, busy);
+        if result.troubled() {
+            self.sizer.failing();
+        }
         self.settle_batch(run, result)
     }
 
