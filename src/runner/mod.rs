@@ -275,7 +275,7 @@ impl Runner {
     /// 250 µs of the task's measured time (see [`Runner`]). A task so cheap
     /// that handing a batch to another thread costs more than running it
     /// (a few tens of nanoseconds a line) runs on the calling thread
-    /// instead, in order. Workers beyond the number of cores help tasks
+    /// instead, in order, until one of its lines fails an attempt. Workers beyond the number of cores help tasks
     /// that wait (I/O), not tasks that compute.
     #[must_use = "a builder method returns the changed builder"]
     pub fn workers(mut self, workers: usize) -> Runner {
