@@ -1,7 +1,7 @@
 //! A cloneable token to stop a run gracefully.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 /// Asks a run to stop gracefully: no new line starts, lines in progress
@@ -30,6 +30,8 @@ struct Inner {
     stopped: AtomicBool,
     lock: Mutex<()>,
     wake: Condvar,
+    /// Tokens that fire with this one (see [`StopToken::child`]).
+    children: Mutex<Vec<Weak<Inner>>>,
 }
 
 impl StopToken {
@@ -41,11 +43,27 @@ impl StopToken {
 
     /// Fires the token. Waits in progress (retry backoff) end at once.
     pub fn stop(&self) {
-        self.inner.stopped.store(true, Ordering::SeqCst);
-        // Taking the lock orders this with a waiter between its check and
-        // its wait, so the wake-up is not lost.
-        let _guard = self.inner.lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.inner.wake.notify_all();
+        self.inner.stop();
+    }
+
+    /// A token that fires when this one does, and can also fire alone: a
+    /// run's own stop, which the user's token, a halt and the end of the
+    /// run all fire, so that one wait ends with any of them.
+    pub(crate) fn child(&self) -> StopToken {
+        let child = StopToken::new();
+        let mut children = self
+            .inner
+            .children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        children.retain(|weak| weak.strong_count() > 0);
+        children.push(Arc::downgrade(&child.inner));
+        drop(children);
+        // Fired before the child was linked: the child fires too.
+        if self.is_stopped() {
+            child.stop();
+        }
+        child
     }
 
     /// Whether the token has fired.
@@ -83,6 +101,28 @@ impl StopToken {
     }
 }
 
+impl Inner {
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        {
+            // Taking the lock orders this with a waiter between its check
+            // and its wait, so the wake-up is not lost.
+            let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.wake.notify_all();
+        }
+        let children: Vec<Arc<Inner>> = self
+            .children
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for child in children {
+            child.stop();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +142,25 @@ mod tests {
     fn sleep_without_stop_times_out() {
         let token = StopToken::new();
         assert!(!token.sleep(Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn a_child_fires_with_its_parent_and_alone() {
+        let parent = StopToken::new();
+        let child = parent.child();
+        let sleeper = child.clone();
+        let handle = std::thread::spawn(move || sleeper.sleep(Duration::from_secs(60)));
+        parent.stop();
+        assert!(handle.join().unwrap());
+        assert!(child.is_stopped());
+        // Alone: the parent stays as it is.
+        let parent = StopToken::new();
+        let child = parent.child();
+        child.stop();
+        assert!(!parent.is_stopped());
+        // Made from a fired parent: fired.
+        let fired = StopToken::new();
+        fired.stop();
+        assert!(fired.child().is_stopped());
     }
 }

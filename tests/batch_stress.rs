@@ -3,44 +3,17 @@
 //! tasks run; halts, stops during a backoff, and how soon a finished line
 //! is recorded.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+mod batch_common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use linemark::{Line, RetryPolicy, Runner, StopToken};
 
-fn input_with(dir: &Path, lines: usize) -> PathBuf {
-    let path = dir.join("input.txt");
-    let text: String = (1..=lines).map(|n| format!("item-{n}\n")).collect();
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-/// After a run: every line the checkpoint calls finished (under the
-/// watermark and ours, not failed; or recorded done beyond it) ran Ok.
-fn assert_finished_lines_ran_ok(
-    round: u64,
-    checkpoint: &Path,
-    ok: &BTreeMap<u64, u32>,
-    owned: impl Fn(u64) -> bool,
-) {
-    let snap = linemark::Checkpoint::inspect(checkpoint).unwrap();
-    let failed: BTreeSet<u64> = snap.failed.iter().map(|f| f.line()).collect();
-    for l in (1..=snap.position.line()).filter(|&l| owned(l) && !failed.contains(&l)) {
-        assert!(
-            ok.contains_key(&l),
-            "round {round}: line {l} under the watermark never ran ok"
-        );
-    }
-    for l in &snap.done_beyond {
-        assert!(
-            ok.contains_key(l),
-            "round {round}: line {l} recorded done never ran ok"
-        );
-    }
-}
+use batch_common::{assert_finished_lines_ran_ok, input_with, run_file_or_stream, serial, spin};
 
 /// At the end: `counts` holds exactly the lines `expected`, once each, and
 /// the checkpoint is at the last line with nothing beyond it.
@@ -64,22 +37,6 @@ fn assert_once_each(
     let snap = linemark::Checkpoint::inspect(checkpoint).unwrap();
     assert!(snap.done_beyond.is_empty(), "round {round}");
     assert_eq!(snap.position.line(), lines);
-}
-
-/// The tests here load both cores; they run one at a time, so that the
-/// timing test among them measures the runner, not its neighbours.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn spin(d: Duration) {
-    let start = Instant::now();
-    while start.elapsed() < d {
-        std::hint::spin_loop();
-    }
 }
 
 /// `StopToken::stop` promises that waits in progress (retry backoff) end at
@@ -302,19 +259,15 @@ fn streams_shards_failures_and_stops_keep_records_and_events_exact() {
                 .shard(index, count)
                 .observer(observer)
                 .stop_token(stop.clone());
-            let report = if stream {
-                let file =
-                    std::io::BufReader::with_capacity(4096, std::fs::File::open(&input).unwrap());
-                runner.run_reader_task(file, &ckpt, &task).unwrap()
-            } else {
-                runner
-                    .checkpoint_path(&ckpt)
-                    .run_task(&input, &task)
-                    .unwrap()
-            };
+            let report = run_file_or_stream(runner, &input, &ckpt, stream.then_some(4096), &task);
             sum_done += report.done;
             sum_failed += report.failed;
-            assert_finished_lines_ran_ok(round, &ckpt, &ok_runs.lock().unwrap(), owned);
+            assert_finished_lines_ran_ok(
+                &format!("round {round}"),
+                &ckpt,
+                &ok_runs.lock().unwrap(),
+                owned,
+            );
             if !report.stopped {
                 break;
             }
@@ -401,17 +354,13 @@ fn long_lines_and_tiny_buffers_with_stops_keep_records_exact() {
                 .shard(index, count)
                 .observer(observer)
                 .stop_token(stop.clone());
-            let report = if stream {
-                let file =
-                    std::io::BufReader::with_capacity(cap, std::fs::File::open(&path).unwrap());
-                runner.run_reader_task(file, &ckpt, &task).unwrap()
-            } else {
-                runner
-                    .checkpoint_path(&ckpt)
-                    .run_task(&path, &task)
-                    .unwrap()
-            };
-            assert_finished_lines_ran_ok(round, &ckpt, &ok_runs.lock().unwrap(), owned);
+            let report = run_file_or_stream(runner, &path, &ckpt, stream.then_some(cap), &task);
+            assert_finished_lines_ran_ok(
+                &format!("round {round}"),
+                &ckpt,
+                &ok_runs.lock().unwrap(),
+                owned,
+            );
             if !report.stopped {
                 break;
             }

@@ -38,6 +38,10 @@ const SLOW_BATCH: Duration = Duration::from_millis(1);
 /// its next line.
 pub(super) const SPLIT_AFTER: Duration = Duration::from_micros(500);
 
+/// Lines that take this long or more are each timed by their worker (see
+/// [`Batch::run`]); cheaper ones, every eighth.
+const TIMED_LINE: Duration = Duration::from_micros(10);
+
 /// A batch is closed once its bytes reach this, whatever its length.
 pub(super) const MAX_BATCH_BYTES: usize = 256 << 10;
 
@@ -70,6 +74,9 @@ pub(super) struct Batch {
     continues: bool,
     /// A line of it failed an attempt (and may have waited out a backoff).
     troubled: bool,
+    /// Handed to a worker with more than one line: its result may come
+    /// back without waking the runner (see `pool.rs`).
+    lazy: bool,
 }
 
 impl Batch {
@@ -87,6 +94,7 @@ impl Batch {
         self.busy = Duration::ZERO;
         self.continues = false;
         self.troubled = false;
+        self.lazy = false;
     }
 
     /// A batch of the one line `line`.
@@ -214,10 +222,9 @@ impl Batch {
         mut hand_back: Option<&mut dyn FnMut(Batch)>,
     ) -> Batch {
         let mut started = Instant::now();
-        // The clock is read every line for short batches (slow lines), every
-        // eighth for long ones (cheap lines).
-        let stride = if self.len() > 16 { 8 } else { 1 };
         let (mut index, mut passed, mut ran) = (0, 0, 0);
+        // The lines run when the clock is next read.
+        let mut check_at = 1;
         while index < self.ends.len() {
             if self.pass.get(passed) == Some(&index) {
                 passed += 1;
@@ -228,11 +235,19 @@ impl Batch {
                 self.stopped_at = Some(index);
                 break;
             }
-            if index > 0 && index % stride == 0 && started.elapsed() >= SPLIT_AFTER {
+            // A worker reads the clock before a line: before every one once
+            // lines take TIMED_LINE or more, before every eighth while they
+            // are cheaper (a clock read costs a few percent of a microsecond).
+            if ran >= check_at {
                 if let Some(hand_back) = hand_back.as_deref_mut() {
-                    self = self.hand_back_before(index, ran, started, hand_back);
-                    (index, passed, ran, started) = (0, 0, 0, Instant::now());
-                    continue;
+                    let elapsed = started.elapsed();
+                    if elapsed >= SPLIT_AFTER {
+                        self = self.hand_back_before(index, ran, started, hand_back);
+                        (index, passed, ran, started, check_at) = (0, 0, 0, Instant::now(), 1);
+                        continue;
+                    }
+                    let cheap = elapsed < TIMED_LINE.saturating_mul(ran as u32);
+                    check_at = ran + if cheap { 8 } else { 1 };
                 }
             }
             let first = {
@@ -300,6 +315,7 @@ impl Batch {
             bytes: self.bytes[cut..].to_vec(),
             ends: self.ends[at..].iter().map(|end| end - cut).collect(),
             pass: self.pass[split..].iter().map(|index| index - at).collect(),
+            lazy: self.lazy,
             ..Batch::default()
         };
         self.bytes.truncate(cut);
@@ -317,6 +333,18 @@ impl Batch {
     /// of [`SLOW_BATCH`] or more.
     pub(super) fn is_slow(&self) -> bool {
         self.len() == 1 || self.busy >= SLOW_BATCH
+    }
+
+    /// Marks it handed to a worker; returns whether its result may come
+    /// back without waking the runner.
+    pub(super) fn mark_lazy(&mut self) -> bool {
+        self.lazy = self.len() > 1;
+        self.lazy
+    }
+
+    /// See [`mark_lazy`](Batch::mark_lazy).
+    pub(super) fn is_lazy(&self) -> bool {
+        self.lazy
     }
 
     /// Whether the rest of this batch runs on as a batch of its own.

@@ -13,7 +13,6 @@ use crate::failed::FailedLine;
 use crate::line::{Line, LineReader, LongLine, Next, Paused};
 use crate::position::Position;
 use crate::progress::Event;
-use crate::stop::StopToken;
 use crate::task::Task;
 use crate::window::{Finished, Window, finish_line};
 
@@ -118,7 +117,7 @@ impl Runner {
                     run.checkpoint.commit_read_line(line)?;
                     return Ok(true);
                 }
-                match shared.attempt(task, line, &shared.user_stop) {
+                match shared.attempt(task, line, &shared.run_stop) {
                     Outcome::Done => {
                         run.note_done(number, line.offset() + line.raw().len() as u64);
                         run.checkpoint.commit_read_line(line)?;
@@ -416,9 +415,7 @@ impl<R: BufRead> Feed for WindowedLines<'_, R> {
                 if batch.runs_nothing() {
                     self.settle_batch(run, batch)?;
                 } else if self.sizer.inline() {
-                    // Backoff waits end with the user's stop: the thread
-                    // that would pass it on to `run_stop` is this one.
-                    let batch = batch.run(&run.shared, task, &run.shared.user_stop, None);
+                    let batch = batch.run(&run.shared, task, &run.shared.run_stop, None);
                     self.settle(run, batch)?;
                     if exec.in_flight() > 0 {
                         // Results from the workers are waiting.
@@ -644,7 +641,7 @@ impl<'r, 'c> RunState<'r, 'c> {
             shared: Arc::new(Shared {
                 observer: runner.observer.clone(),
                 user_stop: runner.stop.clone(),
-                run_stop: StopToken::new(),
+                run_stop: runner.stop.child(),
                 retry: runner.retry.clone(),
                 retried: AtomicU64::new(0),
                 input: input.map(Path::to_path_buf),

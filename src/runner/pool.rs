@@ -21,8 +21,8 @@ use super::*;
 pub(super) struct Shared {
     pub(super) observer: Option<Arc<dyn Observer + Send>>,
     pub(super) user_stop: StopToken,
-    /// Fired by the runner when the user's token fires, the halt policy
-    /// applies or the run ends.
+    /// Fires with the user's token (a child of it), and when the halt
+    /// policy applies or the run ends: every backoff waits on it.
     pub(super) run_stop: StopToken,
     pub(super) retry: RetryPolicy,
     pub(super) retried: AtomicU64,
@@ -279,15 +279,14 @@ impl Queue {
     }
 
     /// Moves the batches back into `into`, waiting up to `timeout` for one
-    /// if there are none. The wait ends after [`LAZY_WAIT`] at most, to pick
-    /// up the results handed back without a wake-up.
+    /// if there are none.
     fn take_back(&self, into: &mut VecDeque<Batch>, timeout: Duration) {
         let mut state = self.lock();
         if state.back.is_empty() {
             state.runner_waits = true;
             let (waited, _) = self
                 .results
-                .wait_timeout_while(state, timeout.min(LAZY_WAIT), |state| state.back.is_empty())
+                .wait_timeout_while(state, timeout, |state| state.back.is_empty())
                 .unwrap_or_else(PoisonError::into_inner);
             state = waited;
             state.runner_waits = false;
@@ -318,6 +317,8 @@ pub(super) enum Exec<'a> {
         /// Results taken from the queue, not yet handed out.
         results: VecDeque<Batch>,
         in_flight: usize,
+        /// Batches out whose result may come back without a wake-up.
+        lazy: usize,
         limit: usize,
         _scope: std::marker::PhantomData<&'a ()>,
     },
@@ -352,6 +353,7 @@ impl<'a> Exec<'a> {
             queue,
             results: VecDeque::new(),
             in_flight: 0,
+            lazy: 0,
             // Two batches a worker keep every worker busy between results.
             limit: runner.workers * 2,
             _scope: std::marker::PhantomData,
@@ -378,11 +380,18 @@ impl<'a> Exec<'a> {
     pub(super) fn submit<T: Task>(&mut self, batch: Batch, task: &T, shared: &Shared) {
         match self {
             Exec::Inline { results, .. } => {
-                results.push_back(batch.run(shared, task, &shared.user_stop, None));
+                results.push_back(batch.run(shared, task, &shared.run_stop, None));
             }
             Exec::Pool {
-                queue, in_flight, ..
+                queue,
+                in_flight,
+                lazy,
+                ..
             } => {
+                let mut batch = batch;
+                if batch.mark_lazy() {
+                    *lazy += 1;
+                }
                 queue.push(batch);
                 *in_flight += 1;
             }
@@ -397,14 +406,25 @@ impl<'a> Exec<'a> {
                 queue,
                 results,
                 in_flight,
+                lazy,
                 ..
             } => {
                 if results.is_empty() {
+                    // Results handed back without a wake-up are picked up
+                    // within LAZY_WAIT; with none out, nothing is polled.
+                    let timeout = if *lazy > 0 {
+                        timeout.min(LAZY_WAIT)
+                    } else {
+                        timeout
+                    };
                     queue.take_back(results, timeout);
                 }
                 let result = results.pop_front()?;
                 if !result.continues() {
                     *in_flight -= 1;
+                    if result.is_lazy() {
+                        *lazy -= 1;
+                    }
                 }
                 Some(result)
             }
