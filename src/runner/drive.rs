@@ -430,7 +430,7 @@ impl<R: BufRead> Feed for WindowedLines<'_, R> {
                 self.window.start(end);
                 self.runner.long_line(run, &long)?;
                 run.finish(&mut self.window, end, false)?;
-                self.release_passed(run, None)?;
+                self.release_passed(run, Some(Instant::now()))?;
                 if run.stopping() {
                     return Ok(false);
                 }

@@ -362,6 +362,11 @@ impl Runner {
 
     /// Stops the run (like the stop token) once `failures` lines have
     /// failed in it. Default: failures never stop the run.
+    ///
+    /// With `n` workers, lines failing at the same moment on other threads
+    /// may take the count a little past `failures` (by fewer than `n + 1`);
+    /// the worker that fails the last line allowed stops the others at
+    /// once.
     #[must_use = "a builder method returns the changed builder"]
     pub fn halt_after_failures(mut self, failures: u64) -> Runner {
         self.halt_after = Some(failures.max(1));
