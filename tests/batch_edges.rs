@@ -90,12 +90,15 @@ fn a_sharded_batch_hands_back_its_finished_lines_when_the_task_slows() {
 /// line) inside a large batch, at most 8 slow lines run before the finished
 /// ones are handed back. (Without hand-backs they would wait for the whole
 /// batch: up to 120 slow lines here.)
+/// Time for the runner's thread to get a core from two busy workers.
+const SCHEDULING: Duration = Duration::from_millis(15);
+
 #[test]
 fn a_batch_whose_task_turns_slow_hands_back_within_eight_lines() {
     let _serial = serial();
     let (late, line) = worst_lateness_with(None, Duration::from_millis(2), 120);
     assert!(
-        late < 8 * Duration::from_millis(2) + Duration::from_millis(5),
+        late < 8 * Duration::from_millis(2) + SCHEDULING,
         "line {line} was recorded {late:?} after it finished (2 ms lines)"
     );
 }
