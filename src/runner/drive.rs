@@ -357,7 +357,7 @@ impl<'r, R: BufRead> WindowedLines<'r, R> {
 
     /// Settles a batch nobody ran (every line passed), or a batch back from
     /// a worker.
-    fn settle_batch(&mut self, run: &mut RunState<'_, '_>, mut batch: Batch) -> Result<()> {
+    fn settle_batch(&mut self, run: &mut RunState<'_, '_>, batch: Batch) -> Result<()> {
         let first = batch.first();
         if !self.window.contains(first) {
             return Ok(());
@@ -377,12 +377,9 @@ impl<'r, R: BufRead> WindowedLines<'r, R> {
                 self.recycle(batch);
             }
             Finished::Beyond => {
-                if let Some(back) =
-                    self.held
-                        .hold_or_record(run.checkpoint, batch, Instant::now())?
-                {
-                    batch = back;
-                    self.recycle(batch);
+                let now = Instant::now();
+                if let Some(back) = self.held.hold_or_record(run.checkpoint, batch, now)? {
+                    self.recycle(back);
                 }
             }
         }

@@ -236,33 +236,34 @@ impl Queue {
         }
     }
 
+    /// Wakes the runner for what is back if it matters soon (see the type's
+    /// docs): `urgent`, a slow task's result, or few batches left queued.
+    fn wake_runner_if(&self, state: &QueueState, urgent: bool) {
+        if state.runner_waits && (urgent || state.queued.len() < self.low) {
+            self.results.notify_one();
+        }
+    }
+
     /// Hands back part of a batch whose rest runs on.
     fn hand_back(&self, batch: Batch) {
         let mut state = self.lock();
         let urgent = batch.is_slow();
         state.back.push(batch);
-        if state.runner_waits && (urgent || state.queued.len() < self.low) {
-            self.results.notify_one();
-        }
+        self.wake_runner_if(&state, urgent);
     }
 
     /// Hands back `done` (if any) and takes the next batch, or `None` once
     /// the queue is closed.
     fn swap(&self, done: Option<Batch>) -> Option<Batch> {
         let mut state = self.lock();
-        let mut urgent = false;
-        if let Some(batch) = done {
-            urgent = batch.is_slow();
-            state.back.push(batch);
-        }
+        let urgent = done.as_ref().is_some_and(Batch::is_slow);
+        state.back.extend(done);
         loop {
             if state.closed {
                 return None;
             }
             if let Some(batch) = state.queued.pop_front() {
-                if state.runner_waits && (urgent || state.queued.len() < self.low) {
-                    self.results.notify_one();
-                }
+                self.wake_runner_if(&state, urgent);
                 return Some(batch);
             }
             // About to wait: whatever is back must not wait with it.
