@@ -100,6 +100,8 @@ pub use progress::{Event, Observer};
 pub use retry::RetryPolicy;
 pub use runner::{Report, Runner, SeekMode};
 pub use stop::StopToken;
+#[cfg(feature = "tokio")]
+pub use task::AsyncTask;
 pub use task::{BoxError, MAX_ERROR_LEN, Permanent, Task, permanent};
 pub use tracker::{Ticket, Tracker};
 

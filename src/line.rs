@@ -2,6 +2,7 @@
 
 use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::position::Position;
@@ -162,7 +163,19 @@ impl<'a> Line<'a> {
             raw: self.raw.into(),
             number: self.number,
             offset: self.offset,
-            path: self.path.map(Path::to_path_buf),
+            path: self.path.map(Arc::from),
+        }
+    }
+
+    /// A copy of the line that owns its bytes, naming `path` (shared, so a
+    /// copy costs no allocation for it).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn to_owned_in(&self, path: Option<&Arc<Path>>) -> OwnedLine {
+        OwnedLine {
+            raw: self.raw.into(),
+            number: self.number,
+            offset: self.offset,
+            path: path.cloned(),
         }
     }
 }
@@ -202,7 +215,7 @@ pub struct OwnedLine {
     raw: Box<[u8]>,
     number: u64,
     offset: u64,
-    path: Option<PathBuf>,
+    path: Option<Arc<Path>>,
 }
 
 impl OwnedLine {

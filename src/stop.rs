@@ -32,6 +32,9 @@ struct Inner {
     wake: Condvar,
     /// Tokens that fire with this one (see [`StopToken::child`]).
     children: Mutex<Vec<Weak<Inner>>>,
+    /// Wakes the futures waiting in [`StopToken::stopped`].
+    #[cfg(feature = "tokio")]
+    notify: tokio::sync::Notify,
 }
 
 impl StopToken {
@@ -99,6 +102,39 @@ impl StopToken {
             };
         }
     }
+
+    /// Waits until the token fires (at once if it has): for a task that
+    /// gives up a long wait of its own when the run stops.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use linemark::StopToken;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build()?.block_on(async {
+    /// let token = StopToken::new();
+    /// let firing = token.clone();
+    /// tokio::spawn(async move { firing.stop() });
+    /// token.stopped().await;
+    /// assert!(token.is_stopped());
+    /// # });
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[cfg(feature = "tokio")]
+    pub async fn stopped(&self) {
+        loop {
+            let notified = self.inner.notify.notified();
+            let mut notified = std::pin::pin!(notified);
+            // Registered before the check, so a stop between the check and
+            // the wait still wakes it.
+            notified.as_mut().enable();
+            if self.is_stopped() {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl Inner {
@@ -110,6 +146,8 @@ impl Inner {
             let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
             self.wake.notify_all();
         }
+        #[cfg(feature = "tokio")]
+        self.notify.notify_waiters();
         let children: Vec<Arc<Inner>> = self
             .children
             .lock()

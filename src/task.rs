@@ -4,6 +4,8 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
 
+#[cfg(feature = "tokio")]
+use crate::line::OwnedLine;
 use crate::line::Line;
 
 /// Any error, boxed: what a closure given to
@@ -122,6 +124,109 @@ where
 
     fn run(&self, line: &Line<'_>) -> Result<(), E> {
         self(line)
+    }
+}
+
+/// What an async job does with one line: [`Task`] for
+/// [`Runner::run_async_task`](crate::Runner::run_async_task), with the same
+/// error model. The future runs on the caller's tokio runtime, up to
+/// [`concurrency`](crate::Runner::concurrency) of them at once, and gets the
+/// line as an [`OwnedLine`], so it can move it into spawned work.
+///
+/// A closure `Fn(OwnedLine) -> impl Future<Output = Result<(), BoxError>>`
+/// runs with [`Runner::run_async`](crate::Runner::run_async) and marks an
+/// error not worth retrying with [`permanent`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use linemark::{AsyncTask, OwnedLine, Runner};
+///
+/// struct Lookup;
+///
+/// #[derive(Debug, thiserror::Error)]
+/// enum LookupError {
+///     #[error("no such id")]
+///     Missing,
+///     #[error("busy, retry in {0:?}")]
+///     Busy(Duration),
+/// }
+///
+/// impl AsyncTask for Lookup {
+///     type Error = LookupError;
+///
+///     async fn run(&self, line: OwnedLine) -> Result<(), LookupError> {
+///         tokio::task::yield_now().await; // ... a request for `line` ...
+///         if line.as_bytes().is_empty() { Err(LookupError::Missing) } else { Ok(()) }
+///     }
+///
+///     fn is_retryable(&self, error: &LookupError) -> bool {
+///         matches!(error, LookupError::Busy(_))
+///     }
+///
+///     fn retry_after(&self, error: &LookupError) -> Option<Duration> {
+///         match error {
+///             LookupError::Busy(after) => Some(*after),
+///             LookupError::Missing => None,
+///         }
+///     }
+/// }
+///
+/// # tokio::runtime::Builder::new_current_thread().enable_time().build()?.block_on(async {
+/// let dir = tempfile::tempdir()?;
+/// let input = dir.path().join("ids.txt");
+/// std::fs::write(&input, "17\n\n23\n")?;
+/// let report = Runner::new().run_async_task(&input, &Lookup).await?;
+/// assert_eq!((report.done, report.failed), (2, 1));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # })?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[cfg(feature = "tokio")]
+pub trait AsyncTask: Sync {
+    /// The task's own error type, as [`Task::Error`]; `Send`, as it is
+    /// the output of a future that may move between threads.
+    type Error: Into<BoxError> + Send;
+
+    /// Does the work for one line.
+    ///
+    /// # Errors
+    ///
+    /// Whatever went wrong; the runner retries it or records the line as
+    /// failed.
+    fn run(&self, line: OwnedLine) -> impl Future<Output = Result<(), Self::Error>> + Send;
+
+    /// As [`Task::is_retryable`] (default: yes).
+    fn is_retryable(&self, _error: &Self::Error) -> bool {
+        true
+    }
+
+    /// As [`Task::retry_after`] (default: no hint).
+    fn retry_after(&self, _error: &Self::Error) -> Option<Duration> {
+        None
+    }
+}
+
+/// A closure given to [`Runner::run_async`](crate::Runner::run_async), as
+/// an async task.
+#[cfg(feature = "tokio")]
+pub(crate) struct FnAsyncTask<F>(pub(crate) F);
+
+#[cfg(feature = "tokio")]
+impl<F, Fut> AsyncTask for FnAsyncTask<F>
+where
+    F: Fn(OwnedLine) -> Fut + Sync,
+    Fut: Future<Output = Result<(), BoxError>> + Send,
+{
+    type Error = BoxError;
+
+    fn run(&self, line: OwnedLine) -> impl Future<Output = Result<(), BoxError>> + Send {
+        (self.0)(line)
+    }
+
+    fn is_retryable(&self, error: &BoxError) -> bool {
+        !error.is::<Permanent>()
     }
 }
 

@@ -13,10 +13,9 @@ use crate::checkpoint::Checkpoint;
 use crate::error::Result;
 use crate::line::Line;
 use crate::position::Position;
-use crate::stop::StopToken;
 use crate::task::Task;
 
-use super::pool::{Outcome, Shared, panic_message, run_once};
+use super::pool::{LineTask, Outcome, Shared, SyncTask, now, panic_message};
 
 /// The work a batch is sized to hold, in the wall time of its tasks.
 pub(super) const BATCH_WORK: Duration = Duration::from_micros(250);
@@ -203,10 +202,21 @@ impl Batch {
         }
     }
 
+    /// [`run`](Batch::run) for a sync [`Task`], on this thread.
+    #[inline]
+    pub(super) fn run_sync<T: Task>(
+        self,
+        shared: &Shared,
+        task: &T,
+        hand_back: Option<&mut (dyn FnMut(Batch) + Send)>,
+    ) -> Batch {
+        now(self.run(shared, &SyncTask(task), hand_back))
+    }
+
     /// Runs the task on each line to run, in order, until a stop, and
     /// returns the batch with what became of its lines. Backoff waits on
-    /// `sleeper`. A panic outside the task itself (an observer, an error's
-    /// `Display`) fails its line, so the batch always comes back.
+    /// the run's stop. A panic outside the task itself (an observer, an
+    /// error's `Display`) fails its line, so the batch always comes back.
     ///
     /// With `hand_back` (on a worker), the lines finished so far go back
     /// early, and the rest runs as a batch of its own: before a line, once
@@ -214,12 +224,11 @@ impl Batch {
     /// slow one must not keep the quick ones before it unrecorded), and
     /// before the retries of a failed line (their backoff may be long).
     /// Then the last part is returned.
-    pub(super) fn run<T: Task>(
+    pub(super) async fn run<L: LineTask>(
         mut self,
         shared: &Shared,
-        task: &T,
-        sleeper: &StopToken,
-        mut hand_back: Option<&mut dyn FnMut(Batch)>,
+        task: &L,
+        mut hand_back: Option<&mut (dyn FnMut(Batch) + Send)>,
     ) -> Batch {
         let mut started = Instant::now();
         let (mut index, mut passed, mut ran) = (0, 0, 0);
@@ -254,7 +263,7 @@ impl Batch {
                 let line = self.line(index);
                 let line = shared.named(&line);
                 match guard(|| shared.started(&line)) {
-                    Ok(()) => run_once(task, &line),
+                    Ok(()) => task.attempt(&line).await,
                     // An observer's panic fails the line as a task's would.
                     Err(panic) => Err(panic),
                 }
@@ -271,12 +280,12 @@ impl Batch {
                     }
                     let line = self.line(index);
                     let line = shared.named(&line);
-                    guard(|| shared.after_failure(task, &line, sleeper, first)).unwrap_or_else(
-                        |panic| Outcome::Failed {
+                    Guarded::new(shared.after_failure(task, &line, first))
+                        .await
+                        .unwrap_or_else(|panic| Outcome::Failed {
                             attempts: 1,
                             error: panic_message(panic.as_ref()),
-                        },
-                    )
+                        })
                 }
             };
             ran += 1;
@@ -305,7 +314,7 @@ impl Batch {
         at: usize,
         ran: usize,
         started: Instant,
-        hand_back: &mut dyn FnMut(Batch),
+        hand_back: &mut (dyn FnMut(Batch) + Send),
     ) -> Batch {
         let cut = self.ends[at - 1];
         let split = self.pass.partition_point(|&index| index < at);
@@ -354,8 +363,34 @@ impl Batch {
 }
 
 /// Runs `f`, catching a panic.
-fn guard<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+pub(super) fn guard<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+}
+
+/// A future whose panics are caught: on the cold path of a failed line
+/// only, hence the box (pinning it in place takes `unsafe` or a crate).
+struct Guarded<F>(std::pin::Pin<Box<F>>);
+
+impl<F: Future> Guarded<F> {
+    fn new(future: F) -> Self {
+        Guarded(Box::pin(future))
+    }
+}
+
+impl<F: Future> Future for Guarded<F> {
+    type Output = std::thread::Result<F::Output>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let inner = self.0.as_mut();
+        match guard(|| inner.poll(cx)) {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(output)) => std::task::Poll::Ready(Ok(output)),
+            Err(panic) => std::task::Poll::Ready(Err(panic)),
+        }
+    }
 }
 
 /// The indices of the done lines of a batch.

@@ -52,13 +52,13 @@ impl Runner {
 
     /// The normal run: every line after the resume point, in order of
     /// reading, through the window.
-    pub(super) fn drive<R: BufRead, T: Task>(
+    pub(super) fn drive<R: BufRead, W: Work>(
         &self,
         checkpoint: &mut Checkpoint,
         lines: LineReader<R>,
         resumed: Position,
         input: Option<(&Path, u64)>,
-        task: &T,
+        work: &mut W,
     ) -> Result<Report> {
         let started = Instant::now();
         let input_len = input.map(|(_, len)| len);
@@ -84,14 +84,17 @@ impl Runner {
             resumed_at: resumed,
             failed_before: run.checkpoint.failed_count(),
         });
-        if self.workers == 1 {
-            self.drive_in_order(&mut run, lines, task)?;
-            return run.finish_run();
-        }
+        let lines = match work.in_order(self, &mut run, lines) {
+            Ok(result) => {
+                result?;
+                return run.finish_run();
+            }
+            Err(lines) => lines,
+        };
         let regular_file =
             input.is_some_and(|(path, _)| std::fs::metadata(path).is_ok_and(|meta| meta.is_file()));
         let mut source = WindowedLines::new(self, lines, resumed, regular_file);
-        self.pump(&mut run, task, &mut source)?;
+        work.pump(self, &mut run, &mut source)?;
         run.finish_run()
     }
 
@@ -117,7 +120,7 @@ impl Runner {
                     run.checkpoint.commit_read_line(line)?;
                     return Ok(true);
                 }
-                match shared.attempt(task, line, &shared.run_stop) {
+                match shared.attempt(task, line) {
                     Outcome::Done => {
                         run.note_done(number, line.offset() + line.raw().len() as u64);
                         run.checkpoint.commit_read_line(line)?;
@@ -159,12 +162,12 @@ impl Runner {
     }
 
     /// The retry-failed run: exactly the lines recorded as failed.
-    pub(super) fn drive_failed<S: BufRead + Seek, R: BufRead, T: Task>(
+    pub(super) fn drive_failed<S: BufRead + Seek, R: BufRead, W: Work>(
         &self,
         checkpoint: &mut Checkpoint,
         source: FailedSource<'_, S, R>,
         input: Option<(&Path, u64)>,
-        task: &T,
+        work: &mut W,
     ) -> Result<Report> {
         let started = Instant::now();
         let input_len = input.map(|(_, len)| len);
@@ -179,8 +182,64 @@ impl Runner {
             in_flight: HashMap::new(),
             abandoned: false,
         };
-        self.pump(&mut run, task, &mut source)?;
+        work.pump(self, &mut run, &mut source)?;
         run.finish_run()
+    }
+}
+
+/// How a run's tasks run: a sync [`Task`] on threads ([`SyncWork`]), or an
+/// async one on a runtime (`tokio.rs`). Everything else about a run (the
+/// window, skips, shards, records) is the same code for both.
+pub(super) trait Work {
+    /// Runs the lines in order on this thread, one by one, if that is how
+    /// this work runs them (a sync task with one worker); gives `lines`
+    /// back otherwise.
+    fn in_order<R: BufRead>(
+        &mut self,
+        runner: &Runner,
+        run: &mut RunState<'_, '_>,
+        lines: LineReader<R>,
+    ) -> std::result::Result<Result<()>, LineReader<R>>;
+
+    /// Feeds the lines of `source` to an executor and settles their
+    /// results until the lines run out or the run stops.
+    fn pump<F: Feed>(
+        &mut self,
+        runner: &Runner,
+        run: &mut RunState<'_, '_>,
+        source: &mut F,
+    ) -> Result<()>;
+}
+
+/// A sync task: on the calling thread with one worker, on scoped threads
+/// with more.
+pub(super) struct SyncWork<'t, T>(pub(super) &'t T);
+
+impl<T: Task> Work for SyncWork<'_, T> {
+    fn in_order<R: BufRead>(
+        &mut self,
+        runner: &Runner,
+        run: &mut RunState<'_, '_>,
+        lines: LineReader<R>,
+    ) -> std::result::Result<Result<()>, LineReader<R>> {
+        if runner.workers == 1 {
+            Ok(runner.drive_in_order(run, lines, self.0))
+        } else {
+            Err(lines)
+        }
+    }
+
+    fn pump<F: Feed>(
+        &mut self,
+        runner: &Runner,
+        run: &mut RunState<'_, '_>,
+        source: &mut F,
+    ) -> Result<()> {
+        let task = self.0;
+        std::thread::scope(|scope| {
+            let mut exec = Threads::new(runner, task, &run.shared, scope);
+            runner.pump(run, &mut exec, source)
+        })
     }
 }
 
@@ -188,12 +247,7 @@ impl Runner {
 pub(super) trait Feed {
     /// Submits batches while the executor takes them. Returns whether there
     /// are no more lines.
-    fn feed<T: Task>(
-        &mut self,
-        run: &mut RunState<'_, '_>,
-        exec: &mut Exec<'_>,
-        task: &T,
-    ) -> Result<bool>;
+    fn feed<E: Exec>(&mut self, run: &mut RunState<'_, '_>, exec: &mut E) -> Result<bool>;
 
     /// Records the result of one batch.
     fn settle(&mut self, run: &mut RunState<'_, '_>, result: Batch) -> Result<()>;
@@ -221,36 +275,33 @@ pub(super) trait Feed {
 impl Runner {
     /// Feeds lines to the workers and settles their results until the
     /// lines run out or the run stops, then waits for the lines in flight.
-    pub(super) fn pump<T: Task, F: Feed>(
+    pub(super) fn pump<E: Exec, F: Feed>(
         &self,
         run: &mut RunState<'_, '_>,
-        task: &T,
+        exec: &mut E,
         source: &mut F,
     ) -> Result<()> {
         let mut exhausted = false;
-        std::thread::scope(|scope| -> Result<()> {
-            let mut exec = Exec::new(self, task, &run.shared, scope);
-            loop {
-                run.check_stop();
-                if !run.stopping() && !exhausted {
-                    exhausted = source.feed(run, &mut exec, task)?;
-                }
-                if exec.in_flight() == 0 && (exhausted || run.stopping()) {
-                    source.close(run)?;
-                    run.reached_end = exhausted && source.all_settled();
-                    return Ok(());
-                }
-                let timeout = source.deadline().map_or(TICK, |deadline| {
-                    deadline.saturating_duration_since(Instant::now()).min(TICK)
-                });
-                match exec.next_result(timeout) {
-                    Some(result) => source.settle(run, result)?,
-                    None => run.checkpoint.flush_if_due()?,
-                }
-                source.tick(run)?;
-                run.note_sync();
+        loop {
+            run.check_stop();
+            if !run.stopping() && !exhausted {
+                exhausted = source.feed(run, exec)?;
             }
-        })
+            if exec.in_flight() == 0 && (exhausted || run.stopping()) {
+                source.close(run)?;
+                run.reached_end = exhausted && source.all_settled();
+                return Ok(());
+            }
+            let timeout = source.deadline().map_or(TICK, |deadline| {
+                deadline.saturating_duration_since(Instant::now()).min(TICK)
+            });
+            match exec.next_result(timeout) {
+                Some(result) => source.settle(run, result)?,
+                None => run.checkpoint.flush_if_due()?,
+            }
+            source.tick(run)?;
+            run.note_sync();
+        }
     }
 }
 
@@ -274,7 +325,8 @@ impl<'r, R: BufRead> WindowedLines<'r, R> {
         resumed: Position,
         regular_file: bool,
     ) -> Self {
-        let capacity = runner.window.max(runner.workers);
+        let window = runner.window.unwrap_or(Runner::DEFAULT_WINDOW);
+        let capacity = window.max(runner.workers);
         WindowedLines {
             runner,
             lines,
@@ -388,12 +440,7 @@ impl<'r, R: BufRead> WindowedLines<'r, R> {
 }
 
 impl<R: BufRead> Feed for WindowedLines<'_, R> {
-    fn feed<T: Task>(
-        &mut self,
-        run: &mut RunState<'_, '_>,
-        exec: &mut Exec<'_>,
-        task: &T,
-    ) -> Result<bool> {
+    fn feed<E: Exec>(&mut self, run: &mut RunState<'_, '_>, exec: &mut E) -> Result<bool> {
         loop {
             // Batches run inline can keep this loop going: it does what the
             // pump's loop would between them.
@@ -412,14 +459,18 @@ impl<R: BufRead> Feed for WindowedLines<'_, R> {
                 if batch.runs_nothing() {
                     self.settle_batch(run, batch)?;
                 } else if self.sizer.inline() {
-                    let batch = batch.run(&run.shared, task, &run.shared.run_stop, None);
-                    self.settle(run, batch)?;
-                    if exec.in_flight() > 0 {
-                        // Results from the workers are waiting.
-                        return Ok(false);
+                    match exec.run_here(batch) {
+                        Ok(batch) => {
+                            self.settle(run, batch)?;
+                            if exec.in_flight() > 0 {
+                                // Results from the workers are waiting.
+                                return Ok(false);
+                            }
+                        }
+                        Err(batch) => exec.submit(batch),
                     }
                 } else {
-                    exec.submit(batch, task, &run.shared);
+                    exec.submit(batch);
                 }
             }
             if let Some(long) = long {
@@ -473,17 +524,12 @@ pub(super) struct FailedLines<'a, S, R> {
 }
 
 impl<S: BufRead + Seek, R: BufRead> Feed for FailedLines<'_, S, R> {
-    fn feed<T: Task>(
-        &mut self,
-        run: &mut RunState<'_, '_>,
-        exec: &mut Exec<'_>,
-        task: &T,
-    ) -> Result<bool> {
+    fn feed<E: Exec>(&mut self, run: &mut RunState<'_, '_>, exec: &mut E) -> Result<bool> {
         while exec.can_submit() {
             match self.source.next_line()? {
                 None => return Ok(true),
                 Some((failed, Found::Line(line))) => {
-                    exec.submit(Batch::single(&line), task, &run.shared);
+                    exec.submit(Batch::single(&line));
                     self.in_flight.insert(failed.line(), failed);
                 }
                 Some((failed, Found::TooLong(long))) => {
@@ -641,7 +687,7 @@ impl<'r, 'c> RunState<'r, 'c> {
                 run_stop: runner.stop.child(),
                 retry: runner.retry.clone(),
                 retried: AtomicU64::new(0),
-                input: input.map(Path::to_path_buf),
+                input: input.map(Arc::from),
                 halt_after: runner.halt_after,
                 failures: AtomicU64::new(0),
             }),

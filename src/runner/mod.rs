@@ -18,11 +18,13 @@ use crate::retry::RetryPolicy;
 use crate::stop::StopToken;
 use crate::task::{BoxError, FnTask, Task};
 
+#[cfg(feature = "tokio")]
+mod async_run;
 mod batch;
 mod drive;
 mod pool;
 
-use drive::FailedSource;
+use drive::{FailedSource, SyncWork, Work};
 
 /// How a run finds where it left off in a file input. Stream inputs
 /// ([`Runner::run_reader`]) always count lines.
@@ -190,7 +192,11 @@ impl Report {
 pub struct Runner {
     checkpoint: Option<PathBuf>,
     workers: usize,
-    window: usize,
+    /// Unset: [`Runner::DEFAULT_WINDOW`] (a sync run), or at least twice
+    /// the concurrency (an async run).
+    window: Option<usize>,
+    #[cfg(feature = "tokio")]
+    concurrency: usize,
     checkpoint_options: CheckpointBuilder,
     retry: RetryPolicy,
     stop: StopToken,
@@ -208,7 +214,8 @@ impl std::fmt::Debug for Runner {
         f.debug_struct("Runner")
             .field("checkpoint", &self.checkpoint)
             .field("workers", &self.workers)
-            .field("window", &self.window)
+            .field("concurrency", &self.concurrency_setting())
+            .field("window", &self.window.unwrap_or(Runner::DEFAULT_WINDOW))
             .field("checkpoint_options", &self.checkpoint_options)
             .field("retry", &self.retry)
             .field("halt_after", &self.halt_after)
@@ -218,6 +225,16 @@ impl std::fmt::Debug for Runner {
             .field("seek", &self.seek)
             .field("verify_prefix", &self.verify_prefix)
             .finish_non_exhaustive()
+    }
+}
+
+impl Runner {
+    /// For `Debug`: the concurrency of an async run, when it can run one.
+    fn concurrency_setting(&self) -> Option<usize> {
+        #[cfg(feature = "tokio")]
+        return Some(self.concurrency);
+        #[cfg(not(feature = "tokio"))]
+        None
     }
 }
 
@@ -245,7 +262,9 @@ impl Runner {
         Runner {
             checkpoint: None,
             workers: 1,
-            window: Runner::DEFAULT_WINDOW,
+            window: None,
+            #[cfg(feature = "tokio")]
+            concurrency: 64,
             checkpoint_options: CheckpointBuilder::new(),
             retry: RetryPolicy::default(),
             stop: StopToken::new(),
@@ -290,7 +309,7 @@ impl Runner {
     /// batches.
     #[must_use = "a builder method returns the changed builder"]
     pub fn window(mut self, lines: usize) -> Runner {
-        self.window = lines.max(1);
+        self.window = Some(lines.max(1));
         self
     }
 
@@ -541,7 +560,11 @@ impl Runner {
     ///
     /// As [`run`](Runner::run).
     pub fn run_task<T: Task>(&self, input: impl AsRef<Path>, task: &T) -> Result<Report> {
-        let input = input.as_ref();
+        self.run_file_with(input.as_ref(), &mut SyncWork(task))
+    }
+
+    /// A run over the lines of the file `input`, whatever runs the tasks.
+    fn run_file_with<W: Work>(&self, input: &Path, work: &mut W) -> Result<Report> {
         let in_err = |err| Error::io(Some(input), "opening the input", err);
         let file = File::open(input).map_err(in_err)?;
         let input_len = file.metadata().map_err(in_err)?.len();
@@ -559,7 +582,7 @@ impl Runner {
                 limit: self.max_line_len,
             };
             return self
-                .drive_failed(&mut checkpoint, source, Some((input, input_len)), task)
+                .drive_failed(&mut checkpoint, source, Some((input, input_len)), work)
                 .map_err(|err| err.with_path(input));
         }
         let position = checkpoint.position();
@@ -594,7 +617,7 @@ impl Runner {
             lines,
             resumed,
             Some((input, input_len)),
-            task,
+            work,
         )
         .map_err(|err| err.with_path(input))
     }
@@ -644,22 +667,32 @@ impl Runner {
     /// As [`run`](Runner::run).
     pub fn run_reader_task<R: BufRead, T: Task>(
         &self,
-        mut reader: R,
+        reader: R,
         checkpoint: impl AsRef<Path>,
         task: &T,
     ) -> Result<Report> {
-        let mut checkpoint = self.open_checkpoint(checkpoint.as_ref().to_path_buf())?;
+        self.run_reader_with(reader, checkpoint.as_ref(), &mut SyncWork(task))
+    }
+
+    /// A run over the lines of a stream, whatever runs the tasks.
+    fn run_reader_with<R: BufRead, W: Work>(
+        &self,
+        mut reader: R,
+        checkpoint: &Path,
+        work: &mut W,
+    ) -> Result<Report> {
+        let mut checkpoint = self.open_checkpoint(checkpoint.to_path_buf())?;
         if self.retry_failed {
             let failed: Vec<FailedLine> = checkpoint.failed().collect();
             let source: FailedSource<'_, std::io::Empty, R> = FailedSource::Scan {
                 lines: self.line_reader(reader, Position::start()),
                 failed: failed.into(),
             };
-            return self.drive_failed(&mut checkpoint, source, None, task);
+            return self.drive_failed(&mut checkpoint, source, None, work);
         }
         let resumed = checkpoint.position().seek_lines(&mut reader)?;
         let lines = self.line_reader(reader, resumed);
-        self.drive(&mut checkpoint, lines, resumed, None, task)
+        self.drive(&mut checkpoint, lines, resumed, None, work)
     }
 
     fn open_checkpoint(&self, path: PathBuf) -> Result<Checkpoint> {

@@ -33,14 +33,14 @@ pub(super) struct Shared {
     pub(super) failures: AtomicU64,
     /// The input file, named in the lines the task sees (and so in their
     /// errors), whichever way they reach it.
-    pub(super) input: Option<PathBuf>,
+    pub(super) input: Option<Arc<Path>>,
 }
 
 impl Shared {
     /// `line`, naming the input file when there is one.
     pub(super) fn named<'a>(&'a self, line: &Line<'a>) -> Line<'a> {
         match (&self.input, line.path()) {
-            (Some(input), None) => line.with_path(input.as_path()),
+            (Some(input), None) => line.with_path(&**input),
             _ => *line,
         }
     }
@@ -67,18 +67,14 @@ impl Shared {
     }
 
     /// Runs the task on a line until it succeeds, fails for good, or the
-    /// run stops. Backoff waits on `sleeper`, so a stop ends them at once.
+    /// run stops. Backoff waits on the run's stop, so a stop ends them at
+    /// once.
     #[inline]
-    pub(super) fn attempt<T: Task>(
-        &self,
-        task: &T,
-        line: &Line<'_>,
-        sleeper: &StopToken,
-    ) -> Outcome {
+    pub(super) fn attempt<T: Task>(&self, task: &T, line: &Line<'_>) -> Outcome {
         self.started(line);
         match run_once(task, line) {
             Ok(Ok(())) => Outcome::Done,
-            first => self.after_failure(task, line, sleeper, first),
+            first => now(self.after_failure(&SyncTask(task), line, first)),
         }
     }
 
@@ -93,15 +89,15 @@ impl Shared {
         }
     }
 
-    /// The retries after a failed first attempt, kept out of the hot path.
+    /// The retries after a failed first attempt, kept out of the hot path:
+    /// the one set of rules for sync and async tasks alike.
     #[cold]
     #[inline(never)]
-    pub(super) fn after_failure<T: Task>(
+    pub(super) async fn after_failure<L: LineTask>(
         &self,
-        task: &T,
+        task: &L,
         line: &Line<'_>,
-        sleeper: &StopToken,
-        first: std::thread::Result<Result<(), T::Error>>,
+        first: Attempted<L::Error>,
     ) -> Outcome {
         let mut result = first;
         let mut attempt = 1u32;
@@ -132,13 +128,74 @@ impl Shared {
                 delay,
                 error: &message,
             });
-            if sleeper.sleep(delay) {
+            drop(message);
+            if task.sleep(&self.run_stop, delay).await {
                 return Outcome::Abandoned;
             }
             self.retried.fetch_add(1, Ordering::Relaxed);
             attempt += 1;
-            result = run_once(task, line);
+            result = task.attempt(line).await;
         }
+    }
+}
+
+/// One attempt's result: the task's, or the panic it raised.
+pub(super) type Attempted<E> = std::thread::Result<Result<(), E>>;
+
+/// A task as the runner drives it, sync or async: one attempt at a line,
+/// what its errors say, and how a backoff waits. The retry rules
+/// ([`Shared::after_failure`]) and the running of a batch
+/// ([`Batch::run`](super::batch::Batch::run)) are written once over it; a
+/// sync task's futures are always ready (see [`now`]).
+pub(super) trait LineTask: Sync {
+    type Error: Into<BoxError>;
+
+    /// One attempt of the task on `line`, a panic caught.
+    fn attempt(&self, line: &Line<'_>) -> impl Future<Output = Attempted<Self::Error>>;
+
+    fn is_retryable(&self, error: &Self::Error) -> bool;
+
+    fn retry_after(&self, error: &Self::Error) -> Option<Duration>;
+
+    /// Waits `delay`, or until `stop` fires; returns whether it fired.
+    fn sleep(&self, stop: &StopToken, delay: Duration) -> impl Future<Output = bool>;
+}
+
+/// A [`Task`], run on the thread that polls: its futures are ready at once.
+pub(super) struct SyncTask<'t, T>(pub(super) &'t T);
+
+impl<T: Task> LineTask for SyncTask<'_, T> {
+    type Error = T::Error;
+
+    #[inline]
+    fn attempt(&self, line: &Line<'_>) -> impl Future<Output = Attempted<T::Error>> {
+        std::future::ready(run_once(self.0, line))
+    }
+
+    fn is_retryable(&self, error: &T::Error) -> bool {
+        self.0.is_retryable(error)
+    }
+
+    fn retry_after(&self, error: &T::Error) -> Option<Duration> {
+        self.0.retry_after(error)
+    }
+
+    fn sleep(&self, stop: &StopToken, delay: Duration) -> impl Future<Output = bool> {
+        std::future::ready(stop.sleep(delay))
+    }
+}
+
+/// The output of a future that never waits: one a [`SyncTask`] drives,
+/// whose every `await` is on a ready future.
+#[inline]
+pub(super) fn now<F: Future>(future: F) -> F::Output {
+    let mut future = std::pin::pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    {
+        std::task::Poll::Ready(output) => output,
+        std::task::Poll::Pending => unreachable!("a sync task's future waited"),
     }
 }
 
@@ -306,13 +363,37 @@ impl Queue {
     }
 }
 
-/// Runs batches of lines: on the calling thread with one worker, on a pool
-/// otherwise.
-pub(super) enum Exec<'a> {
+/// Where batches of lines run: the driving loop
+/// ([`Runner::pump`](super::Runner::pump)) submits them and takes their
+/// results, whoever runs them.
+pub(super) trait Exec {
+    /// Batches out: running, queued, or back but not yet handed out.
+    fn in_flight(&self) -> usize;
+
+    /// Whether another batch may go out now.
+    fn can_submit(&self) -> bool;
+
+    fn submit(&mut self, batch: Batch);
+
+    /// The next result, waiting up to `timeout` for one.
+    fn next_result(&mut self, timeout: Duration) -> Option<Batch>;
+
+    /// Runs `batch` on the calling thread, when this executor can (see
+    /// [`Sizer::inline`](super::batch::Sizer::inline)); gives it back
+    /// otherwise.
+    fn run_here(&mut self, batch: Batch) -> std::result::Result<Batch, Batch>;
+}
+
+/// Runs batches of a [`Task`]: on the calling thread with one worker, on a
+/// pool of threads otherwise.
+pub(super) enum Threads<'a, T> {
     Inline {
+        task: &'a T,
+        shared: Arc<Shared>,
         results: VecDeque<Batch>,
     },
     Pool {
+        task: &'a T,
         shared: Arc<Shared>,
         queue: Arc<Queue>,
         /// Results taken from the queue, not yet handed out.
@@ -321,19 +402,20 @@ pub(super) enum Exec<'a> {
         /// Batches out whose result may come back without a wake-up.
         lazy: usize,
         limit: usize,
-        _scope: std::marker::PhantomData<&'a ()>,
     },
 }
 
-impl<'a> Exec<'a> {
-    pub(super) fn new<'scope, 'env, T: Task>(
+impl<'a, T: Task> Threads<'a, T> {
+    pub(super) fn new<'scope>(
         runner: &Runner,
-        task: &'env T,
+        task: &'a T,
         shared: &Arc<Shared>,
-        scope: &'scope std::thread::Scope<'scope, 'env>,
-    ) -> Exec<'a> {
+        scope: &'scope std::thread::Scope<'scope, 'a>,
+    ) -> Threads<'a, T> {
         if runner.workers == 1 {
-            return Exec::Inline {
+            return Threads::Inline {
+                task,
+                shared: Arc::clone(shared),
                 results: VecDeque::new(),
             };
         }
@@ -345,11 +427,12 @@ impl<'a> Exec<'a> {
                 let mut done = None;
                 while let Some(batch) = queue.swap(done.take()) {
                     let mut hand_back = |part: Batch| queue.hand_back(part);
-                    done = Some(batch.run(&shared, task, &shared.run_stop, Some(&mut hand_back)));
+                    done = Some(batch.run_sync(&shared, task, Some(&mut hand_back)));
                 }
             });
         }
-        Exec::Pool {
+        Threads::Pool {
+            task,
             shared: Arc::clone(shared),
             queue,
             results: VecDeque::new(),
@@ -357,33 +440,37 @@ impl<'a> Exec<'a> {
             lazy: 0,
             // Two batches a worker keep every worker busy between results.
             limit: runner.workers * 2,
-            _scope: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: Task> Exec for Threads<'_, T> {
+    fn in_flight(&self) -> usize {
+        match self {
+            Threads::Inline { results, .. } => results.len(),
+            Threads::Pool { in_flight, .. } => *in_flight,
         }
     }
 
-    /// Batches out: running, queued, or back but not yet handed out.
-    pub(super) fn in_flight(&self) -> usize {
+    fn can_submit(&self) -> bool {
         match self {
-            Exec::Inline { results, .. } => results.len(),
-            Exec::Pool { in_flight, .. } => *in_flight,
-        }
-    }
-
-    pub(super) fn can_submit(&self) -> bool {
-        match self {
-            Exec::Inline { results, .. } => results.is_empty(),
-            Exec::Pool {
+            Threads::Inline { results, .. } => results.is_empty(),
+            Threads::Pool {
                 in_flight, limit, ..
             } => in_flight < limit,
         }
     }
 
-    pub(super) fn submit<T: Task>(&mut self, batch: Batch, task: &T, shared: &Shared) {
+    fn submit(&mut self, batch: Batch) {
         match self {
-            Exec::Inline { results, .. } => {
-                results.push_back(batch.run(shared, task, &shared.run_stop, None));
+            Threads::Inline {
+                task,
+                shared,
+                results,
+            } => {
+                results.push_back(batch.run_sync(shared, *task, None));
             }
-            Exec::Pool {
+            Threads::Pool {
                 queue,
                 in_flight,
                 lazy,
@@ -399,11 +486,10 @@ impl<'a> Exec<'a> {
         }
     }
 
-    /// The next result, waiting up to `timeout` for one.
-    pub(super) fn next_result(&mut self, timeout: Duration) -> Option<Batch> {
+    fn next_result(&mut self, timeout: Duration) -> Option<Batch> {
         match self {
-            Exec::Inline { results, .. } => results.pop_front(),
-            Exec::Pool {
+            Threads::Inline { results, .. } => results.pop_front(),
+            Threads::Pool {
                 queue,
                 results,
                 in_flight,
@@ -431,15 +517,20 @@ impl<'a> Exec<'a> {
             }
         }
     }
+
+    fn run_here(&mut self, batch: Batch) -> std::result::Result<Batch, Batch> {
+        let (Threads::Inline { task, shared, .. } | Threads::Pool { task, shared, .. }) = self;
+        Ok(batch.run_sync(shared, *task, None))
+    }
 }
 
-impl Drop for Exec<'_> {
+impl<T> Drop for Threads<'_, T> {
     fn drop(&mut self) {
         // Ends the workers: queued batches are dropped, backoff waits end,
         // and the closed queue ends their loops.
         match self {
-            Exec::Inline { .. } => {}
-            Exec::Pool { shared, queue, .. } => {
+            Threads::Inline { .. } => {}
+            Threads::Pool { shared, queue, .. } => {
                 shared.run_stop.stop();
                 queue.close();
             }

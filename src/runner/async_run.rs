@@ -1,0 +1,637 @@
+//! The async runner: a run whose tasks are futures on the caller's tokio
+//! runtime.
+//!
+//! The run is the sync runner's, on a thread of its own (the driver): it
+//! reads the input, keeps the window, skips, shards, and writes and syncs
+//! the checkpoint, so that no file I/O ever blocks a runtime thread. Its
+//! batches of lines go to the future the caller awaits, which runs up to
+//! [`concurrency`](Runner::concurrency) of them at once (a line at a time
+//! each, in order) and sends each result back. A stream input is read by
+//! that future too, and handed to the driver in chunks.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::{self, BufRead};
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
+use std::task::Poll;
+use std::time::Duration;
+
+use futures_util::future::{Either, FutureExt, select};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+
+use crate::error::{Error, Result};
+use crate::line::{Line, LineReader, OwnedLine};
+use crate::stop::StopToken;
+use crate::task::{AsyncTask, BoxError, FnAsyncTask};
+
+use super::batch::Batch;
+use super::drive::{Feed, RunState, Work};
+use super::pool::{Attempted, Exec, LineTask, Shared};
+use super::{Report, Runner};
+
+/// The bytes of a stream input read at a time.
+const CHUNK: usize = 64 << 10;
+
+impl Runner {
+    /// Lines in flight at once in an async run (default 64, at least 1):
+    /// futures of the task awaiting at the same time. Thousands are fine;
+    /// a line in flight costs its future and a copy of the line, not a
+    /// thread.
+    ///
+    /// An async run keeps a [`window`](Runner::window) of at least twice
+    /// this many lines unless one is set.
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn concurrency(mut self, lines: usize) -> Runner {
+        self.concurrency = lines.max(1);
+        self
+    }
+
+    /// Runs the async closure `task` over the lines of the file `input`,
+    /// resuming from its checkpoint: [`run`](Runner::run) for futures.
+    ///
+    /// The closure takes an [`OwnedLine`] and returns a future of
+    /// `Result<(), BoxError>`, so `?` works on any error, and
+    /// `Err(permanent(error))` fails the line without retries. A type that
+    /// implements [`AsyncTask`] runs with
+    /// [`run_async_task`](Runner::run_async_task).
+    ///
+    /// Everything else is as in a sync run: the same checkpoint, verified
+    /// resume, window, retries (waiting on tokio's timer), failed lines and
+    /// [`retry_failed`](Runner::retry_failed), [`shard`](Runner::shard),
+    /// [`StopToken`], observer events and [`Report`]. Up to
+    /// [`concurrency`](Runner::concurrency) lines are in flight at once
+    /// (the setting of [`workers`](Runner::workers) is for sync runs).
+    /// The input is read, and the checkpoint written and synced, on a
+    /// thread of the run's own, never on a runtime thread; the runtime
+    /// needs its timer enabled (`#[tokio::main]` does), for the backoff.
+    ///
+    /// # Cancellation
+    ///
+    /// Dropping the future cancels the run: the lines in progress are
+    /// dropped with it, unrecorded, and done again by the next run, and
+    /// every line finished before is kept. The checkpoint is synced and
+    /// let go by the run's thread shortly after; a new run on the same
+    /// checkpoint in this process waits for that. To stop and have the
+    /// lines in progress finish, fire the [`StopToken`] and await the run.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use linemark::{OwnedLine, Runner};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build()?.block_on(async {
+    /// let dir = tempfile::tempdir()?;
+    /// let input = dir.path().join("urls.txt");
+    /// std::fs::write(&input, "https://example.com/a\nhttps://example.com/b\n")?;
+    /// let report = Runner::new()
+    ///     .concurrency(100)
+    ///     .run_async(&input, |line: OwnedLine| async move {
+    ///         let url = line.as_str()?;
+    ///         // ... `client.get(url).send().await?` ...
+    /// #       assert!(url.starts_with("https://"));
+    ///         Ok(())
+    ///     })
+    ///     .await?;
+    /// assert!(report.is_complete());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`run`](Runner::run).
+    ///
+    /// # Panics
+    ///
+    /// If the run's thread panics; a panic in the task only fails its
+    /// line.
+    pub async fn run_async<F, Fut>(&self, input: impl AsRef<Path>, task: F) -> Result<Report>
+    where
+        F: Fn(OwnedLine) -> Fut + Sync,
+        Fut: Future<Output = std::result::Result<(), BoxError>> + Send,
+    {
+        self.run_async_task(input, &FnAsyncTask(task)).await
+    }
+
+    /// Runs `task`, an [`AsyncTask`], over the lines of the file `input`,
+    /// as [`run_async`](Runner::run_async) does.
+    ///
+    /// # Errors
+    ///
+    /// As [`run`](Runner::run).
+    ///
+    /// # Panics
+    ///
+    /// As [`run_async`](Runner::run_async).
+    pub async fn run_async_task<T: AsyncTask>(
+        &self,
+        input: impl AsRef<Path>,
+        task: &T,
+    ) -> Result<Report> {
+        let input = input.as_ref().to_path_buf();
+        let checkpoint = self.checkpoint_for(&input);
+        let named: Arc<Path> = Arc::from(input.as_path());
+        let drive = move |runner: &Runner, work: &mut AsyncWork| runner.run_file_with(&input, work);
+        self.serve(task, Some(named), None::<tokio::io::Empty>, checkpoint, drive)
+            .await
+    }
+
+    /// Runs the async closure `task` (as in [`run_async`](Runner::run_async))
+    /// over the lines of an async stream (`tokio::io::stdin()`, a socket, a
+    /// decompressor), given from its first byte, with the checkpoint at
+    /// `checkpoint`: [`run_reader`](Runner::run_reader) for futures. The
+    /// stream is read by the future that runs the tasks and handed to the
+    /// run's thread in chunks.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use linemark::{OwnedLine, Runner};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build()?.block_on(async {
+    /// let dir = tempfile::tempdir()?;
+    /// let stream: &[u8] = b"a\nb\n"; // tokio::io::stdin() in a real program
+    /// let checkpoint = dir.path().join("stdin.checkpoint");
+    /// let report = Runner::new()
+    ///     .run_reader_async(stream, &checkpoint, |line: OwnedLine| async move {
+    ///         println!("{}", line.as_str()?);
+    ///         Ok(())
+    ///     })
+    ///     .await?;
+    /// assert_eq!(report.done, 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # })?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`run`](Runner::run).
+    ///
+    /// # Panics
+    ///
+    /// As [`run_async`](Runner::run_async).
+    pub async fn run_reader_async<R, F, Fut>(
+        &self,
+        reader: R,
+        checkpoint: impl AsRef<Path>,
+        task: F,
+    ) -> Result<Report>
+    where
+        R: AsyncRead + Unpin,
+        F: Fn(OwnedLine) -> Fut + Sync,
+        Fut: Future<Output = std::result::Result<(), BoxError>> + Send,
+    {
+        self.run_reader_async_task(reader, checkpoint, &FnAsyncTask(task))
+            .await
+    }
+
+    /// Runs `task`, an [`AsyncTask`], over the lines of an async stream, as
+    /// [`run_reader_async`](Runner::run_reader_async) does.
+    ///
+    /// # Errors
+    ///
+    /// As [`run`](Runner::run).
+    ///
+    /// # Panics
+    ///
+    /// As [`run_async`](Runner::run_async).
+    pub async fn run_reader_async_task<R: AsyncRead + Unpin, T: AsyncTask>(
+        &self,
+        reader: R,
+        checkpoint: impl AsRef<Path>,
+        task: &T,
+    ) -> Result<Report> {
+        let checkpoint = checkpoint.as_ref().to_path_buf();
+        let path = checkpoint.clone();
+        let drive = move |runner: &Runner, work: &mut AsyncWork| {
+            let chunks = work.chunks();
+            runner.run_reader_with(chunks, &path, work)
+        };
+        self.serve(task, None, Some(reader), checkpoint, drive)
+            .await
+    }
+
+    /// The sync runner that drives an async run, on its own thread: the
+    /// same settings, with a stop of its own (which the user's token fires,
+    /// and dropping the run's future).
+    fn driver(&self) -> (Runner, StopToken) {
+        let mut driver = self.clone();
+        let stop = self.stop.child();
+        driver.stop = stop.clone();
+        driver.workers = self.concurrency;
+        driver.window = Some(self.window.unwrap_or(Runner::DEFAULT_WINDOW.max(2 * self.concurrency)));
+        (driver, stop)
+    }
+
+    /// Starts the driver on its thread and runs the batches it sends until
+    /// it ends the run.
+    async fn serve<T, R, D>(
+        &self,
+        task: &T,
+        named: Option<Arc<Path>>,
+        mut reader: Option<R>,
+        checkpoint: PathBuf,
+        drive: D,
+    ) -> Result<Report>
+    where
+        T: AsyncTask,
+        R: AsyncRead + Unpin,
+        D: FnOnce(&Runner, &mut AsyncWork) -> Result<Report> + Send + 'static,
+    {
+        let (driver, stop) = self.driver();
+        let (orders_tx, mut orders) = unbounded_channel();
+        let (results, results_rx) = mpsc::channel();
+        let (reads_tx, mut reads) = unbounded_channel();
+        let (chunks_tx, chunks_rx) = mpsc::channel();
+        let mut work = AsyncWork {
+            orders: orders_tx,
+            reads: Some(reads_tx),
+            chunks: Some(chunks_rx),
+            results: results_rx,
+            limit: self.concurrency,
+        };
+        let (turn, before) = Turn::new(&checkpoint);
+        let ended = Arc::clone(&turn.ended);
+        let thread = std::thread::Builder::new()
+            .name("linemark-async".into())
+            .spawn(move || {
+                let _turn = turn;
+                wait_for(before);
+                let report = drive(&driver, &mut work);
+                // The checkpoint is closed, and its lock let go, by now.
+                let _ = work.orders.send(Order::End(report));
+            })
+            .map_err(|err| Error::io(None, "starting the run's thread", err))?;
+        // Dropping the run's future stops the driver, before the channels
+        // it waits on close.
+        let _cancel = Cancel(stop, ended);
+        let task = AsyncLines { task, named };
+        let reading = async {
+            let Some(reader) = reader.as_mut() else {
+                return std::future::pending().await;
+            };
+            while let Some(mut buf) = reads.recv().await {
+                buf.clear();
+                buf.reserve(CHUNK);
+                let read = reader.read_buf(&mut buf).await.map(|_| buf);
+                if chunks_tx.send(read).is_err() {
+                    break;
+                }
+            }
+            std::future::pending().await
+        };
+        let mut reading = pin!(reading);
+        let mut shared: Option<Arc<Shared>> = None;
+        let mut running = FuturesUnordered::new();
+        let ended = std::future::poll_fn(|cx| {
+            let _: Poll<()> = reading.as_mut().poll(cx);
+            loop {
+                match orders.poll_recv(cx) {
+                    Poll::Ready(Some(Order::Begin(begun))) => shared = Some(begun),
+                    Poll::Ready(Some(Order::Run(batch))) => {
+                        if let Some(shared) = &shared {
+                            running.push(run_batch(batch, Arc::clone(shared), &task, &results));
+                        }
+                    }
+                    Poll::Ready(Some(Order::End(report))) => return Poll::Ready(Some(report)),
+                    Poll::Ready(None) => return Poll::Ready(None),
+                    Poll::Pending => break,
+                }
+            }
+            while let Poll::Ready(Some(batch)) = running.poll_next_unpin(cx) {
+                // The driver is gone only after it sent the end.
+                let _ = results.send(batch);
+            }
+            Poll::Pending
+        })
+        .await;
+        match ended {
+            Some(report) => report,
+            // The driver ended without a word: it panicked.
+            None => match thread.join() {
+                Err(panic) => std::panic::resume_unwind(panic),
+                Ok(()) => unreachable!("the run's thread sends its end before it returns"),
+            },
+        }
+    }
+}
+
+/// From the driver to the future that runs the tasks.
+enum Order {
+    /// What the batches of the run share; sent before any batch.
+    Begin(Arc<Shared>),
+    Run(Batch),
+    /// The run is over, and its checkpoint closed.
+    End(Result<Report>),
+}
+
+/// One batch, a line at a time; the lines it finished before it ran long
+/// go back early (see [`Batch::run`]).
+async fn run_batch<T: AsyncTask>(
+    batch: Batch,
+    shared: Arc<Shared>,
+    task: &AsyncLines<'_, T>,
+    results: &mpsc::Sender<Batch>,
+) -> Batch {
+    let mut hand_back = |part: Batch| {
+        let _ = results.send(part);
+    };
+    batch.run(&shared, task, Some(&mut hand_back)).await
+}
+
+/// Fires the driver's stop when the run's future is dropped.
+struct Cancel(StopToken, Arc<Ended>);
+
+impl Drop for Cancel {
+    fn drop(&mut self) {
+        self.1.dropped.store(true, Ordering::SeqCst);
+        self.0.stop();
+    }
+}
+
+/// An [`AsyncTask`] as the runner drives it.
+struct AsyncLines<'t, T> {
+    task: &'t T,
+    /// The input file, named by every line (one allocation for all).
+    named: Option<Arc<Path>>,
+}
+
+impl<T: AsyncTask> LineTask for AsyncLines<'_, T> {
+    type Error = T::Error;
+
+    fn attempt(&self, line: &Line<'_>) -> impl Future<Output = Attempted<T::Error>> {
+        let line = line.to_owned_in(self.named.as_ref());
+        let future = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.task.run(line)));
+        async move {
+            match future {
+                Ok(future) => std::panic::AssertUnwindSafe(future).catch_unwind().await,
+                Err(panic) => Err(panic),
+            }
+        }
+    }
+
+    fn is_retryable(&self, error: &T::Error) -> bool {
+        self.task.is_retryable(error)
+    }
+
+    fn retry_after(&self, error: &T::Error) -> Option<Duration> {
+        self.task.retry_after(error)
+    }
+
+    async fn sleep(&self, stop: &StopToken, delay: Duration) -> bool {
+        let timer = pin!(tokio::time::sleep(delay));
+        let stopped = pin!(stop.stopped());
+        matches!(select(timer, stopped).await, Either::Right(_))
+    }
+}
+
+/// The driver's side of an async run: batches go to the runtime, results
+/// come back.
+pub(super) struct AsyncWork {
+    orders: UnboundedSender<Order>,
+    results: mpsc::Receiver<Batch>,
+    /// The stream's chunks, for [`chunks`](AsyncWork::chunks).
+    reads: Option<UnboundedSender<Vec<u8>>>,
+    chunks: Option<mpsc::Receiver<io::Result<Vec<u8>>>>,
+    limit: usize,
+}
+
+impl AsyncWork {
+    /// The stream input, as the runtime reads it.
+    fn chunks(&mut self) -> Chunks {
+        Chunks {
+            reads: self.reads.take(),
+            chunks: self.chunks.take(),
+            buf: Vec::new(),
+            pos: 0,
+            spare: Vec::with_capacity(CHUNK),
+            asked: false,
+            eof: false,
+        }
+    }
+}
+
+impl Work for AsyncWork {
+    fn in_order<R: BufRead>(
+        &mut self,
+        _runner: &Runner,
+        _run: &mut RunState<'_, '_>,
+        lines: LineReader<R>,
+    ) -> std::result::Result<Result<()>, LineReader<R>> {
+        Err(lines)
+    }
+
+    fn pump<F: Feed>(
+        &mut self,
+        runner: &Runner,
+        run: &mut RunState<'_, '_>,
+        source: &mut F,
+    ) -> Result<()> {
+        let shared = Arc::clone(&run.shared);
+        let _ = self.orders.send(Order::Begin(Arc::clone(&shared)));
+        let mut exec = Remote {
+            work: self,
+            shared,
+            in_flight: 0,
+            gone: false,
+        };
+        runner.pump(run, &mut exec, source)
+    }
+}
+
+/// Batches run on the runtime, as the driving loop sees them.
+struct Remote<'w> {
+    work: &'w mut AsyncWork,
+    shared: Arc<Shared>,
+    in_flight: usize,
+    /// The run's future was dropped: nothing comes back.
+    gone: bool,
+}
+
+impl Remote<'_> {
+    fn gone(&mut self) {
+        self.gone = true;
+        self.in_flight = 0;
+    }
+}
+
+impl Exec for Remote<'_> {
+    fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    fn can_submit(&self) -> bool {
+        !self.gone && self.in_flight < self.work.limit
+    }
+
+    fn submit(&mut self, batch: Batch) {
+        if self.work.orders.send(Order::Run(batch)).is_ok() {
+            self.in_flight += 1;
+        } else {
+            self.gone();
+        }
+    }
+
+    fn next_result(&mut self, timeout: Duration) -> Option<Batch> {
+        if self.gone {
+            return None;
+        }
+        match self.work.results.recv_timeout(timeout) {
+            Ok(batch) => {
+                if !batch.continues() {
+                    self.in_flight -= 1;
+                }
+                Some(batch)
+            }
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                self.gone();
+                None
+            }
+        }
+    }
+
+    fn run_here(&mut self, batch: Batch) -> std::result::Result<Batch, Batch> {
+        Err(batch)
+    }
+}
+
+impl Drop for Remote<'_> {
+    fn drop(&mut self) {
+        // The driving loop ended, maybe on an error: what still runs stops.
+        self.shared.run_stop.stop();
+    }
+}
+
+/// A stream read by the runtime, as a [`BufRead`] for the driver: the
+/// next chunk is asked for as soon as one arrives, so reading keeps a
+/// chunk ahead.
+struct Chunks {
+    reads: Option<UnboundedSender<Vec<u8>>>,
+    chunks: Option<mpsc::Receiver<io::Result<Vec<u8>>>>,
+    buf: Vec<u8>,
+    pos: usize,
+    spare: Vec<u8>,
+    /// A chunk was asked for and has not come.
+    asked: bool,
+    eof: bool,
+}
+
+impl Chunks {
+    fn ask(&mut self) {
+        if let Some(reads) = &self.reads {
+            if reads.send(std::mem::take(&mut self.spare)).is_ok() {
+                self.asked = true;
+            }
+        }
+    }
+}
+
+impl io::Read for Chunks {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let len = available.len().min(out.len());
+        out[..len].copy_from_slice(&available[..len]);
+        self.consume(len);
+        Ok(len)
+    }
+}
+
+impl BufRead for Chunks {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        if self.pos == self.buf.len() && !self.eof {
+            if !self.asked {
+                self.ask();
+            }
+            let gone = || io::Error::other("the async run ended");
+            let chunk = self.chunks.as_ref().ok_or_else(gone)?.recv();
+            self.asked = false;
+            let chunk = chunk.map_err(|_| gone())??;
+            self.spare = std::mem::replace(&mut self.buf, chunk);
+            self.pos = 0;
+            if self.buf.is_empty() {
+                self.eof = true;
+            } else {
+                self.ask();
+            }
+        }
+        Ok(&self.buf[self.pos..])
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.pos = (self.pos + amount).min(self.buf.len());
+    }
+}
+
+/// Async runs in this process on each checkpoint: a run whose future was
+/// dropped goes on closing its checkpoint on its thread for a moment, and
+/// a new run on the same checkpoint waits for that rather than find it
+/// locked.
+static TURNS: OnceLock<Mutex<HashMap<PathBuf, Arc<Ended>>>> = OnceLock::new();
+
+#[derive(Default)]
+struct Ended {
+    yes: Mutex<bool>,
+    wake: Condvar,
+    /// The run's future was dropped (or returned): its thread only closes
+    /// the checkpoint now.
+    dropped: AtomicBool,
+}
+
+/// A run's turn on its checkpoint, held by its driver thread.
+struct Turn {
+    key: PathBuf,
+    ended: Arc<Ended>,
+}
+
+impl Turn {
+    /// A new run's turn on `checkpoint`, and the run before it in this
+    /// process, if any.
+    fn new(checkpoint: &Path) -> (Turn, Option<Arc<Ended>>) {
+        let key = std::path::absolute(checkpoint).unwrap_or_else(|_| checkpoint.to_path_buf());
+        let ended = Arc::new(Ended::default());
+        let before = TURNS
+            .get_or_init(Mutex::default)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.clone(), Arc::clone(&ended));
+        (Turn { key, ended }, before)
+    }
+}
+
+/// Waits for the run `before` to close its checkpoint if its future is
+/// gone; a run still going holds the lock, and this one finds it locked.
+fn wait_for(before: Option<Arc<Ended>>) {
+    let Some(before) = before else { return };
+    if !before.dropped.load(Ordering::SeqCst) {
+        return;
+    }
+    let mut yes = before.yes.lock().unwrap_or_else(PoisonError::into_inner);
+    while !*yes {
+        yes = before.wake.wait(yes).unwrap_or_else(PoisonError::into_inner);
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let turns = TURNS.get_or_init(Mutex::default);
+        let mut turns = turns.lock().unwrap_or_else(PoisonError::into_inner);
+        if turns
+            .get(&self.key)
+            .is_some_and(|latest| Arc::ptr_eq(latest, &self.ended))
+        {
+            turns.remove(&self.key);
+        }
+        drop(turns);
+        *self.ended.yes.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.ended.wake.notify_all();
+    }
+}
