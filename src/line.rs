@@ -170,7 +170,7 @@ impl<'a> Line<'a> {
     /// A copy of the line that owns its bytes, naming `path` (shared, so a
     /// copy costs no allocation for it).
     #[cfg(feature = "tokio")]
-    pub(crate) fn to_owned_in(&self, path: Option<&Arc<Path>>) -> OwnedLine {
+    pub(crate) fn to_owned_in(self, path: Option<&Arc<Path>>) -> OwnedLine {
         OwnedLine {
             raw: self.raw.into(),
             number: self.number,

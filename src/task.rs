@@ -4,9 +4,9 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::time::Duration;
 
+use crate::line::Line;
 #[cfg(feature = "tokio")]
 use crate::line::OwnedLine;
-use crate::line::Line;
 
 /// Any error, boxed: what a closure given to
 /// [`Runner::run`](crate::Runner::run) returns. `?` converts every

@@ -14,8 +14,8 @@ use std::future::Future;
 use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
 use std::pin::pin;
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::task::Poll;
 use std::time::Duration;
@@ -71,6 +71,10 @@ impl Runner {
     /// thread of the run's own, never on a runtime thread; the runtime
     /// needs its timer enabled (`#[tokio::main]` does), for the backoff.
     ///
+    /// The future owns a copy of the runner's settings and of `input`,
+    /// and the closure: it can be stored, passed on or spawned (it is
+    /// `Send` when the closure's futures are).
+    ///
     /// # Cancellation
     ///
     /// Dropping the future cancels the run: the lines in progress are
@@ -112,12 +116,18 @@ impl Runner {
     ///
     /// If the run's thread panics; a panic in the task only fails its
     /// line.
-    pub async fn run_async<F, Fut>(&self, input: impl AsRef<Path>, task: F) -> Result<Report>
+    pub fn run_async<P, F, Fut>(
+        &self,
+        input: P,
+        task: F,
+    ) -> impl Future<Output = Result<Report>> + Send + use<P, F, Fut>
     where
-        F: Fn(OwnedLine) -> Fut + Sync,
+        P: AsRef<Path>,
+        F: Fn(OwnedLine) -> Fut + Send + Sync,
         Fut: Future<Output = std::result::Result<(), BoxError>> + Send,
     {
-        self.run_async_task(input, &FnAsyncTask(task)).await
+        let (runner, input) = (self.clone(), input.as_ref().to_path_buf());
+        async move { runner.serve_file(input, &FnAsyncTask(task)).await }
     }
 
     /// Runs `task`, an [`AsyncTask`], over the lines of the file `input`,
@@ -130,17 +140,28 @@ impl Runner {
     /// # Panics
     ///
     /// As [`run_async`](Runner::run_async).
-    pub async fn run_async_task<T: AsyncTask>(
+    pub fn run_async_task<'t, P: AsRef<Path>, T: AsyncTask>(
         &self,
-        input: impl AsRef<Path>,
-        task: &T,
-    ) -> Result<Report> {
-        let input = input.as_ref().to_path_buf();
+        input: P,
+        task: &'t T,
+    ) -> impl Future<Output = Result<Report>> + Send + use<'t, P, T> {
+        let (runner, input) = (self.clone(), input.as_ref().to_path_buf());
+        async move { runner.serve_file(input, task).await }
+    }
+
+    /// The run of [`run_async_task`](Runner::run_async_task).
+    async fn serve_file<T: AsyncTask>(self, input: PathBuf, task: &T) -> Result<Report> {
         let checkpoint = self.checkpoint_for(&input);
         let named: Arc<Path> = Arc::from(input.as_path());
         let drive = move |runner: &Runner, work: &mut AsyncWork| runner.run_file_with(&input, work);
-        self.serve(task, Some(named), None::<tokio::io::Empty>, checkpoint, drive)
-            .await
+        self.serve(
+            task,
+            Some(named),
+            None::<tokio::io::Empty>,
+            checkpoint,
+            drive,
+        )
+        .await
     }
 
     /// Runs the async closure `task` (as in [`run_async`](Runner::run_async))
@@ -178,19 +199,24 @@ impl Runner {
     /// # Panics
     ///
     /// As [`run_async`](Runner::run_async).
-    pub async fn run_reader_async<R, F, Fut>(
+    pub fn run_reader_async<R, P, F, Fut>(
         &self,
         reader: R,
-        checkpoint: impl AsRef<Path>,
+        checkpoint: P,
         task: F,
-    ) -> Result<Report>
+    ) -> impl Future<Output = Result<Report>> + Send + use<R, P, F, Fut>
     where
-        R: AsyncRead + Unpin,
-        F: Fn(OwnedLine) -> Fut + Sync,
+        R: AsyncRead + Unpin + Send,
+        P: AsRef<Path>,
+        F: Fn(OwnedLine) -> Fut + Send + Sync,
         Fut: Future<Output = std::result::Result<(), BoxError>> + Send,
     {
-        self.run_reader_async_task(reader, checkpoint, &FnAsyncTask(task))
-            .await
+        let (runner, checkpoint) = (self.clone(), checkpoint.as_ref().to_path_buf());
+        async move {
+            runner
+                .serve_reader(reader, checkpoint, &FnAsyncTask(task))
+                .await
+        }
     }
 
     /// Runs `task`, an [`AsyncTask`], over the lines of an async stream, as
@@ -203,13 +229,28 @@ impl Runner {
     /// # Panics
     ///
     /// As [`run_async`](Runner::run_async).
-    pub async fn run_reader_async_task<R: AsyncRead + Unpin, T: AsyncTask>(
+    pub fn run_reader_async_task<'t, R, P, T>(
         &self,
         reader: R,
-        checkpoint: impl AsRef<Path>,
+        checkpoint: P,
+        task: &'t T,
+    ) -> impl Future<Output = Result<Report>> + Send + use<'t, R, P, T>
+    where
+        R: AsyncRead + Unpin + Send,
+        P: AsRef<Path>,
+        T: AsyncTask,
+    {
+        let (runner, checkpoint) = (self.clone(), checkpoint.as_ref().to_path_buf());
+        async move { runner.serve_reader(reader, checkpoint, task).await }
+    }
+
+    /// The run of [`run_reader_async_task`](Runner::run_reader_async_task).
+    async fn serve_reader<R: AsyncRead + Unpin + Send, T: AsyncTask>(
+        self,
+        reader: R,
+        checkpoint: PathBuf,
         task: &T,
     ) -> Result<Report> {
-        let checkpoint = checkpoint.as_ref().to_path_buf();
         let path = checkpoint.clone();
         let drive = move |runner: &Runner, work: &mut AsyncWork| {
             let chunks = work.chunks();
@@ -227,14 +268,17 @@ impl Runner {
         let stop = self.stop.child();
         driver.stop = stop.clone();
         driver.workers = self.concurrency;
-        driver.window = Some(self.window.unwrap_or(Runner::DEFAULT_WINDOW.max(2 * self.concurrency)));
+        driver.window = Some(
+            self.window
+                .unwrap_or(Runner::DEFAULT_WINDOW.max(2 * self.concurrency)),
+        );
         (driver, stop)
     }
 
     /// Starts the driver on its thread and runs the batches it sends until
     /// it ends the run.
     async fn serve<T, R, D>(
-        &self,
+        self,
         task: &T,
         named: Option<Arc<Path>>,
         mut reader: Option<R>,
@@ -243,7 +287,7 @@ impl Runner {
     ) -> Result<Report>
     where
         T: AsyncTask,
-        R: AsyncRead + Unpin,
+        R: AsyncRead + Unpin + Send,
         D: FnOnce(&Runner, &mut AsyncWork) -> Result<Report> + Send + 'static,
     {
         let (driver, stop) = self.driver();
@@ -499,8 +543,13 @@ impl Exec for Remote<'_> {
         }
     }
 
-    fn run_here(&mut self, batch: Batch) -> std::result::Result<Batch, Batch> {
-        Err(batch)
+    fn runs_here(&self) -> bool {
+        // The driver never runs a task: an async task runs on the runtime.
+        false
+    }
+
+    fn run_here(&mut self, _batch: Batch) -> Batch {
+        unreachable!("an async task runs on the runtime")
     }
 }
 
@@ -616,7 +665,10 @@ fn wait_for(before: Option<Arc<Ended>>) {
     }
     let mut yes = before.yes.lock().unwrap_or_else(PoisonError::into_inner);
     while !*yes {
-        yes = before.wake.wait(yes).unwrap_or_else(PoisonError::into_inner);
+        yes = before
+            .wake
+            .wait(yes)
+            .unwrap_or_else(PoisonError::into_inner);
     }
 }
 
@@ -631,7 +683,11 @@ impl Drop for Turn {
             turns.remove(&self.key);
         }
         drop(turns);
-        *self.ended.yes.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        *self
+            .ended
+            .yes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = true;
         self.ended.wake.notify_all();
     }
 }

@@ -458,16 +458,12 @@ impl<R: BufRead> Feed for WindowedLines<'_, R> {
                 self.window.start_run(batch.len());
                 if batch.runs_nothing() {
                     self.settle_batch(run, batch)?;
-                } else if self.sizer.inline() {
-                    match exec.run_here(batch) {
-                        Ok(batch) => {
-                            self.settle(run, batch)?;
-                            if exec.in_flight() > 0 {
-                                // Results from the workers are waiting.
-                                return Ok(false);
-                            }
-                        }
-                        Err(batch) => exec.submit(batch),
+                } else if self.sizer.inline() && exec.runs_here() {
+                    let batch = exec.run_here(batch);
+                    self.settle(run, batch)?;
+                    if exec.in_flight() > 0 {
+                        // Results from the workers are waiting.
+                        return Ok(false);
                     }
                 } else {
                     exec.submit(batch);

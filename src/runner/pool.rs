@@ -378,10 +378,13 @@ pub(super) trait Exec {
     /// The next result, waiting up to `timeout` for one.
     fn next_result(&mut self, timeout: Duration) -> Option<Batch>;
 
-    /// Runs `batch` on the calling thread, when this executor can (see
-    /// [`Sizer::inline`](super::batch::Sizer::inline)); gives it back
-    /// otherwise.
-    fn run_here(&mut self, batch: Batch) -> std::result::Result<Batch, Batch>;
+    /// Whether it can run a batch on the calling thread (see
+    /// [`Sizer::inline`](super::batch::Sizer::inline)).
+    fn runs_here(&self) -> bool;
+
+    /// Runs `batch` on the calling thread; only if it
+    /// [`runs_here`](Exec::runs_here).
+    fn run_here(&mut self, batch: Batch) -> Batch;
 }
 
 /// Runs batches of a [`Task`]: on the calling thread with one worker, on a
@@ -518,9 +521,13 @@ impl<T: Task> Exec for Threads<'_, T> {
         }
     }
 
-    fn run_here(&mut self, batch: Batch) -> std::result::Result<Batch, Batch> {
+    fn runs_here(&self) -> bool {
+        true
+    }
+
+    fn run_here(&mut self, batch: Batch) -> Batch {
         let (Threads::Inline { task, shared, .. } | Threads::Pool { task, shared, .. }) = self;
-        Ok(batch.run_sync(shared, *task, None))
+        batch.run_sync(shared, *task, None)
     }
 }
 

@@ -289,6 +289,11 @@ pub fn example_binary(name: &str) -> PathBuf {
         .args(["build", "--quiet", "--example", name])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("CARGO_TARGET_DIR", target_dir);
+    // The features the tests were built with, so that the library is not
+    // built twice, and the examples that need a feature get it.
+    if cfg!(feature = "tokio") {
+        build.args(["--features", "tokio"]);
+    }
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy();
         let set_for_tests = key.starts_with("CARGO_PKG_")
