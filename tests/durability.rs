@@ -332,6 +332,11 @@ struct Torture {
     sleeps: bool,
     /// The most lines a kill may find in progress.
     in_progress: usize,
+    /// Lines that run at once: workers, or an async run's concurrency.
+    lanes: usize,
+    /// An async run (`run_async`, whose task awaits a tokio timer) rather
+    /// than a sync one with workers.
+    asynchronous: bool,
 }
 
 /// A task of 500 µs, a sleep so the figures do not depend on the CPU: its
@@ -344,6 +349,8 @@ const SLOW_TORTURE: Torture = Torture {
     task_time: Duration::from_micros(500),
     sleeps: true,
     in_progress: 2 * TORTURE_WORKERS,
+    lanes: TORTURE_WORKERS,
+    asynchronous: false,
 };
 
 /// A cheap task (5 µs of spinning, and the append): its lines go in
@@ -355,6 +362,23 @@ const CHEAP_TORTURE: Torture = Torture {
     task_time: Duration::from_micros(5),
     sleeps: false,
     in_progress: Runner::DEFAULT_WINDOW,
+    lanes: TORTURE_WORKERS,
+    asynchronous: false,
+};
+
+/// The async runner with 64 lines in flight, each awaiting a 1 ms tokio
+/// timer (batches of one line): a kill finds at most the lines in flight
+/// finished and unrecorded.
+#[cfg(feature = "tokio")]
+const ASYNC_TORTURE: Torture = Torture {
+    test_name: "sigkill_at_random_moments_of_an_async_run_repeats_only_lines_in_flight_and_one_write_delay",
+    kills: 20,
+    kill_after_ms: 30..=150,
+    task_time: Duration::from_millis(1),
+    sleeps: true,
+    in_progress: 64,
+    lanes: 64,
+    asynchronous: true,
 };
 
 /// SplitMix64: enough randomness for kill moments, reproducible from the
@@ -398,10 +422,14 @@ fn torture_child(torture: &Torture) {
         }
         append(&output, line)
     };
-    let report = Runner::new()
-        .workers(TORTURE_WORKERS)
-        .run_task(env_path(INPUT_VAR), &task)
-        .unwrap();
+    let report = if torture.asynchronous {
+        async_torture_run(torture, &output)
+    } else {
+        Runner::new()
+            .workers(torture.lanes)
+            .run_task(env_path(INPUT_VAR), &task)
+            .unwrap()
+    };
     // Lines done and microseconds taken, for the throughput.
     println!("{REPORT}{} {}", report.done, report.elapsed.as_micros());
 }
@@ -418,7 +446,7 @@ fn kill_torture(torture: &Torture) {
     // workers can do no more than one line per `task_time` each while the
     // children live. The rest is left for the final run, whose throughput
     // gives the bound.
-    let fastest_per_ms = (TORTURE_WORKERS as u128 * 1000 / torture.task_time.as_micros()) as u64;
+    let fastest_per_ms = (torture.lanes as u128 * 1000 / torture.task_time.as_micros()) as u64;
     let line_count = (kill_after.iter().sum::<u64>() * fastest_per_ms) as usize + 5_000;
     let input = Input::generated(line_count);
     let output = input.sibling("output.txt");
@@ -475,9 +503,11 @@ fn kill_torture(torture: &Torture) {
     let one_write_delay = (lines_per_s * (WRITE_DELAY + WRITER_WAKE_SLACK).as_secs_f64()).ceil();
     let bound = torture.in_progress + one_write_delay as usize;
     eprintln!(
-        "kill torture: {line_count} lines, {TORTURE_WORKERS} workers, a task of {} us ({}), \
+        "kill torture: {line_count} lines, {} lanes{}, a task of {} us ({}), \
          {} kills {}..={} ms after the start; final run: {done} lines in {} ms = \
          {lines_per_s:.0} lines/s",
+        torture.lanes,
+        if torture.asynchronous { " (async)" } else { "" },
         torture.task_time.as_micros(),
         if torture.sleeps {
             "a sleep"
@@ -532,6 +562,39 @@ fn sigkill_at_random_moments_with_a_cheap_task_repeats_at_most_the_window_and_on
         return torture_child(&CHEAP_TORTURE);
     }
     kill_torture(&CHEAP_TORTURE);
+}
+
+#[cfg(feature = "tokio")]
+#[test]
+fn sigkill_at_random_moments_of_an_async_run_repeats_only_lines_in_flight_and_one_write_delay() {
+    if child_role().as_deref() == Some("torture") {
+        return torture_child(&ASYNC_TORTURE);
+    }
+    kill_torture(&ASYNC_TORTURE);
+}
+
+/// The child's async run: each line awaits its timer, then is appended.
+#[cfg(feature = "tokio")]
+fn async_torture_run(torture: &Torture, output: &File) -> linemark::Report {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let run = Runner::new().concurrency(torture.lanes).run_async(
+        env_path(INPUT_VAR),
+        |line: linemark::OwnedLine| async move {
+            tokio::time::sleep(torture.task_time).await;
+            append(output, &line.as_line())?;
+            Ok(())
+        },
+    );
+    runtime.block_on(run).unwrap()
+}
+
+#[cfg(not(feature = "tokio"))]
+fn async_torture_run(_torture: &Torture, _output: &File) -> linemark::Report {
+    unreachable!("async tortures need the tokio feature")
 }
 
 // ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@
 //! each, in order) and sends each result back. A stream input is read by
 //! that future too, and handed to the driver in chunks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
@@ -44,8 +44,10 @@ impl Runner {
     /// a line in flight costs its future and a copy of the line, not a
     /// thread.
     ///
-    /// An async run keeps a [`window`](Runner::window) of at least twice
-    /// this many lines unless one is set.
+    /// An async run keeps a [`window`](Runner::window) of at least four
+    /// times this many lines unless one is set, and as many lines again as
+    /// are in flight wait their turn on the runtime, so that a line that
+    /// ends starts the next at once.
     #[must_use = "a builder method returns the changed builder"]
     pub fn concurrency(mut self, lines: usize) -> Runner {
         self.concurrency = lines.max(1);
@@ -270,7 +272,7 @@ impl Runner {
         driver.workers = self.concurrency;
         driver.window = Some(
             self.window
-                .unwrap_or(Runner::DEFAULT_WINDOW.max(2 * self.concurrency)),
+                .unwrap_or(Runner::DEFAULT_WINDOW.max(4 * self.concurrency)),
         );
         (driver, stop)
     }
@@ -300,7 +302,10 @@ impl Runner {
             reads: Some(reads_tx),
             chunks: Some(chunks_rx),
             results: results_rx,
-            limit: self.concurrency,
+            // A batch queued on the runtime for every one running, so that
+            // a line that ends starts the next without a round trip through
+            // the driver.
+            limit: 2 * self.concurrency,
         };
         let (turn, before) = Turn::new(&checkpoint);
         let ended = Arc::clone(&turn.ended);
@@ -335,16 +340,19 @@ impl Runner {
         let mut reading = pin!(reading);
         let mut shared: Option<Arc<Shared>> = None;
         let mut running = FuturesUnordered::new();
+        let mut queued = VecDeque::new();
+        let concurrency = self.concurrency;
         let ended = std::future::poll_fn(|cx| {
             let _: Poll<()> = reading.as_mut().poll(cx);
             loop {
                 match orders.poll_recv(cx) {
                     Poll::Ready(Some(Order::Begin(begun))) => shared = Some(begun),
-                    Poll::Ready(Some(Order::Run(batch))) => {
-                        if let Some(shared) = &shared {
+                    Poll::Ready(Some(Order::Run(batch))) => match &shared {
+                        Some(shared) if running.len() < concurrency => {
                             running.push(run_batch(batch, Arc::clone(shared), &task, &results));
                         }
-                    }
+                        _ => queued.push_back(batch),
+                    },
                     Poll::Ready(Some(Order::End(report))) => return Poll::Ready(Some(report)),
                     Poll::Ready(None) => return Poll::Ready(None),
                     Poll::Pending => break,
@@ -353,6 +361,9 @@ impl Runner {
             while let Poll::Ready(Some(batch)) = running.poll_next_unpin(cx) {
                 // The driver is gone only after it sent the end.
                 let _ = results.send(batch);
+                if let (Some(next), Some(shared)) = (queued.pop_front(), &shared) {
+                    running.push(run_batch(next, Arc::clone(shared), &task, &results));
+                }
             }
             Poll::Pending
         })
