@@ -27,7 +27,8 @@
 //! A status that is not 2xx is an error. A 4xx other than 408 and 429 is
 //! permanent: the line is recorded as failed at once. A 408, a 429, a 5xx,
 //! a connection error or a timeout is retried `--retries` more times with
-//! exponential backoff, then recorded as failed. Failed lines are printed
+//! exponential backoff (or after the `Retry-After` seconds of a 429 or
+//! 503), then recorded as failed. Failed lines are printed
 //! as they fail, and listed in the checkpoint.
 //!
 //! Progress goes to a checkpoint file (default `URLS.checkpoint`). Ctrl-C
@@ -48,7 +49,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use linemark::{BoxError, Event, OwnedLine, Report, RetryPolicy, Runner, StopToken, permanent};
+use linemark::{
+    BoxError, Event, OwnedLine, Report, RetryPolicy, Runner, StopToken, permanent, retry_after,
+};
 use reqwest::{Client, StatusCode, Url};
 use tokio::io::AsyncWriteExt;
 
@@ -171,10 +174,17 @@ async fn fetch(client: &Client, out: &Path, line: OwnedLine) -> Result<(), BoxEr
     let status = response.status();
     if !status.is_success() {
         let error: BoxError = format!("{url}: HTTP {status}").into();
-        return Err(if is_retryable(status) {
-            error
-        } else {
-            permanent(error)
+        if !is_retryable(status) {
+            return Err(permanent(error));
+        }
+        // A 429 or 503 may say when to ask again, in seconds.
+        let after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok()?.trim().parse().ok());
+        return Err(match after {
+            Some(seconds) => retry_after(error, Duration::from_secs(seconds)),
+            None => error,
         });
     }
     let part = out.join(format!("{name}.part"));

@@ -18,6 +18,10 @@
 //!   ([`RetryPolicy`], [`permanent`] errors), failed lines that can be
 //!   [rerun](Runner::retry_failed), graceful stop ([`StopToken`]), progress
 //!   events ([`Observer`]) and [sharding](Runner::shard).
+//! - With the `tokio` feature, `Runner::run_async`: the same runner for
+//!   async tasks (`AsyncTask`, or a closure returning a future), up to
+//!   `Runner::concurrency` lines in flight on the caller's runtime, the
+//!   input read and the checkpoint written on a thread of the run's own.
 //! - [`Tracker`]: for a hand-written parallel loop, commits lines that
 //!   finish out of order without ever skipping an unfinished one.
 //!
@@ -102,7 +106,7 @@ pub use runner::{Report, Runner, SeekMode};
 pub use stop::StopToken;
 #[cfg(feature = "tokio")]
 pub use task::AsyncTask;
-pub use task::{BoxError, MAX_ERROR_LEN, Permanent, Task, permanent};
+pub use task::{BoxError, MAX_ERROR_LEN, Permanent, RetryAfter, Task, permanent, retry_after};
 pub use tracker::{Ticket, Tracker};
 
 #[cfg(doctest)]

@@ -226,7 +226,11 @@ where
     }
 
     fn is_retryable(&self, error: &BoxError) -> bool {
-        !error.is::<Permanent>()
+        closure_retryable(error)
+    }
+
+    fn retry_after(&self, error: &BoxError) -> Option<Duration> {
+        closure_retry_after(error)
     }
 }
 
@@ -284,6 +288,83 @@ pub fn permanent(error: impl Into<BoxError>) -> BoxError {
     Box::new(Permanent(error.into()))
 }
 
+/// An error worth retrying after a given delay (an HTTP 429 or 503 with
+/// `Retry-After`): the closure form of [`Task::retry_after`]. Make one with
+/// [`retry_after`]. Its message and source chain are those of the error it
+/// wraps.
+#[derive(Debug)]
+pub struct RetryAfter {
+    error: BoxError,
+    delay: Duration,
+}
+
+impl RetryAfter {
+    /// The delay asked for.
+    #[must_use]
+    pub fn delay(&self) -> Duration {
+        self.delay
+    }
+
+    /// The error it wraps.
+    #[must_use]
+    pub fn into_inner(self) -> BoxError {
+        self.error
+    }
+}
+
+impl fmt::Display for RetryAfter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl StdError for RetryAfter {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.error.source()
+    }
+}
+
+/// Marks `error` as one to retry after `delay` rather than after the retry
+/// policy's backoff (capped at its longest delay, like any hint): returned
+/// by a closure given to [`Runner::run`](crate::Runner::run) (or
+/// `run_async`), it is what [`Task::retry_after`] says for a task type.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use linemark::{Runner, retry_after};
+///
+/// let dir = tempfile::tempdir()?;
+/// let input = dir.path().join("ids.txt");
+/// std::fs::write(&input, "1\n")?;
+/// let tries = std::sync::atomic::AtomicU32::new(0);
+/// let report = Runner::new().run(&input, |_line| {
+///     if tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0 {
+///         // The server said "Retry-After: 0".
+///         return Err(retry_after("503 service unavailable", Duration::ZERO));
+///     }
+///     Ok(())
+/// })?;
+/// assert_eq!((report.done, report.retried), (1, 1));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn retry_after(error: impl Into<BoxError>, delay: Duration) -> BoxError {
+    Box::new(RetryAfter {
+        error: error.into(),
+        delay,
+    })
+}
+
+/// What a closure's error says: whether to retry it, and when.
+fn closure_retryable(error: &BoxError) -> bool {
+    !error.is::<Permanent>()
+}
+
+fn closure_retry_after(error: &BoxError) -> Option<Duration> {
+    error.downcast_ref::<RetryAfter>().map(RetryAfter::delay)
+}
+
 /// A closure given to [`Runner::run`](crate::Runner::run), as a task.
 pub(crate) struct FnTask<F>(pub(crate) F);
 
@@ -298,7 +379,11 @@ where
     }
 
     fn is_retryable(&self, error: &BoxError) -> bool {
-        !error.is::<Permanent>()
+        closure_retryable(error)
+    }
+
+    fn retry_after(&self, error: &BoxError) -> Option<Duration> {
+        closure_retry_after(error)
     }
 }
 
@@ -387,5 +472,18 @@ mod tests {
         let task = FnTask(|_: &Line<'_>| -> Result<(), BoxError> { Ok(()) });
         assert!(!task.is_retryable(&error));
         assert!(task.is_retryable(&"timeout".into()));
+    }
+
+    #[test]
+    fn retry_after_keeps_the_message_and_gives_the_delay() {
+        let error = retry_after(
+            layers(&["429 too many", "slow down"]),
+            Duration::from_secs(7),
+        );
+        assert_eq!(error_chain(&*error), "429 too many: slow down");
+        let task = FnTask(|_: &Line<'_>| -> Result<(), BoxError> { Ok(()) });
+        assert!(task.is_retryable(&error));
+        assert_eq!(task.retry_after(&error), Some(Duration::from_secs(7)));
+        assert_eq!(task.retry_after(&"timeout".into()), None);
     }
 }

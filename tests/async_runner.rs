@@ -794,3 +794,44 @@ fn a_task_that_awaits_the_stop_token_gives_up_its_wait() {
         "a line failing after the stop is left to redo"
     );
 }
+
+#[test]
+fn retry_failed_on_a_stream_scans_for_the_failed_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("stream.checkpoint");
+    let text: Vec<u8> = (1..=1_000)
+        .flat_map(|n| format!("{n}\n").into_bytes())
+        .collect();
+    let runtime = current_thread();
+    let report = runtime
+        .block_on(Runner::new().concurrency(16).run_reader_async(
+            &text[..],
+            &checkpoint,
+            |line: OwnedLine| async move {
+                if line.number() % 250 == 0 {
+                    return Err(permanent("not now"));
+                }
+                Ok(())
+            },
+        ))
+        .unwrap();
+    assert_eq!((report.done, report.failed), (996, 4));
+    let ran = Tally::default();
+    let report = runtime
+        .block_on(Runner::new().retry_failed(true).run_reader_async(
+            &text[..],
+            &checkpoint,
+            |line: OwnedLine| {
+                let ran = &ran;
+                async move {
+                    assert_eq!(line.as_str()?.parse::<u64>()?, line.number());
+                    ran.add(&line);
+                    Ok(())
+                }
+            },
+        ))
+        .unwrap();
+    assert!(report.is_complete(), "{report}");
+    assert_eq!(ran.lines(), 4);
+    assert!((1..=4).all(|n| ran.count(n * 250) == 1));
+}

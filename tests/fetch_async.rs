@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use linemark::Checkpoint;
-use server::{Fault, Server, generate};
+use server::{Fault, RetryAfter, Server, generate};
 
 /// How long a run or a condition may take before the test fails: only a
 /// hang should reach it.
@@ -284,6 +284,30 @@ fn error_statuses_are_failed_lines_or_retried_by_kind() {
     assert_eq!(job.names(), expected, "no .part left, nothing else saved");
     assert_eq!(job.read(&saved_name(1, "ok.bin")), ok);
     assert_eq!(job.read(&saved_name(4, "busy.bin")), generate(3, 70_000));
+}
+
+#[test]
+fn a_retry_after_header_sets_the_wait_before_the_next_attempt() {
+    let job = Job::new();
+    let lines = vec![job.file("limited.bin", generate(6, 1_000))];
+    // Without the header the first backoff is at most 500 ms.
+    job.server.add_faults(
+        "/limited.bin",
+        [Fault::Status {
+            code: 429,
+            retry_after: Some(RetryAfter::Seconds(2)),
+        }],
+    );
+    job.write_list(&lines);
+    let started = Instant::now();
+    let ran = job.run(&[]);
+    assert_eq!(ran.code, Some(0), "{ran:?}");
+    assert_eq!(job.gets("limited.bin"), 2);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "asked again after {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]

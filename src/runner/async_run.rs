@@ -82,7 +82,7 @@ impl Runner {
     /// Dropping the future cancels the run: the lines in progress are
     /// dropped with it, unrecorded, and done again by the next run, and
     /// every line finished before is kept. The checkpoint is synced and
-    /// let go by the run's thread shortly after; a new run on the same
+    /// let go by the run's thread shortly after; a new async run on the same
     /// checkpoint in this process waits for that. To stop and have the
     /// lines in progress finish, fire the [`StopToken`] and await the run.
     ///

@@ -188,7 +188,7 @@ impl Runner {
 }
 
 /// How a run's tasks run: a sync [`Task`] on threads ([`SyncWork`]), or an
-/// async one on a runtime (`tokio.rs`). Everything else about a run (the
+/// async one on a runtime (`async_run.rs`). Everything else about a run (the
 /// window, skips, shards, records) is the same code for both.
 pub(super) trait Work {
     /// Runs the lines in order on this thread, one by one, if that is how
