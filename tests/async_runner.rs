@@ -835,3 +835,105 @@ fn retry_failed_on_a_stream_scans_for_the_failed_lines() {
     assert_eq!(ran.lines(), 4);
     assert!((1..=4).all(|n| ran.count(n * 250) == 1));
 }
+
+#[test]
+fn a_run_refused_while_another_holds_the_checkpoint_does_not_make_the_next_one_refused() {
+    let input = Input::generated(100);
+    let runtime = multi_thread();
+    // Line 1 ends when released; its `Done` event then keeps the first
+    // run's thread (and its lock) busy for 300 ms, past its future's drop.
+    let release = Arc::new(AtomicBool::new(false));
+    let started = Arc::new(AtomicU64::new(0));
+    runtime.block_on(async {
+        let first = Runner::new()
+            .observer(|event: &Event<'_>| {
+                if let Event::Done { .. } = event {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            })
+            .run_async(input.path.clone(), {
+                let (started, release) = (Arc::clone(&started), Arc::clone(&release));
+                move |line: OwnedLine| {
+                    let (started, release) = (Arc::clone(&started), Arc::clone(&release));
+                    async move {
+                        started.fetch_add(1, Ordering::SeqCst);
+                        if line.number() > 1 {
+                            std::future::pending::<()>().await;
+                        }
+                        while !release.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        Ok(())
+                    }
+                }
+            });
+        let mut first = Box::pin(first);
+        while started.load(Ordering::SeqCst) == 0 {
+            tokio::select! {
+                report = &mut first => panic!("the first run ended: {report:?}"),
+                () = tokio::time::sleep(Duration::from_millis(1)) => {}
+            }
+        }
+        let refused = Runner::new()
+            .run_async(&input.path, |_line: OwnedLine| async { Ok(()) })
+            .await;
+        assert!(matches!(refused, Err(Error::Locked { .. })), "{refused:?}");
+        release.store(true, Ordering::SeqCst);
+        // Line 1 ends and its result goes to the first run's thread.
+        let _ = tokio::time::timeout(Duration::from_millis(20), &mut first).await;
+        drop(first);
+        // The dropped run is still closing: this one waits for it.
+        let report = Runner::new()
+            .run_async(&input.path, |_line: OwnedLine| async { Ok(()) })
+            .await
+            .unwrap();
+        assert!(report.is_complete(), "{report}");
+    });
+}
+
+#[test]
+fn a_stop_ends_a_run_whose_stream_has_gone_quiet() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = dir.path().join("quiet.checkpoint");
+    let stop = StopToken::new();
+    let runtime = multi_thread();
+    let report = runtime
+        .block_on(async {
+            let (mut writer, reader) = tokio::io::duplex(64);
+            writer.write_all(b"1\n2\n3\n").await.unwrap();
+            // The writer stays open and silent.
+            let run = Runner::new().stop_token(stop.clone()).run_reader_async(
+                reader,
+                &checkpoint,
+                |line: OwnedLine| {
+                    let stop = stop.clone();
+                    async move {
+                        if line.number() == 3 {
+                            stop.stop();
+                        }
+                        Ok(())
+                    }
+                },
+            );
+            let report = tokio::time::timeout(Duration::from_secs(30), run).await;
+            drop(writer);
+            report
+        })
+        .expect("the stop did not end the wait for input")
+        .unwrap();
+    assert!(report.stopped, "{report}");
+    assert_eq!((report.done, report.position.line()), (3, 3));
+    // The rerun counts the three lines and goes on.
+    let text: &[u8] = b"1\n2\n3\n4\n5\n";
+    let report = runtime
+        .block_on(
+            Runner::new().run_reader_async(text, &checkpoint, |line: OwnedLine| async move {
+                assert!(line.number() > 3);
+                Ok(())
+            }),
+        )
+        .unwrap();
+    assert!(report.is_complete());
+    assert_eq!(report.done, 2);
+}

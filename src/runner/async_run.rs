@@ -31,15 +31,24 @@ use crate::stop::StopToken;
 use crate::task::{AsyncTask, BoxError, FnAsyncTask};
 
 use super::batch::Batch;
-use super::drive::{Feed, RunState, Work};
+use super::drive::{Feed, ReadStopped, RunState, Work};
 use super::pool::{Attempted, Exec, LineTask, Shared};
 use super::{Report, Runner};
 
 /// The bytes of a stream input read at a time.
 const CHUNK: usize = 64 << 10;
 
+/// The most lines in flight an async run takes (see
+/// [`Runner::concurrency`]).
+const MAX_CONCURRENCY: usize = 1 << 24;
+
+/// How often the driver, waiting for a stream's next chunk, looks at the
+/// stop.
+const STOP_CHECK: Duration = Duration::from_millis(20);
+
 impl Runner {
-    /// Lines in flight at once in an async run (default 64, at least 1):
+    /// Lines in flight at once in an async run (default 64, at least 1, at
+    /// most 2<sup>24</sup>):
     /// futures of the task awaiting at the same time. Thousands are fine;
     /// a line in flight costs its future and a copy of the line, not a
     /// thread.
@@ -50,7 +59,7 @@ impl Runner {
     /// ends starts the next at once.
     #[must_use = "a builder method returns the changed builder"]
     pub fn concurrency(mut self, lines: usize) -> Runner {
-        self.concurrency = lines.max(1);
+        self.concurrency = lines.clamp(1, MAX_CONCURRENCY);
         self
     }
 
@@ -71,20 +80,30 @@ impl Runner {
     /// (the setting of [`workers`](Runner::workers) is for sync runs).
     /// The input is read, and the checkpoint written and synced, on a
     /// thread of the run's own, never on a runtime thread; the runtime
-    /// needs its timer enabled (`#[tokio::main]` does), for the backoff.
+    /// needs its timer enabled (`#[tokio::main]` does), for the backoff:
+    /// without it, a line's first retry fails it, with tokio's message.
+    /// An [observer](Runner::observer) gets `Started` and `Retrying` on the
+    /// runtime thread that runs the line, so keep it quick.
     ///
-    /// The future owns a copy of the runner's settings and of `input`,
-    /// and the closure: it can be stored, passed on or spawned (it is
-    /// `Send` when the closure's futures are).
+    /// The future owns a copy of the runner's settings, `input` and the
+    /// closure, and is `Send` (the closure's futures must be): it can be
+    /// stored, passed on, or spawned, given an owned `input` (a `PathBuf`
+    /// or a `String`, not a borrowed one).
     ///
     /// # Cancellation
     ///
     /// Dropping the future cancels the run: the lines in progress are
-    /// dropped with it, unrecorded, and done again by the next run, and
-    /// every line finished before is kept. The checkpoint is synced and
-    /// let go by the run's thread shortly after; a new async run on the same
-    /// checkpoint in this process waits for that. To stop and have the
-    /// lines in progress finish, fire the [`StopToken`] and await the run.
+    /// dropped with it, unrecorded, and done again by the next run, as
+    /// after a kill (with them, for a task cheaper than 0.5 ms a line, the
+    /// lines their batches finished just before them). The lines finished
+    /// before are recorded, and the run's thread syncs the checkpoint and
+    /// lets go of it a moment later; a new async run on the same checkpoint
+    /// in this process waits for that (a process that exits at once loses
+    /// the last `write_delay` of records, as after a kill). An error of the
+    /// run (the checkpoint cannot be written, the input changed) cancels
+    /// the lines in progress the same way. To stop and have the lines in
+    /// progress finish, fire the [`StopToken`] and await the run; it also
+    /// ends a wait for a stream's next line.
     ///
     /// # Examples
     ///
@@ -302,6 +321,7 @@ impl Runner {
             reads: Some(reads_tx),
             chunks: Some(chunks_rx),
             results: results_rx,
+            stop: stop.clone(),
             // A batch queued on the runtime for every one running, so that
             // a line that ends starts the next without a round trip through
             // the driver.
@@ -456,6 +476,8 @@ pub(super) struct AsyncWork {
     /// The stream's chunks, for [`chunks`](AsyncWork::chunks).
     reads: Option<UnboundedSender<Vec<u8>>>,
     chunks: Option<mpsc::Receiver<io::Result<Vec<u8>>>>,
+    /// The driver's stop: a stream that has gone quiet does not hold it up.
+    stop: StopToken,
     limit: usize,
 }
 
@@ -470,6 +492,7 @@ impl AsyncWork {
             spare: Vec::with_capacity(CHUNK),
             asked: false,
             eof: false,
+            stop: self.stop.clone(),
         }
     }
 }
@@ -583,6 +606,7 @@ struct Chunks {
     /// A chunk was asked for and has not come.
     asked: bool,
     eof: bool,
+    stop: StopToken,
 }
 
 impl Chunks {
@@ -612,9 +636,21 @@ impl BufRead for Chunks {
                 self.ask();
             }
             let gone = || io::Error::other("the async run ended");
-            let chunk = self.chunks.as_ref().ok_or_else(gone)?.recv();
+            let chunks = self.chunks.as_ref().ok_or_else(gone)?;
+            let chunk = loop {
+                match chunks.recv_timeout(STOP_CHECK) {
+                    Ok(chunk) => break chunk,
+                    Err(RecvTimeoutError::Timeout) if self.stop.is_stopped() => {
+                        // The chunk asked for may still come: it is not
+                        // asked for again.
+                        return Err(io::Error::other(ReadStopped));
+                    }
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return Err(gone()),
+                }
+            };
             self.asked = false;
-            let chunk = chunk.map_err(|_| gone())??;
+            let chunk = chunk?;
             self.spare = std::mem::replace(&mut self.buf, chunk);
             self.pos = 0;
             if self.buf.is_empty() {
@@ -635,7 +671,7 @@ impl BufRead for Chunks {
 /// dropped goes on closing its checkpoint on its thread for a moment, and
 /// a new run on the same checkpoint waits for that rather than find it
 /// locked.
-static TURNS: OnceLock<Mutex<HashMap<PathBuf, Arc<Ended>>>> = OnceLock::new();
+static TURNS: OnceLock<Mutex<HashMap<PathBuf, Vec<Arc<Ended>>>>> = OnceLock::new();
 
 #[derive(Default)]
 struct Ended {
@@ -653,33 +689,34 @@ struct Turn {
 }
 
 impl Turn {
-    /// A new run's turn on `checkpoint`, and the run before it in this
-    /// process, if any.
-    fn new(checkpoint: &Path) -> (Turn, Option<Arc<Ended>>) {
+    /// A new run's turn on `checkpoint`, and the runs on it in this
+    /// process that have not ended.
+    fn new(checkpoint: &Path) -> (Turn, Vec<Arc<Ended>>) {
         let key = std::path::absolute(checkpoint).unwrap_or_else(|_| checkpoint.to_path_buf());
         let ended = Arc::new(Ended::default());
-        let before = TURNS
+        let mut turns = TURNS
             .get_or_init(Mutex::default)
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key.clone(), Arc::clone(&ended));
+            .unwrap_or_else(PoisonError::into_inner);
+        let runs = turns.entry(key.clone()).or_default();
+        let before = runs.clone();
+        runs.push(Arc::clone(&ended));
         (Turn { key, ended }, before)
     }
 }
 
-/// Waits for the run `before` to close its checkpoint if its future is
-/// gone; a run still going holds the lock, and this one finds it locked.
-fn wait_for(before: Option<Arc<Ended>>) {
-    let Some(before) = before else { return };
-    if !before.dropped.load(Ordering::SeqCst) {
-        return;
-    }
-    let mut yes = before.yes.lock().unwrap_or_else(PoisonError::into_inner);
-    while !*yes {
-        yes = before
-            .wake
-            .wait(yes)
-            .unwrap_or_else(PoisonError::into_inner);
+/// Waits for each run of `before` whose future is gone to close the
+/// checkpoint; a run still going holds the lock, and this one finds it
+/// locked, as it would in another process.
+fn wait_for(before: Vec<Arc<Ended>>) {
+    for run in before {
+        if !run.dropped.load(Ordering::SeqCst) {
+            continue;
+        }
+        let mut yes = run.yes.lock().unwrap_or_else(PoisonError::into_inner);
+        while !*yes {
+            yes = run.wake.wait(yes).unwrap_or_else(PoisonError::into_inner);
+        }
     }
 }
 
@@ -687,11 +724,11 @@ impl Drop for Turn {
     fn drop(&mut self) {
         let turns = TURNS.get_or_init(Mutex::default);
         let mut turns = turns.lock().unwrap_or_else(PoisonError::into_inner);
-        if turns
-            .get(&self.key)
-            .is_some_and(|latest| Arc::ptr_eq(latest, &self.ended))
-        {
-            turns.remove(&self.key);
+        if let Some(runs) = turns.get_mut(&self.key) {
+            runs.retain(|run| !Arc::ptr_eq(run, &self.ended));
+            if runs.is_empty() {
+                turns.remove(&self.key);
+            }
         }
         drop(turns);
         *self

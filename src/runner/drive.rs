@@ -243,6 +243,29 @@ impl<T: Task> Work for SyncWork<'_, T> {
     }
 }
 
+/// What a stream's reader returns when the run stopped while it waited
+/// for input that has not come (see `async_run.rs`): the run stops as it
+/// would between two lines, rather than wait for the stream.
+#[derive(Debug)]
+pub(super) struct ReadStopped;
+
+impl std::fmt::Display for ReadStopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the run stopped while waiting for input")
+    }
+}
+
+impl std::error::Error for ReadStopped {}
+
+fn is_read_stopped(err: &Error) -> bool {
+    match err {
+        Error::Io { source, .. } => source
+            .get_ref()
+            .is_some_and(|inner| inner.is::<ReadStopped>()),
+        _ => false,
+    }
+}
+
 /// Lines for a pool of workers, and what to do with their results.
 pub(super) trait Feed {
     /// Submits batches while the executor takes them. Returns whether there
@@ -451,7 +474,15 @@ impl<R: BufRead> Feed for WindowedLines<'_, R> {
             if run.stopping() || room == 0 || !exec.can_submit() {
                 return Ok(false);
             }
-            let (batch, long, end_of_input) = self.read_batch(run, len.min(room))?;
+            let (batch, long, end_of_input) = match self.read_batch(run, len.min(room)) {
+                Err(err) if is_read_stopped(&err) => {
+                    // The lines of the batch read so far are not in the
+                    // window: they are read again by the next run.
+                    run.check_stop();
+                    return Ok(false);
+                }
+                read => read?,
+            };
             if batch.is_empty() {
                 self.recycle(batch);
             } else {
@@ -522,7 +553,14 @@ pub(super) struct FailedLines<'a, S, R> {
 impl<S: BufRead + Seek, R: BufRead> Feed for FailedLines<'_, S, R> {
     fn feed<E: Exec>(&mut self, run: &mut RunState<'_, '_>, exec: &mut E) -> Result<bool> {
         while exec.can_submit() {
-            match self.source.next_line()? {
+            let next = match self.source.next_line() {
+                Err(err) if is_read_stopped(&err) => {
+                    run.check_stop();
+                    return Ok(false);
+                }
+                next => next?,
+            };
+            match next {
                 None => return Ok(true),
                 Some((failed, Found::Line(line))) => {
                     exec.submit(Batch::single(&line));
