@@ -937,3 +937,62 @@ fn a_stop_ends_a_run_whose_stream_has_gone_quiet() {
     assert!(report.is_complete());
     assert_eq!(report.done, 2);
 }
+
+/// Instant lines go in batches of many; a line whose future waits hands
+/// back the lines its batch finished before it, so they are recorded while
+/// it waits (here: forever).
+#[test]
+fn a_line_that_waits_does_not_hold_back_the_finished_lines_of_its_batch() {
+    let input = Input::generated(5_000);
+    let recorded = Arc::new(AtomicU64::new(0));
+    let largest_batch = Arc::new(AtomicU64::new(0));
+    let runtime = multi_thread();
+    let outcome = runtime.block_on(async {
+        let run = Runner::new()
+            .concurrency(4)
+            .observer({
+                let recorded = Arc::clone(&recorded);
+                move |event: &Event<'_>| {
+                    if let Event::Done { line, .. } = event {
+                        if *line < 4_000 {
+                            recorded.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+            })
+            .run_async(&input.path, {
+                let largest_batch = Arc::clone(&largest_batch);
+                move |line: OwnedLine| {
+                    let largest_batch = Arc::clone(&largest_batch);
+                    async move {
+                        // How far this line is past the last one started.
+                        largest_batch.fetch_max(line.number(), Ordering::SeqCst);
+                        if line.number() == 4_000 {
+                            std::future::pending::<()>().await;
+                        }
+                        Ok(())
+                    }
+                }
+            });
+        let mut run = std::pin::pin!(run);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            tokio::select! {
+                report = &mut run => return Err(format!("the run ended: {report:?}")),
+                () = tokio::time::sleep(Duration::from_millis(2)) => {
+                    let started = largest_batch.load(Ordering::SeqCst);
+                    if recorded.load(Ordering::SeqCst) == 3_999 && started >= 4_000 {
+                        return Ok(());
+                    }
+                    if tokio::time::Instant::now() > deadline {
+                        return Err(format!(
+                            "{} of the 3,999 lines before the waiting one recorded",
+                            recorded.load(Ordering::SeqCst)
+                        ));
+                    }
+                }
+            }
+        }
+    });
+    outcome.unwrap();
+}

@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io::{self, BufRead};
 use std::path::{Path, PathBuf};
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
@@ -439,18 +439,30 @@ struct AsyncLines<'t, T> {
     named: Option<Arc<Path>>,
 }
 
-impl<T: AsyncTask> LineTask for AsyncLines<'_, T> {
+impl<'t, T: AsyncTask> LineTask for AsyncLines<'t, T> {
     type Error = T::Error;
+    /// Boxed, as the task's future has no name to give here; a line that
+    /// awaits anything costs far more than the allocation.
+    type Started = Pin<Box<dyn Future<Output = Attempted<T::Error>> + Send + 't>>;
 
-    fn attempt(&self, line: &Line<'_>) -> impl Future<Output = Attempted<T::Error>> {
+    fn start(&self, line: &Line<'_>) -> Self::Started {
         let line = line.to_owned_in(self.named.as_ref());
-        let future = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.task.run(line)));
-        async move {
-            match future {
-                Ok(future) => std::panic::AssertUnwindSafe(future).catch_unwind().await,
-                Err(panic) => Err(panic),
-            }
+        let task = self.task;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.run(line))) {
+            Ok(future) => Box::pin(std::panic::AssertUnwindSafe(future).catch_unwind()),
+            Err(panic) => Box::pin(std::future::ready(Err(panic))),
         }
+    }
+
+    fn finish(&self, started: Self::Started) -> impl Future<Output = Attempted<T::Error>> {
+        started
+    }
+
+    fn ready(
+        &self,
+        started: Self::Started,
+    ) -> std::result::Result<Attempted<T::Error>, Self::Started> {
+        Err(started)
     }
 
     fn is_retryable(&self, error: &T::Error) -> bool {

@@ -7,6 +7,8 @@
 //! or more gets batches of one line, as if there were no batching, and what
 //! a kill repeats stays small in time whatever the task costs.
 
+use std::pin::{Pin, pin};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use crate::checkpoint::Checkpoint;
@@ -259,14 +261,38 @@ impl Batch {
                     check_at = ran + if cheap { 8 } else { 1 };
                 }
             }
-            let first = {
+            let started_line = {
                 let line = self.line(index);
                 let line = shared.named(&line);
-                match guard(|| shared.started(&line)) {
-                    Ok(()) => task.attempt(&line).await,
-                    // An observer's panic fails the line as a task's would.
-                    Err(panic) => Err(panic),
-                }
+                // An observer's panic fails the line as a task's would.
+                guard(|| shared.started(&line)).map(|()| task.start(&line))
+            };
+            let first = match started_line {
+                // A sync task's attempt is over when it starts.
+                Ok(attempt) => match task.ready(attempt) {
+                    Ok(result) => result,
+                    Err(attempt) => {
+                        let mut attempt = pin!(task.finish(attempt));
+                        match poll_once(attempt.as_mut()).await {
+                            Poll::Ready(result) => result,
+                            Poll::Pending => {
+                                // The line waits (an async task's I/O): the
+                                // lines finished before it go back now rather
+                                // than wait with it.
+                                if index > 0 {
+                                    if let Some(hand_back) = hand_back.as_deref_mut() {
+                                        self =
+                                            self.hand_back_before(index, ran, started, hand_back);
+                                        (index, passed, ran, started, check_at) =
+                                            (0, 0, 0, Instant::now(), 1);
+                                    }
+                                }
+                                attempt.await
+                            }
+                        }
+                    }
+                },
+                Err(panic) => Err(panic),
             };
             let outcome = match first {
                 Ok(Ok(())) => Outcome::Done,
@@ -360,6 +386,12 @@ impl Batch {
     pub(super) fn continues(&self) -> bool {
         self.continues
     }
+}
+
+/// Polls `future` once: its output, or `Pending` with the future left to
+/// await.
+async fn poll_once<F: Future>(mut future: Pin<&mut F>) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx))).await
 }
 
 /// Runs `f`, catching a panic.

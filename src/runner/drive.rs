@@ -100,6 +100,7 @@ impl Runner {
 
     /// One worker: each line runs on this thread as soon as it is read, and
     /// the checkpoint follows line by line, with no window to keep.
+    #[inline]
     pub(super) fn drive_in_order<R: BufRead, T: Task>(
         &self,
         run: &mut RunState<'_, '_>,
@@ -216,6 +217,7 @@ pub(super) trait Work {
 pub(super) struct SyncWork<'t, T>(pub(super) &'t T);
 
 impl<T: Task> Work for SyncWork<'_, T> {
+    #[inline]
     fn in_order<R: BufRead>(
         &mut self,
         runner: &Runner,

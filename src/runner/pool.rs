@@ -74,8 +74,22 @@ impl Shared {
         self.started(line);
         match run_once(task, line) {
             Ok(Ok(())) => Outcome::Done,
-            first => now(self.after_failure(&SyncTask(task), line, first)),
+            first => self.after_failure_sync(task, line, first),
         }
+    }
+
+    /// [`after_failure`](Shared::after_failure) for a sync task, out of
+    /// line: the attributes of an `async fn` do not reach the future's
+    /// body, which would otherwise be inlined into the hot loop.
+    #[cold]
+    #[inline(never)]
+    pub(super) fn after_failure_sync<T: Task>(
+        &self,
+        task: &T,
+        line: &Line<'_>,
+        first: Attempted<T::Error>,
+    ) -> Outcome {
+        now(self.after_failure(&SyncTask(task), line, first))
     }
 
     /// A line's task starts.
@@ -89,10 +103,8 @@ impl Shared {
         }
     }
 
-    /// The retries after a failed first attempt, kept out of the hot path:
-    /// the one set of rules for sync and async tasks alike.
-    #[cold]
-    #[inline(never)]
+    /// The retries after a failed first attempt: the one set of rules for
+    /// sync and async tasks alike.
     pub(super) async fn after_failure<L: LineTask>(
         &self,
         task: &L,
@@ -134,7 +146,7 @@ impl Shared {
             }
             self.retried.fetch_add(1, Ordering::Relaxed);
             attempt += 1;
-            result = task.attempt(line).await;
+            result = task.finish(task.start(line)).await;
         }
     }
 }
@@ -150,8 +162,22 @@ pub(super) type Attempted<E> = std::thread::Result<Result<(), E>>;
 pub(super) trait LineTask: Sync {
     type Error: Into<BoxError>;
 
-    /// One attempt of the task on `line`, a panic caught.
-    fn attempt(&self, line: &Line<'_>) -> impl Future<Output = Attempted<Self::Error>>;
+    /// An attempt under way, which no longer borrows its line: a sync
+    /// task's result, an async task's future.
+    type Started;
+
+    /// The result of an attempt that is over when it starts (a sync
+    /// task's); the attempt back otherwise.
+    fn ready(
+        &self,
+        started: Self::Started,
+    ) -> std::result::Result<Attempted<Self::Error>, Self::Started>;
+
+    /// Starts an attempt of the task on `line`, a panic caught.
+    fn start(&self, line: &Line<'_>) -> Self::Started;
+
+    /// The end of an attempt [`start`](LineTask::start)ed.
+    fn finish(&self, started: Self::Started) -> impl Future<Output = Attempted<Self::Error>>;
 
     fn is_retryable(&self, error: &Self::Error) -> bool;
 
@@ -166,10 +192,24 @@ pub(super) struct SyncTask<'t, T>(pub(super) &'t T);
 
 impl<T: Task> LineTask for SyncTask<'_, T> {
     type Error = T::Error;
+    type Started = Attempted<T::Error>;
 
     #[inline]
-    fn attempt(&self, line: &Line<'_>) -> impl Future<Output = Attempted<T::Error>> {
-        std::future::ready(run_once(self.0, line))
+    fn ready(
+        &self,
+        started: Attempted<T::Error>,
+    ) -> std::result::Result<Attempted<T::Error>, Attempted<T::Error>> {
+        Ok(started)
+    }
+
+    #[inline]
+    fn start(&self, line: &Line<'_>) -> Attempted<T::Error> {
+        run_once(self.0, line)
+    }
+
+    #[inline]
+    fn finish(&self, started: Attempted<T::Error>) -> impl Future<Output = Attempted<T::Error>> {
+        std::future::ready(started)
     }
 
     fn is_retryable(&self, error: &T::Error) -> bool {
