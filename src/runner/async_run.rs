@@ -94,8 +94,8 @@ impl Runner {
     ///
     /// Dropping the future cancels the run: the lines in progress are
     /// dropped with it, unrecorded, and done again by the next run, as
-    /// after a kill (with them, for a task cheaper than 0.5 ms a line, the
-    /// lines their batches finished just before them). The lines finished
+    /// after a kill (and so are lines finished a moment before, whose
+    /// results had not reached the run's thread yet). The lines finished
     /// before are recorded, and the run's thread syncs the checkpoint and
     /// lets go of it a moment later; a new async run on the same checkpoint
     /// in this process waits for that (a process that exits at once loses
