@@ -5,6 +5,7 @@
 mod common;
 #[path = "../examples/download/server.rs"]
 mod server;
+mod url_list;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -14,18 +15,13 @@ use std::time::{Duration, Instant};
 
 use linemark::Checkpoint;
 use server::{Fault, Logged, RetryAfter, Server, generate};
+use url_list::Job;
 
 /// The example's binary (`cargo test --test download` does not build
 /// examples).
 fn binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| common::example_binary("download"))
-}
-
-/// A temporary folder with a list, an output directory and a server.
-struct Job {
-    dir: tempfile::TempDir,
-    server: Server,
 }
 
 /// How a run of the example ended.
@@ -37,48 +33,13 @@ struct Ran {
 }
 
 impl Job {
-    fn new() -> Job {
-        Job {
-            dir: tempfile::tempdir().unwrap(),
-            server: Server::start(0).unwrap(),
-        }
-    }
-
     /// A job whose server speaks HTTPS, with the test certificate of
     /// `tests/fixtures/tls` (issued to 127.0.0.1 by a test CA).
     fn new_tls() -> Job {
         let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
         let cert = std::fs::read(fixtures.join("server.pem")).unwrap();
         let key = std::fs::read(fixtures.join("server.key")).unwrap();
-        Job {
-            dir: tempfile::tempdir().unwrap(),
-            server: Server::start_tls(0, &cert, &key).unwrap(),
-        }
-    }
-
-    fn list(&self) -> PathBuf {
-        self.dir.path().join("urls.txt")
-    }
-
-    fn out(&self) -> PathBuf {
-        self.dir.path().join("out")
-    }
-
-    fn checkpoint(&self) -> PathBuf {
-        self.dir.path().join("urls.txt.checkpoint")
-    }
-
-    fn write_list(&self, lines: &[String]) {
-        let mut text = lines.join("\n");
-        text.push('\n');
-        std::fs::write(self.list(), text).unwrap();
-    }
-
-    /// Serves `content` at `/NAME` and returns its list line.
-    fn file(&self, name: &str, content: Vec<u8>) -> String {
-        let path = format!("/{name}");
-        self.server.add_file(&path, content);
-        self.server.url(&path)
+        Job::with_server(Server::start_tls(0, &cert, &key).unwrap())
     }
 
     fn command(&self, extra: &[&str]) -> Command {
@@ -90,7 +51,7 @@ impl Job {
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.dir.path().join("stderr.txt")).unwrap());
+            .stderr(std::fs::File::create(self.stderr_path()).unwrap());
         command
     }
 
@@ -98,27 +59,12 @@ impl Job {
     fn run(&self, extra: &[&str]) -> Ran {
         let started = Instant::now();
         let mut child = self.command(extra).spawn().unwrap();
-        let deadline = started + Duration::from_secs(60);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("download did not finish within a minute");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
-        let stderr = std::fs::read_to_string(self.dir.path().join("stderr.txt")).unwrap();
+        let status = url_list::wait(&mut child, "download", Duration::from_secs(60));
         Ran {
             code: status.code(),
-            stderr,
+            stderr: std::fs::read_to_string(self.stderr_path()).unwrap(),
             elapsed: started.elapsed(),
         }
-    }
-
-    fn read(&self, name: &str) -> Vec<u8> {
-        std::fs::read(self.out().join(name)).unwrap_or_else(|err| panic!("{name}: {err}"))
     }
 
     /// Names in the output directory that are partial downloads.

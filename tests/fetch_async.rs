@@ -8,6 +8,7 @@
 mod common;
 #[path = "../examples/download/server.rs"]
 mod server;
+mod url_list;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -16,7 +17,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use linemark::Checkpoint;
-use server::{Fault, RetryAfter, Server, generate};
+use server::{Fault, RetryAfter, generate};
+use url_list::Job;
 
 /// How long a run or a condition may take before the test fails: only a
 /// hang should reach it.
@@ -28,12 +30,6 @@ fn binary() -> &'static Path {
     BINARY.get_or_init(|| common::example_binary("fetch_async"))
 }
 
-/// A temporary folder with a list, an output directory and a server.
-struct Job {
-    dir: tempfile::TempDir,
-    server: Server,
-}
-
 /// How a run of the example ended.
 #[derive(Debug)]
 struct Ran {
@@ -42,42 +38,6 @@ struct Ran {
 }
 
 impl Job {
-    fn new() -> Job {
-        Job {
-            dir: tempfile::tempdir().unwrap(),
-            server: Server::start(0).unwrap(),
-        }
-    }
-
-    fn list(&self) -> PathBuf {
-        self.dir.path().join("urls.txt")
-    }
-
-    fn out(&self) -> PathBuf {
-        self.dir.path().join("out")
-    }
-
-    fn checkpoint(&self) -> PathBuf {
-        self.dir.path().join("urls.txt.checkpoint")
-    }
-
-    fn stderr_path(&self) -> PathBuf {
-        self.dir.path().join("stderr.txt")
-    }
-
-    fn write_list(&self, lines: &[String]) {
-        let mut text = lines.join("\n");
-        text.push('\n');
-        std::fs::write(self.list(), text).unwrap();
-    }
-
-    /// Serves `content` at `/NAME` and returns its list line.
-    fn file(&self, name: &str, content: impl Into<Arc<[u8]>>) -> String {
-        let path = format!("/{name}");
-        self.server.add_file(&path, content);
-        self.server.url(&path)
-    }
-
     fn command(&self, extra: &[&str]) -> Command {
         let mut command = Command::new(binary());
         command
@@ -124,10 +84,6 @@ impl Job {
         names
     }
 
-    fn read(&self, name: &str) -> Vec<u8> {
-        std::fs::read(self.out().join(name)).unwrap_or_else(|err| panic!("{name}: {err}"))
-    }
-
     /// The GETs the server answered for `/NAME`.
     fn gets(&self, name: &str) -> usize {
         self.server
@@ -140,17 +96,7 @@ impl Job {
 
 /// Waits for `child` to exit, within the deadline.
 fn wait(child: &mut Child) -> ExitStatus {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("fetch_async did not finish within {DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    url_list::wait(child, "fetch_async", DEADLINE)
 }
 
 /// The name the example gives the file of line `line` fetched from

@@ -211,11 +211,12 @@ pub struct Runner {
 
 impl std::fmt::Debug for Runner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runner")
-            .field("checkpoint", &self.checkpoint)
-            .field("workers", &self.workers)
-            .field("concurrency", &self.concurrency_setting())
-            .field("window", &self.window.unwrap_or(Runner::DEFAULT_WINDOW))
+        let mut f = f.debug_struct("Runner");
+        f.field("checkpoint", &self.checkpoint)
+            .field("workers", &self.workers);
+        #[cfg(feature = "tokio")]
+        f.field("concurrency", &self.concurrency);
+        f.field("window", &self.window.unwrap_or(Runner::DEFAULT_WINDOW))
             .field("checkpoint_options", &self.checkpoint_options)
             .field("retry", &self.retry)
             .field("halt_after", &self.halt_after)
@@ -225,16 +226,6 @@ impl std::fmt::Debug for Runner {
             .field("seek", &self.seek)
             .field("verify_prefix", &self.verify_prefix)
             .finish_non_exhaustive()
-    }
-}
-
-impl Runner {
-    /// For `Debug`: the concurrency of an async run, when it can run one.
-    fn concurrency_setting(&self) -> Option<usize> {
-        #[cfg(feature = "tokio")]
-        return Some(self.concurrency);
-        #[cfg(not(feature = "tokio"))]
-        None
     }
 }
 
