@@ -164,6 +164,26 @@ pub enum Error {
         found: String,
     },
 
+    /// An output attached to the checkpoint (see
+    /// [`Checkpoint::output`](crate::Checkpoint::output)) is not the file
+    /// the checkpoint recorded: missing, shorter than recorded, replaced or
+    /// edited, or longer by bytes another program appended after a run
+    /// that ended cleanly; or the outputs asked for are not the ones the
+    /// checkpoint records. Nothing was cut or written.
+    #[error(
+        "{}: output does not match its checkpoint {}: {reason}",
+        path.display(),
+        checkpoint.display()
+    )]
+    OutputChanged {
+        /// The output file.
+        path: PathBuf,
+        /// The checkpoint file.
+        checkpoint: PathBuf,
+        /// What does not match.
+        reason: String,
+    },
+
     /// Seeking by content reached the end of the input without finding the
     /// recorded last finished line.
     #[error(
@@ -331,6 +351,7 @@ impl Error {
             Error::Locked { path }
             | Error::LockLost { path }
             | Error::ShardMismatch { path, .. }
+            | Error::OutputChanged { path, .. }
             | Error::Corrupt { path, .. }
             | Error::NotACheckpoint { path }
             | Error::UnsupportedVersion { path, .. } => Some(path),
@@ -355,6 +376,7 @@ impl From<Error> for io::Error {
             | Error::InvalidPosition { .. }
             | Error::ShardMismatch { .. } => io::ErrorKind::InvalidInput,
             Error::InputChanged { .. }
+            | Error::OutputChanged { .. }
             | Error::LastLineNotFound { .. }
             | Error::AmbiguousLastLine { .. } => io::ErrorKind::InvalidInput,
         };

@@ -245,6 +245,7 @@ impl CheckpointBuilder {
             lock_id: lock.metadata().ok().and_then(|meta| file_id(&meta)),
             lock_path: lock_path(&path),
             lock_lost: AtomicBool::new(false),
+            outputs: Mutex::new(Vec::new()),
         });
         let (max_records, max_delay) = self.durability.batch();
         let every_commit = matches!(self.durability, Durability::EveryCommit);
@@ -277,6 +278,7 @@ impl CheckpointBuilder {
             background: None,
             _lock: lock,
             abandoned: false,
+            outputs: Vec::new(),
         })
     }
 }

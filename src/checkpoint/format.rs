@@ -18,9 +18,9 @@ use crate::scan::LineId;
 // ---- Records ----
 
 /// The format version this build writes and reads.
-pub(crate) const VERSION: u32 = 3;
+pub(crate) const VERSION: u32 = 4;
 /// The oldest version still read. Version 2 added the `shard` record,
-/// version 3 the `prefix` record.
+/// version 3 the `prefix` record, version 4 the `output` and `out` records.
 pub(crate) const OLDEST_VERSION: u32 = 1;
 /// First word of every checkpoint file.
 pub(crate) const MAGIC: &str = "linemark-checkpoint";
@@ -47,7 +47,32 @@ pub(crate) enum Record {
     },
     /// The CRC-32 of the input's first bytes, finished.
     Prefix(Prefix),
+    /// Output `index` is the file `path` (as given when it was attached).
+    /// From the first of these records on, records take effect in groups,
+    /// each closed by an [`Out`](Record::Out) record.
+    Output {
+        index: u64,
+        path: String,
+    },
+    /// The outputs' lengths and tail digests as of the records before it,
+    /// which take effect with it; `closed`: the run ended cleanly, with
+    /// every output cut to these lengths.
+    Out {
+        marks: Vec<OutputMark>,
+        closed: bool,
+    },
 }
+
+/// What a checkpoint records of one output: how long it is and the CRC-32
+/// of its last bytes (up to [`TAIL`]) before that length.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct OutputMark {
+    pub(crate) len: u64,
+    pub(crate) digest: u32,
+}
+
+/// How many bytes before an output's recorded length its digest covers.
+pub(crate) const TAIL: u64 = 64;
 
 impl Record {
     /// Appends the record, with its CRC and `\n`, to `out`.
@@ -89,6 +114,22 @@ impl Record {
                 "prefix offset={} digest={:08x}",
                 prefix.offset, prefix.crc
             ),
+            Record::Output { index, path } => {
+                let _ = write!(out, "output index={index} path=");
+                escape_into(path, out);
+                Ok(())
+            }
+            Record::Out { marks, closed } => {
+                out.push_str("out len=");
+                for (n, mark) in marks.iter().enumerate() {
+                    let _ = write!(out, "{}{}", if n > 0 { "," } else { "" }, mark.len);
+                }
+                out.push_str(" digest=");
+                for (n, mark) in marks.iter().enumerate() {
+                    let _ = write!(out, "{}{:08x}", if n > 0 { "," } else { "" }, mark.digest);
+                }
+                write!(out, " closed={}", u8::from(*closed))
+            }
         };
         let crc = crc32fast::hash(&out.as_bytes()[start..]);
         let _ = writeln!(out, "{CRC_FIELD}{crc:08x}");
@@ -167,6 +208,37 @@ impl Record {
                 offset: fields.number("offset")?,
                 crc: fields.hex("digest")?,
             }),
+            "output" => Record::Output {
+                index: fields.number("index")?,
+                path: unescape(fields.rest("path")?)?,
+            },
+            "out" => {
+                let lens = fields.value("len")?;
+                let digests = fields.value("digest")?;
+                let closed = match fields.value("closed")? {
+                    "0" => false,
+                    "1" => true,
+                    _ => return Err("malformed field closed".into()),
+                };
+                let lens: Vec<&str> = lens.split(',').collect();
+                let digests: Vec<&str> = digests.split(',').collect();
+                if lens.len() != digests.len() {
+                    return Err("as many lengths as digests expected".into());
+                }
+                let marks = lens
+                    .iter()
+                    .zip(&digests)
+                    .map(|(len, digest)| {
+                        let canonical = !len.is_empty() && len.bytes().all(|b| b.is_ascii_digit());
+                        Some(OutputMark {
+                            len: canonical.then(|| len.parse().ok()).flatten()?,
+                            digest: parse_hex8(digest)?,
+                        })
+                    })
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or_else(|| "malformed output mark".to_string())?;
+                Record::Out { marks, closed }
+            }
             other => return Err(format!("unknown record kind {other:?}")),
         };
         if !fields.0.is_empty() {
@@ -434,6 +506,11 @@ pub(crate) struct State {
     pub(crate) prefix: Option<Prefix>,
     /// The format version of the file's header (0 before any header).
     pub(crate) version: u32,
+    /// The outputs, in the order they were attached: the path given then,
+    /// and what the last `out` record says of each.
+    pub(crate) outputs: Vec<(String, OutputMark)>,
+    /// The last `out` record says the run ended cleanly.
+    pub(crate) closed: bool,
 }
 
 impl State {
@@ -461,6 +538,35 @@ impl State {
                     self.prefix = Some(prefix);
                 }
             }
+            Record::Output { index, path } => {
+                let index = usize::try_from(index).unwrap_or(usize::MAX);
+                if index >= self.outputs.len() {
+                    self.outputs.push((path, OutputMark::default()));
+                } else {
+                    self.outputs[index].0 = path;
+                }
+            }
+            Record::Out { marks, closed } => {
+                for (output, mark) in self.outputs.iter_mut().zip(marks) {
+                    output.1 = mark;
+                }
+                self.closed = closed;
+            }
+        }
+    }
+
+    /// The outputs' lengths: the lengths of the commits so far.
+    pub(crate) fn output_lens(&self) -> Vec<u64> {
+        self.outputs.iter().map(|(_, mark)| mark.len).collect()
+    }
+
+    /// Raises the outputs' lengths to those of a commit (they only grow
+    /// while a checkpoint is open; a commit folded late never lowers them).
+    #[inline]
+    pub(crate) fn raise_outputs(&mut self, lens: impl Iterator<Item = u64>) {
+        self.closed = false;
+        for ((_, mark), len) in self.outputs.iter_mut().zip(lens) {
+            mark.len = mark.len.max(len);
         }
     }
 
@@ -517,12 +623,21 @@ impl State {
 
     /// The whole state as the records of a new file, of the current format
     /// version. The state's `version` follows once the file is in place
-    /// (`Inner::placed`): until then the file on disk is the old one.
+    /// (`Inner::placed`): until then the file on disk is the old one. With
+    /// outputs, the caller closes it with the `out` record of its lengths
+    /// (see `Inner::seal`): without it, nothing after the header counts.
     pub(crate) fn snapshot(&self) -> String {
         let mut out = String::new();
         Record::Header { version: VERSION }.encode(&mut out);
         if let Some((index, count)) = self.shard {
             Record::Shard { index, count }.encode(&mut out);
+        }
+        for (index, (path, _)) in self.outputs.iter().enumerate() {
+            Record::Output {
+                index: index as u64,
+                path: path.clone(),
+            }
+            .encode(&mut out);
         }
         Record::Position(self.position).encode(&mut out);
         if let Some(prefix) = self.prefix {
@@ -551,6 +666,10 @@ pub(crate) struct Pending {
     pub(crate) shard: bool,
     /// The prefix was extended.
     pub(crate) prefix: bool,
+    /// The outputs were closed or opened again (see
+    /// `Checkpoint::close_outputs`): an `out` record says so, alone if
+    /// need be.
+    pub(crate) outputs: bool,
 }
 
 impl Pending {
@@ -560,6 +679,7 @@ impl Pending {
             && self.failed.is_empty()
             && !self.shard
             && !self.prefix
+            && !self.outputs
     }
 
     /// The records to append. Each line's net outcome among the `failed`
@@ -674,6 +794,9 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<(State, bool, u64)> {
     let mut has_header = false;
     let mut valid_len = 0u64;
     let mut first_bad: Option<(u64, String)> = None;
+    // With outputs, records wait here for the `out` record that closes
+    // their group: a group cut short by a crash is the torn end.
+    let mut group: Option<Vec<Record>> = None;
     let mut offset = 0usize;
     while offset < bytes.len() {
         let Some(len) = memchr::memchr(b'\n', &bytes[offset..]) else {
@@ -701,6 +824,7 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<(State, bool, u64)> {
                         }
                         state.version = version;
                         has_header = true;
+                        valid_len = (offset + len + 1) as u64;
                     }
                     Record::Header { .. } => {
                         return Err(corrupt(offset, "a header in the middle of the file".into()));
@@ -708,9 +832,40 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<(State, bool, u64)> {
                     _ if !has_header => {
                         return Err(corrupt(offset, "a record before the header".into()));
                     }
-                    record => state.apply(record),
+                    Record::Out { ref marks, .. } => {
+                        let Some(records) = group.as_mut() else {
+                            return Err(corrupt(offset, "output lengths without outputs".into()));
+                        };
+                        for record in records.drain(..) {
+                            state.apply(record);
+                        }
+                        let count = marks.len();
+                        if count != state.outputs.len() {
+                            return Err(corrupt(offset, "lengths of other outputs".into()));
+                        }
+                        state.apply(record);
+                        valid_len = (offset + len + 1) as u64;
+                    }
+                    Record::Output { index, .. } => {
+                        let records = group.get_or_insert_with(Vec::new);
+                        let declared = state.outputs.len() as u64
+                            + records
+                                .iter()
+                                .filter(|r| matches!(r, Record::Output { .. }))
+                                .count() as u64;
+                        if index > declared {
+                            return Err(corrupt(offset, "outputs out of order".into()));
+                        }
+                        records.push(record);
+                    }
+                    record => match group.as_mut() {
+                        Some(records) => records.push(record),
+                        None => {
+                            state.apply(record);
+                            valid_len = (offset + len + 1) as u64;
+                        }
+                    },
                 }
-                valid_len = (offset + len + 1) as u64;
             }
             Err(reason) => {
                 let record = &bytes[offset..offset + len];

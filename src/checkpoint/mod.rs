@@ -7,6 +7,7 @@ mod durability;
 mod file;
 mod format;
 mod fs;
+mod output;
 mod prefix;
 mod slot;
 mod writer;
@@ -25,6 +26,7 @@ use std::time::{Duration, Instant};
 pub(crate) use builder::BeforeWrite;
 pub use builder::CheckpointBuilder;
 pub use durability::Durability;
+pub use output::Output;
 
 use crate::error::{Error, Result};
 use crate::failed::FailedLine;
@@ -32,6 +34,7 @@ use crate::line::Line;
 use crate::position::Position;
 use format::Record;
 use format::load;
+use output::OutputShared;
 use fs::RealFs;
 use prefix::{Catch, PrefixReader};
 use slot::{SlotWriter, WANT_FOLD};
@@ -201,6 +204,8 @@ pub struct Checkpoint {
     /// Set by `close` and by tests that simulate a crash: drop writes
     /// nothing.
     abandoned: bool,
+    /// The outputs attached, whose lengths every commit records.
+    outputs: Vec<Arc<OutputShared>>,
 }
 
 /// The state recorded in a checkpoint file, as read by
@@ -230,6 +235,10 @@ pub struct Snapshot {
     /// The shard whose lines the checkpoint holds (see
     /// [`Checkpoint::shard`]).
     pub shard: Option<(u64, u64)>,
+    /// The outputs (see [`Checkpoint::output`]): each one's path, as given
+    /// when it was attached, and the length recorded, which holds the
+    /// results of every finished line.
+    pub outputs: Vec<(PathBuf, u64)>,
 }
 
 impl Checkpoint {
@@ -380,6 +389,12 @@ impl Checkpoint {
             done_beyond: loaded.state.done.into_keys().collect(),
             failed: loaded.state.failed.into_values().collect(),
             shard: loaded.state.shard,
+            outputs: loaded
+                .state
+                .outputs
+                .into_iter()
+                .map(|(path, mark)| (PathBuf::from(path), mark.len))
+                .collect(),
         })
     }
 
@@ -498,6 +513,133 @@ impl Checkpoint {
         self.note_commit()
     }
 
+    /// Attaches the output file at `path` (see [`Output`]): from now on,
+    /// every commit records its length. Outputs are attached before the
+    /// first commit, in the same order at every run; several can be (say
+    /// results and rejects).
+    ///
+    /// - An output the checkpoint records is checked: it must exist, be at
+    ///   least as long as recorded, and hold the recorded bytes before that
+    ///   length. Bytes after it, left by a run that did not end cleanly,
+    ///   are results of lines that will be done again: they are cut off.
+    /// - A new output is created if missing; bytes it already holds stay,
+    ///   and results go after them. A new output can only be attached to
+    ///   a checkpoint with no progress yet (the results of lines finished
+    ///   without it would be missing from it).
+    ///
+    /// # Durability
+    ///
+    /// A new output is recorded, and a cut is synced, when this returns.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::OutputChanged`] when the file is not the recorded output
+    /// (missing, shorter, replaced or edited, or with bytes appended by
+    /// another program after a run that ended cleanly), when its name is
+    /// not the one recorded at this place, when a new output is attached
+    /// to a checkpoint with progress, or after the first commit. Nothing
+    /// is cut or written then. [`Error::Io`] when the file cannot be read,
+    /// created or cut, or the checkpoint cannot be written.
+    pub fn output(&mut self, path: impl AsRef<Path>) -> Result<Output> {
+        let path = path.as_ref();
+        let changed = |reason: String| Error::OutputChanged {
+            path: path.to_path_buf(),
+            checkpoint: self.given.clone(),
+            reason,
+        };
+        if self.schedule.is_none() {
+            return Err(changed(
+                "outputs are attached before the first commit".into(),
+            ));
+        }
+        let index = self.outputs.len();
+        let (recorded, closed, progress) = {
+            let core = self.core();
+            let state = &core.state;
+            (
+                state.outputs.get(index).cloned(),
+                state.closed,
+                !state.position.is_start() || !state.done.is_empty() || !state.failed.is_empty(),
+            )
+        };
+        let sync = self.durability.syncs();
+        let new = recorded.is_none();
+        let output = match recorded {
+            Some((recorded, mark)) => {
+                if Path::new(&recorded).file_name() != path.file_name() {
+                    return Err(changed(format!(
+                        "the checkpoint records output {} as {recorded:?}",
+                        index + 1
+                    )));
+                }
+                let file = match output::check(path, mark, closed)? {
+                    output::Found::Changed(reason) => return Err(changed(reason)),
+                    output::Found::Ours(file) => file,
+                };
+                output::cut_back(path, &file, mark.len)?;
+                output::attach(path, file, mark, sync)
+            }
+            None if progress => {
+                return Err(changed(
+                    "the checkpoint records progress made without this output, whose \
+                     results would be missing from it; start with a new checkpoint"
+                        .into(),
+                ));
+            }
+            None => {
+                let (file, mark) = output::create(path)?;
+                let mut io = self.inner.lock_io();
+                let mut core = self.inner.lock_core();
+                core.state
+                    .outputs
+                    .push((path.to_string_lossy().into_owned(), mark));
+                // The declaration goes in a snapshot.
+                io.needs_rewrite |= io.file.is_some();
+                output::attach(path, file, mark, sync)
+            }
+        };
+        self.outputs.push(Arc::clone(output.shared()));
+        self.inner
+            .outputs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Arc::clone(output.shared()));
+        self.slot.track_outputs(&self.inner.slot, self.outputs.len());
+        let reopened = {
+            let mut core = self.inner.lock_core();
+            let reopened = core.state.closed || new;
+            core.state.closed = false;
+            core.pending.outputs |= reopened;
+            reopened
+        };
+        if reopened {
+            // Before a byte of results reaches the file: a crash must not
+            // leave it longer than recorded while the record says closed,
+            // nor results after a length no record holds.
+            self.write_now(true, Catch::All)?;
+        }
+        Ok(output)
+    }
+
+    /// Cuts every output to its recorded length and records that the run
+    /// ended cleanly, so that bytes a later open finds after that length
+    /// are known not to be linemark's. Called after a sync.
+    pub(crate) fn close_outputs(&mut self) -> Result<()> {
+        if self.outputs.is_empty() {
+            return Ok(());
+        }
+        let lens = self.core().state.output_lens();
+        for (output, &len) in self.outputs.iter().zip(&lens) {
+            output.cut_to(len)?;
+        }
+        {
+            let mut core = self.inner.lock_core();
+            core.state.closed = true;
+            core.pending.outputs = true;
+        }
+        self.write_now(true, Catch::All)
+    }
+
     /// Whether the line is recorded as failed.
     #[must_use]
     pub fn is_failed(&self, line: u64) -> bool {
@@ -569,6 +711,7 @@ impl Checkpoint {
             self.slot.clear(&self.inner.slot);
             core.folded = self.slot.seq();
             core.state.advance(position);
+            core.state.raise_outputs(lens(&self.outputs));
             core.pending.position = true;
         }
         self.note_commit()
@@ -625,7 +768,8 @@ impl Checkpoint {
     /// [`LineReader`](crate::LineReader), which is valid by construction.
     #[inline(always)]
     pub(crate) fn commit_read_line(&mut self, line: &Line<'_>) -> Result<()> {
-        self.slot.publish(&self.inner.slot, line);
+        self.slot
+            .publish(&self.inner.slot, line, lens(&self.outputs));
         self.note_commit()
     }
 
@@ -656,6 +800,7 @@ impl Checkpoint {
             {
                 return Ok(());
             }
+            core.state.raise_outputs(lens(&self.outputs));
             core.pending.done.push(line);
         }
         self.note_commit()
@@ -683,6 +828,7 @@ impl Checkpoint {
         {
             let mut core = self.core();
             core.state.failed.insert(failed.line(), failed.clone());
+            core.state.raise_outputs(lens(&self.outputs));
             core.pending.failed.push(Record::Failed(failed));
         }
         self.note_commit()
@@ -705,6 +851,7 @@ impl Checkpoint {
             if core.state.failed.remove(&line).is_none() {
                 return Ok(());
             }
+            core.state.raise_outputs(lens(&self.outputs));
             core.pending.failed.push(Record::Resolved { line });
         }
         self.note_commit()
@@ -766,6 +913,11 @@ impl Checkpoint {
     #[cold]
     #[inline(never)]
     fn service(&mut self) -> Result<()> {
+        if self.schedule.is_some() && self.outputs.len() < self.inner.lock_core().state.outputs.len()
+        {
+            // Recorded before the first commit reaches the file.
+            return Err(self.inner.unattached());
+        }
         if let Some(schedule) = self.schedule.take() {
             match Background::start(&self.inner, schedule) {
                 Ok(background) => self.background = background,
@@ -900,7 +1052,7 @@ impl Checkpoint {
     ///
     /// As [`sync`](Checkpoint::sync); the lock is released either way.
     pub fn close(mut self) -> Result<()> {
-        let result = self.sync();
+        let result = self.sync().and_then(|()| self.close_outputs());
         self.abandoned = true;
         result
     }
@@ -948,6 +1100,12 @@ impl Drop for Checkpoint {
             let _ = self.write_now(self.durability.syncs(), Catch::All);
         }
     }
+}
+
+/// The lengths of the outputs now.
+#[inline(always)]
+fn lens(outputs: &[Arc<OutputShared>]) -> impl Iterator<Item = u64> + '_ {
+    outputs.iter().map(|output| output.appended())
 }
 
 /// Refuses a position that no input can have, before it reaches the file

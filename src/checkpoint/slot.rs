@@ -53,6 +53,8 @@ pub(crate) struct Slot {
     last: AtomicU64,
     /// The current buffer; replaced (rarely) when a longer line comes.
     words: Mutex<Arc<[AtomicU64]>>,
+    /// The outputs' lengths at the commit (set once, before the first).
+    lens: Mutex<Arc<[AtomicU64]>>,
     /// `WANT_FOLD | HAS_ERROR`: the one word the hot path loads per commit.
     pub(crate) signal: AtomicU8,
     /// Lines are published located (set once, before the first commit).
@@ -65,6 +67,8 @@ pub(crate) struct Published {
     pub(crate) seq: u64,
     /// `None` when no line is published.
     pub(crate) mark: Option<Mark>,
+    /// The outputs' lengths at the commit.
+    pub(crate) lens: Vec<u64>,
 }
 
 /// What the slot knows of the last committed line.
@@ -123,6 +127,11 @@ impl Slot {
             return None;
         }
         let words = Arc::clone(&self.words.lock().unwrap_or_else(PoisonError::into_inner));
+        let lens_words = Arc::clone(&self.lens.lock().unwrap_or_else(PoisonError::into_inner));
+        let lens: Vec<u64> = lens_words
+            .iter()
+            .map(|word| word.load(Ordering::Relaxed))
+            .collect();
         let number = self.number.load(Ordering::Relaxed);
         let offset = self.offset.load(Ordering::Relaxed);
         let len = self.len.load(Ordering::Relaxed);
@@ -157,7 +166,7 @@ impl Slot {
             })),
             (_, false) => Some(Mark::End(Line::new(&raw, number, offset).end_position())),
         };
-        Some(Published { seq, mark })
+        Some(Published { seq, mark, lens })
     }
 
     /// The sequence number now (even between commits).
@@ -175,6 +184,8 @@ pub(crate) struct SlotWriter {
     len: u64,
     /// Publish lines located instead of by their bytes.
     located: bool,
+    /// The outputs' lengths, published with each line.
+    lens: Arc<[AtomicU64]>,
 }
 
 impl SlotWriter {
@@ -184,7 +195,24 @@ impl SlotWriter {
             words: Arc::clone(&slot.words.lock().unwrap_or_else(PoisonError::into_inner)),
             len: 0,
             located: false,
+            lens: Arc::clone(&slot.lens.lock().unwrap_or_else(PoisonError::into_inner)),
         }
+    }
+
+    /// From now on, publishes the lengths of `count` outputs with each
+    /// line (before the first commit).
+    pub(crate) fn track_outputs(&mut self, slot: &Slot, count: usize) {
+        let fresh: Arc<[AtomicU64]> = (0..count).map(|_| AtomicU64::new(0)).collect();
+        *slot.lens.lock().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&fresh);
+        self.lens = fresh;
+    }
+
+    /// The lengths published with the last line.
+    pub(crate) fn lens(&self) -> Vec<u64> {
+        self.lens
+            .iter()
+            .map(|word| word.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// The sequence number of the last publication.
@@ -202,10 +230,18 @@ impl SlotWriter {
 
     /// Publishes `line` as the last committed one.
     #[inline(always)]
-    pub(crate) fn publish(&mut self, slot: &Slot, line: &Line<'_>) {
+    pub(crate) fn publish(
+        &mut self,
+        slot: &Slot,
+        line: &Line<'_>,
+        lens: impl Iterator<Item = u64>,
+    ) {
         let raw = line.raw();
         slot.seq.store(self.seq + 1, Ordering::Relaxed);
         fence(Ordering::Release);
+        for (word, len) in self.lens.iter().zip(lens) {
+            word.store(len, Ordering::Relaxed);
+        }
         if self.located {
             let (first, last) = fingerprint(raw);
             slot.first.store(first, Ordering::Relaxed);
@@ -332,7 +368,7 @@ mod tests {
             (&b"exactly8"[..], 3, 1006),
         ] {
             let line = Line::new(raw, number, offset);
-            writer.publish(&slot, &line);
+            writer.publish(&slot, &line, std::iter::empty());
             let read = slot.try_read().unwrap();
             assert_eq!(read.mark, Some(Mark::End(line.end_position())));
             assert_eq!(read.seq, writer.seq());
@@ -349,7 +385,7 @@ mod tests {
         let mut writer = SlotWriter::new(&slot);
         writer.locate(&slot);
         for (raw, number, offset) in [(&b"a longer line\n"[..], 4, 30), (&b"ab\n"[..], 5, 44)] {
-            writer.publish(&slot, &Line::new(raw, number, offset));
+            writer.publish(&slot, &Line::new(raw, number, offset), std::iter::empty());
             let expected = Mark::Located(Located {
                 number,
                 offset,
@@ -405,7 +441,7 @@ mod tests {
             });
             for round in 0..20_000 {
                 for (n, raw) in lines.iter().enumerate() {
-                    writer.publish(&slot, &Line::new(raw, n as u64 + 1, 0));
+                    writer.publish(&slot, &Line::new(raw, n as u64 + 1, 0), std::iter::empty());
                 }
                 if round % 1000 == 0 {
                     std::thread::yield_now();

@@ -41,7 +41,8 @@ use std::time::{Duration, Instant};
 
 use super::BeforeWrite;
 use super::file::{parent_dir, temp_prefix};
-use super::format::{Pending, State};
+use super::format::{OutputMark, Pending, Record, State};
+use super::output::OutputShared;
 use super::fs::{Fs, FsFile};
 use super::prefix::{Catch, PrefixReader};
 use super::slot::{HAS_ERROR, Located, Mark, Published, Slot, SlotWriter, WANT_FOLD, fingerprint};
@@ -81,6 +82,8 @@ pub(crate) struct Inner {
     pub(crate) lock_id: Option<(u64, u64)>,
     /// Set once the lock was found lost: nothing is written any more.
     pub(crate) lock_lost: AtomicBool,
+    /// The outputs attached, by index.
+    pub(crate) outputs: Mutex<Vec<Arc<OutputShared>>>,
 }
 
 /// The identity of a file: device and inode (Unix); `None` elsewhere, where
@@ -264,6 +267,7 @@ impl Inner {
             if let Some(mark) = published.mark {
                 let end = self.resolve(mark)?;
                 core.state.advance(end);
+                core.state.raise_outputs(published.lens.into_iter());
                 core.pending.position = true;
             }
             core.folded = published.seq;
@@ -324,6 +328,7 @@ impl Inner {
                 Published {
                     seq: slot.seq(),
                     mark,
+                    lens: slot.lens(),
                 },
             )?;
         }
@@ -366,7 +371,7 @@ impl Inner {
     pub(crate) fn write(&self, io: &mut Io, seen: Instant, prefix: Catch) -> Result<()> {
         self.check_lock()?;
         self.record_prefix(io, prefix);
-        let (plan, position) = {
+        let (plan, position, lens, closed) = {
             let mut core = self.lock_core();
             let plan = if io.needs_rewrite {
                 Plan::Rewrite(core.state.snapshot())
@@ -387,23 +392,39 @@ impl Inner {
             if !matches!(plan, Plan::Nothing) {
                 core.pending = Pending::default();
             }
-            (plan, core.state.position)
+            (
+                plan,
+                core.state.position,
+                core.state.output_lens(),
+                core.state.closed,
+            )
         };
         let out = match plan {
             Plan::Nothing => return Ok(()),
-            Plan::Rewrite(snapshot) => {
+            Plan::Rewrite(mut snapshot) => {
+                // `needs_rewrite` stays set until the rewrite is done.
+                snapshot.push_str(&self.seal(&lens, closed)?);
                 return self.rewrite(io, snapshot, position, RewriteStep::Done);
             }
             Plan::Create(out) | Plan::Append(out) => out,
         };
-        if let Err(error) = self.run_before_write() {
-            // Nothing reached the file: the records wait for the next write
-            // (a file not created yet is created from the state then).
-            if io.file.is_some() {
-                io.carried = out;
+        // The outputs' bytes the records cover reach the file (and the
+        // disk) before the records, as the hook's effects do.
+        let sealed = self
+            .seal(&lens, closed)
+            .and_then(|seal| self.run_before_write().map(|()| seal));
+        let out = match sealed {
+            Ok(seal) => out + &seal,
+            Err(error) => {
+                // Nothing reached the file: the records wait for the next
+                // write (a file not created yet is created from the state
+                // then).
+                if io.file.is_some() {
+                    io.carried = out;
+                }
+                return Err(error);
             }
-            return Err(error);
-        }
+        };
         let created = io.file.is_none();
         if created {
             let file = self
@@ -431,6 +452,55 @@ impl Inner {
             compacting.extend_from_slice(out.as_bytes());
         }
         Ok(())
+    }
+
+    /// The `out` record that closes a group of records written with the
+    /// outputs at `lens`: each output's bytes up to its length are written
+    /// to its file (and synced) first. Empty without outputs.
+    pub(crate) fn seal(&self, lens: &[u64], closed: bool) -> Result<String> {
+        if lens.is_empty() {
+            return Ok(String::new());
+        }
+        let outputs = self
+            .outputs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if outputs.len() < lens.len() {
+            return Err(self.unattached());
+        }
+        let marks = outputs
+            .iter()
+            .zip(lens)
+            .map(|(output, &len)| output.seal(len))
+            .collect::<Result<Vec<OutputMark>>>()?;
+        let mut out = String::new();
+        Record::Out { marks, closed }.encode(&mut out);
+        Ok(out)
+    }
+
+    /// The error for a write while an output the checkpoint records is not
+    /// attached.
+    #[cold]
+    pub(crate) fn unattached(&self) -> Error {
+        let attached = self
+            .outputs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        let core = self.lock_core();
+        let path = core
+            .state
+            .outputs
+            .get(attached)
+            .map_or_else(PathBuf::new, |(path, _)| PathBuf::from(path));
+        Error::OutputChanged {
+            path,
+            checkpoint: self.path.clone(),
+            reason: "the checkpoint records results in this output, and it is not attached: \
+                     attach it before the first commit (Checkpoint::output, Runner::output)"
+                .into(),
+        }
     }
 
     /// A file written from a snapshot is in place: it is of the current
@@ -482,11 +552,17 @@ impl Inner {
                 // whole, synced. (A file that only needs a rewrite because
                 // an append failed still holds its earlier records intact,
                 // and syncing them is right.)
-                let (snapshot, position) = {
+                let (mut snapshot, position, lens, closed) = {
                     let mut core = self.lock_core();
                     core.pending = Pending::default();
-                    (core.state.snapshot(), core.state.position)
+                    (
+                        core.state.snapshot(),
+                        core.state.position,
+                        core.state.output_lens(),
+                        core.state.closed,
+                    )
                 };
+                snapshot.push_str(&self.seal(&lens, closed)?);
                 return self.rewrite(&mut io, snapshot, position, RewriteStep::Done);
             }
             if io.unsynced.is_empty() && !io.dir_unsynced {
@@ -574,7 +650,7 @@ impl Inner {
     pub(crate) fn compact(&self) -> Result<()> {
         let _sync = self.lock_sync();
         self.check_lock()?;
-        let (snapshot, position, upto, generation) = {
+        let taken = {
             let mut io = self.lock_io();
             if !Inner::wants_compaction(&io, self.compact_at) || io.needs_rewrite {
                 return Ok(());
@@ -585,12 +661,20 @@ impl Inner {
                 core.state.position,
                 io.appended,
                 io.generation,
+                core.state.output_lens(),
+                core.state.closed,
             );
             drop(core);
             io.compacting = Some(Vec::new());
             taken
         };
-        let result = self.write_snapshot(&snapshot);
+        let (mut snapshot, position, upto, generation, lens, closed) = taken;
+        let result = self
+            .seal(&lens, closed)
+            .and_then(|seal| {
+                snapshot.push_str(&seal);
+                self.write_snapshot(&snapshot)
+            });
         let mut io = self.lock_io();
         let compacting = io.compacting.take();
         let (temp, mut file) = result?;

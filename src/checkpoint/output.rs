@@ -1,0 +1,394 @@
+//! Outputs kept in step with a checkpoint: append-only files whose length
+//! is recorded in the same group of records as the progress it holds the
+//! results of, so that a rerun cuts away exactly the results of the lines
+//! it does again (see [`Output`]).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use super::format::{OutputMark, TAIL};
+use crate::error::{Error, Result};
+
+/// Bytes an output gathers before they are written to its file.
+const BUFFER: usize = 64 << 10;
+
+/// An append-only output file attached to a [`Checkpoint`](crate::Checkpoint),
+/// for results written exactly once, even across crashes.
+///
+/// Every commit records how long each output is at that moment, in the
+/// same group of records as the progress, and a checkpoint write never
+/// records a length that is not in the output's file first (and, unless
+/// the durability is [`NoSync`](crate::Durability::NoSync), synced: a power
+/// loss cannot leave a record that points past the output's durable
+/// data). When the checkpoint is opened again, the output is cut back to
+/// the recorded length: what goes is exactly the results of the lines
+/// that will be done again. So a loop that appends a line's result and
+/// then commits the line writes each result exactly once.
+///
+/// Get one with [`Checkpoint::output`](crate::Checkpoint::output), before
+/// the first commit. The runner does it for [`Runner::output`]
+/// (crate::Runner::output).
+///
+/// Writes are buffered (64 KiB); the checkpoint's writer thread writes the
+/// buffer out when a record needs it, so results are never held back
+/// longer than the commits that cover them.
+///
+/// # Examples
+///
+/// ```
+/// use std::fs::File;
+/// use std::io::{BufReader, Write};
+/// use linemark::{Checkpoint, LineReader};
+///
+/// let dir = tempfile::tempdir()?;
+/// let input = dir.path().join("words.txt");
+/// std::fs::write(&input, "a\nbb\n")?;
+/// let results = dir.path().join("lengths.txt");
+///
+/// let mut checkpoint = Checkpoint::open(dir.path().join("words.txt.checkpoint"))?;
+/// let mut output = checkpoint.output(&results)?;
+/// let mut reader = BufReader::new(File::open(&input)?);
+/// let start = checkpoint.position().seek_offset(&mut reader)?;
+/// let mut lines = LineReader::resume(reader, start);
+/// while let Some(line) = lines.next_line()? {
+///     writeln!(output, "{} {}", line.as_str()?, line.as_str()?.len())?;
+///     checkpoint.commit_line(&line)?;
+/// }
+/// checkpoint.close()?;
+/// assert_eq!(std::fs::read_to_string(&results)?, "a 1\nbb 2\n");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug)]
+pub struct Output {
+    shared: Arc<OutputShared>,
+}
+
+/// What an output's handle and the checkpoint share.
+#[derive(Debug)]
+pub(crate) struct OutputShared {
+    /// The path as given.
+    path: PathBuf,
+    /// Bytes appended so far, written or buffered. Only the appending
+    /// thread stores it; the committing thread loads it at every commit.
+    appended: AtomicU64,
+    /// Sync the file before a record covers its new bytes.
+    sync: bool,
+    io: Mutex<OutputIo>,
+}
+
+#[derive(Debug)]
+struct OutputIo {
+    file: File,
+    buffer: Vec<u8>,
+    /// Bytes in the file.
+    written: u64,
+    /// Bytes known to be on disk.
+    synced: u64,
+    /// The last mark computed, to spare reading the tail again.
+    sealed: Option<OutputMark>,
+}
+
+impl Output {
+    /// The path given when the output was attached.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// The output's length: every byte appended, written to the file or
+    /// not yet.
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        self.shared.appended()
+    }
+
+    /// Whether the output is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends `bytes`. They belong to the lines the next commit covers.
+    ///
+    /// # Durability
+    ///
+    /// Nothing, by itself: the bytes are buffered and reach the file
+    /// before the checkpoint records a commit made after this call, and
+    /// the disk before that record can (see [`Output`]).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] naming the output when writing the buffer out fails
+    /// (a full disk). Nothing of `bytes` is appended then, and the file
+    /// is cut back to what was written before.
+    pub fn append(&mut self, bytes: &[u8]) -> Result<()> {
+        self.shared.append(bytes)
+    }
+
+    pub(crate) fn shared(&self) -> &Arc<OutputShared> {
+        &self.shared
+    }
+}
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.append(buf)?;
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        Ok(self.append(buf)?)
+    }
+
+    /// Writes the buffer to the file (not to the disk: the checkpoint
+    /// syncs what its records cover).
+    fn flush(&mut self) -> io::Result<()> {
+        let mut io = self.shared.lock();
+        Ok(io.write_out(&self.shared.path)?)
+    }
+}
+
+impl OutputShared {
+    fn lock(&self) -> MutexGuard<'_, OutputIo> {
+        self.io.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    #[inline]
+    pub(crate) fn appended(&self) -> u64 {
+        self.appended.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub(crate) fn append(&self, bytes: &[u8]) -> Result<()> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let mut io = self.lock();
+        if io.buffer.len() + bytes.len() > BUFFER {
+            io.write_out(&self.path)?;
+        }
+        if bytes.len() >= BUFFER {
+            io.write_direct(&self.path, bytes)?;
+        } else {
+            io.buffer.extend_from_slice(bytes);
+        }
+        drop(io);
+        self.appended
+            .store(self.appended() + bytes.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Makes the first `len` bytes ready to be recorded: written to the
+    /// file and, if the output syncs, to the disk; returns their mark.
+    pub(crate) fn seal(&self, len: u64) -> Result<OutputMark> {
+        let mut io = self.lock();
+        if io.written < len {
+            io.write_out(&self.path)?;
+        }
+        if io.written < len {
+            return Err(self.error(
+                "recording the output",
+                io::Error::other(format!(
+                    "a commit covers {len} bytes, but only {} were appended",
+                    io.written
+                )),
+            ));
+        }
+        if self.sync && io.synced < len {
+            let upto = io.written;
+            let handle = io
+                .file
+                .try_clone()
+                .map_err(|err| self.error("syncing the output", err))?;
+            // Appends go on while the disk works.
+            drop(io);
+            handle
+                .sync_data()
+                .map_err(|err| self.error("syncing the output", err))?;
+            io = self.lock();
+            io.synced = io.synced.max(upto);
+        }
+        if let Some(mark) = io.sealed.filter(|mark| mark.len == len) {
+            return Ok(mark);
+        }
+        let digest = tail_digest(&mut io.file, len)
+            .map_err(|err| self.error("reading the output back", err))?;
+        let mark = OutputMark { len, digest };
+        io.sealed = Some(mark);
+        Ok(mark)
+    }
+
+    /// Cuts the output to `len`, dropping what was appended after it
+    /// (results no commit covers), and syncs the cut.
+    pub(crate) fn cut_to(&self, len: u64) -> Result<()> {
+        let mut io = self.lock();
+        io.buffer.clear();
+        let cut = io.written > len;
+        if cut {
+            io.file
+                .set_len(len)
+                .map_err(|err| self.error("cutting the output back", err))?;
+            io.written = len;
+            io.synced = io.synced.min(len);
+        }
+        if self.sync && (cut || io.synced < len) {
+            io.file
+                .sync_data()
+                .map_err(|err| self.error("syncing the output", err))?;
+            io.synced = len;
+        }
+        self.appended.store(len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn error(&self, action: &'static str, err: io::Error) -> Error {
+        Error::io(Some(&self.path), action, err)
+    }
+}
+
+impl OutputIo {
+    /// Writes the buffer to the file.
+    fn write_out(&mut self, path: &Path) -> Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let buffer = std::mem::take(&mut self.buffer);
+        let result = self.write_direct(path, &buffer);
+        self.buffer = buffer;
+        if result.is_ok() {
+            self.buffer.clear();
+        }
+        result
+    }
+
+    /// Writes `bytes` to the file; on failure, cuts it back to what it
+    /// held before, so a partial write never stays.
+    fn write_direct(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
+        match self.file.write_all(bytes) {
+            Ok(()) => {
+                self.written += bytes.len() as u64;
+                Ok(())
+            }
+            Err(err) => {
+                let _ = self.file.set_len(self.written);
+                Err(Error::io(Some(path), "writing the output", err))
+            }
+        }
+    }
+}
+
+/// The CRC-32 of the up to [`TAIL`] bytes before `len`.
+fn tail_digest(file: &mut File, len: u64) -> io::Result<u32> {
+    let start = len.saturating_sub(TAIL);
+    file.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::with_capacity(TAIL as usize);
+    Read::by_ref(file).take(len - start).read_to_end(&mut tail)?;
+    if (tail.len() as u64) < len - start {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(crc32fast::hash(&tail))
+}
+
+/// How an output file compares with what the checkpoint recorded of it.
+pub(crate) enum Found {
+    /// As recorded, or longer after a crash (bytes no commit covered).
+    Ours(File),
+    /// Not the recorded output: the reason.
+    Changed(String),
+}
+
+/// Opens the output at `path` and checks it against `recorded` (its length
+/// and the digest of its tail, and whether the last run ended cleanly).
+pub(crate) fn check(path: &Path, recorded: OutputMark, closed: bool) -> Result<Found> {
+    let open_err = |err| Error::io(Some(path), "opening the output", err);
+    let mut file = match OpenOptions::new().read(true).append(true).open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            return Ok(Found::Changed(format!(
+                "it is missing; the checkpoint records {} bytes of results in it",
+                recorded.len
+            )));
+        }
+        Err(err) => return Err(open_err(err)),
+    };
+    let len = file.metadata().map_err(open_err)?.len();
+    if len < recorded.len {
+        return Ok(Found::Changed(format!(
+            "it is {len} bytes long, shorter than the {} bytes the checkpoint records",
+            recorded.len
+        )));
+    }
+    let digest = tail_digest(&mut file, recorded.len)
+        .map_err(|err| Error::io(Some(path), "reading the output", err))?;
+    if digest != recorded.digest {
+        return Ok(Found::Changed(format!(
+            "its bytes before offset {} are not the ones recorded: the file was replaced or edited",
+            recorded.len
+        )));
+    }
+    if closed && len > recorded.len {
+        return Ok(Found::Changed(format!(
+            "{} bytes were added after offset {}, where the last run ended cleanly; \
+             linemark did not write them and does not cut them",
+            len - recorded.len,
+            recorded.len
+        )));
+    }
+    Ok(Found::Ours(file))
+}
+
+/// Cuts `file` back to `len`, dropping bytes no commit covered (results of
+/// lines that will be done again), and syncs the cut.
+pub(crate) fn cut_back(path: &Path, file: &File, len: u64) -> Result<()> {
+    let found = file
+        .metadata()
+        .map_err(|err| Error::io(Some(path), "opening the output", err))?
+        .len();
+    if found > len {
+        file.set_len(len)
+            .and_then(|()| file.sync_data())
+            .map_err(|err| Error::io(Some(path), "cutting the output back", err))?;
+    }
+    Ok(())
+}
+
+/// Opens (creating it if need be) an output no checkpoint records yet: its
+/// present bytes stay, results go after them. Returns the file and its
+/// mark.
+pub(crate) fn create(path: &Path) -> Result<(File, OutputMark)> {
+    let open_err = |err| Error::io(Some(path), "opening the output", err);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .create(true)
+        .open(path)
+        .map_err(open_err)?;
+    let len = file.metadata().map_err(open_err)?.len();
+    let digest = tail_digest(&mut file, len).map_err(open_err)?;
+    // The checkpoint records this length: it must not outlive the bytes.
+    file.sync_data()
+        .map_err(|err| Error::io(Some(path), "syncing the output", err))?;
+    Ok((file, OutputMark { len, digest }))
+}
+
+/// The handle and the shared half of an output opened at `mark`, the
+/// file's bytes up to it durable.
+pub(crate) fn attach(path: &Path, file: File, mark: OutputMark, sync: bool) -> Output {
+    Output {
+        shared: Arc::new(OutputShared {
+            path: path.to_path_buf(),
+            appended: AtomicU64::new(mark.len),
+            sync,
+            io: Mutex::new(OutputIo {
+                file,
+                buffer: Vec::with_capacity(BUFFER),
+                written: mark.len,
+                synced: mark.len,
+                sealed: Some(mark),
+            }),
+        }),
+    }
+}
