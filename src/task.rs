@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::line::Line;
 #[cfg(feature = "tokio")]
 use crate::line::OwnedLine;
+use crate::out::Out;
 
 /// Any error, boxed: what a closure given to
 /// [`Runner::run`](crate::Runner::run) returns. `?` converts every
@@ -98,6 +99,22 @@ pub trait Task: Sync {
     /// Whatever went wrong; the runner retries it or records the line as
     /// failed.
     fn run(&self, line: &Line<'_>) -> Result<(), Self::Error>;
+
+    /// Does the work for one line and writes its results to `out`, for a
+    /// runner with outputs ([`Runner::output`](crate::Runner::output)):
+    /// what it writes is appended to the outputs exactly once, when the
+    /// line is recorded as finished (see [`Out`]). The runner calls this
+    /// method, never [`run`](Task::run) directly; the default calls `run`
+    /// and writes nothing. A task that writes results implements both,
+    /// `run` as `self.run_into(line, &mut Out::default())`.
+    ///
+    /// # Errors
+    ///
+    /// As [`run`](Task::run). What a failed attempt wrote is discarded.
+    fn run_into(&self, line: &Line<'_>, out: &mut Out) -> Result<(), Self::Error> {
+        let _ = out;
+        self.run(line)
+    }
 
     /// Whether the error may go away if the line is tried again (default:
     /// yes). A line whose error is not retryable is recorded as failed at
@@ -376,6 +393,33 @@ where
 
     fn run(&self, line: &Line<'_>) -> Result<(), BoxError> {
         (self.0)(line)
+    }
+
+    fn is_retryable(&self, error: &BoxError) -> bool {
+        closure_retryable(error)
+    }
+
+    fn retry_after(&self, error: &BoxError) -> Option<Duration> {
+        closure_retry_after(error)
+    }
+}
+
+/// A closure given to [`Runner::map`](crate::Runner::map).
+pub(crate) struct FnMap<F>(pub(crate) F);
+
+impl<F> Task for FnMap<F>
+where
+    F: Fn(&Line<'_>, &mut Out) -> Result<(), BoxError> + Sync,
+{
+    type Error = BoxError;
+
+    fn run(&self, line: &Line<'_>) -> Result<(), BoxError> {
+        (self.0)(line, &mut Out::default())
+    }
+
+    #[inline]
+    fn run_into(&self, line: &Line<'_>, out: &mut Out) -> Result<(), BoxError> {
+        (self.0)(line, out)
     }
 
     fn is_retryable(&self, error: &BoxError) -> bool {

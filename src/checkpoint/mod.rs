@@ -34,8 +34,8 @@ use crate::line::Line;
 use crate::position::Position;
 use format::Record;
 use format::load;
-use output::OutputShared;
 use fs::RealFs;
+use output::OutputShared;
 use prefix::{Catch, PrefixReader};
 use slot::{SlotWriter, WANT_FOLD};
 use writer::{Background, Core, Inner, ReadBack, Request, Schedule};
@@ -604,7 +604,8 @@ impl Checkpoint {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(Arc::clone(output.shared()));
-        self.slot.track_outputs(&self.inner.slot, self.outputs.len());
+        self.slot
+            .track_outputs(&self.inner.slot, self.outputs.len());
         let reopened = {
             let mut core = self.inner.lock_core();
             let reopened = core.state.closed || new;
@@ -619,6 +620,22 @@ impl Checkpoint {
             self.write_now(true, Catch::All)?;
         }
         Ok(output)
+    }
+
+    /// Whether outputs are attached.
+    #[inline]
+    pub(crate) fn has_outputs(&self) -> bool {
+        !self.outputs.is_empty()
+    }
+
+    /// Appends a line's (or a batch's) results to the attached outputs, by
+    /// index; buffers past the outputs' number are ignored.
+    #[inline]
+    pub(crate) fn append_results(&mut self, results: &[Vec<u8>]) -> Result<()> {
+        for (output, bytes) in self.outputs.iter().zip(results) {
+            output.append(bytes)?;
+        }
+        Ok(())
     }
 
     /// Cuts every output to its recorded length and records that the run
@@ -913,7 +930,8 @@ impl Checkpoint {
     #[cold]
     #[inline(never)]
     fn service(&mut self) -> Result<()> {
-        if self.schedule.is_some() && self.outputs.len() < self.inner.lock_core().state.outputs.len()
+        if self.schedule.is_some()
+            && self.outputs.len() < self.inner.lock_core().state.outputs.len()
         {
             // Recorded before the first commit reaches the file.
             return Err(self.inner.unattached());

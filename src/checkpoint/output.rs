@@ -285,7 +285,9 @@ fn tail_digest(file: &mut File, len: u64) -> io::Result<u32> {
     let start = len.saturating_sub(TAIL);
     file.seek(SeekFrom::Start(start))?;
     let mut tail = Vec::with_capacity(TAIL as usize);
-    Read::by_ref(file).take(len - start).read_to_end(&mut tail)?;
+    Read::by_ref(file)
+        .take(len - start)
+        .read_to_end(&mut tail)?;
     if (tail.len() as u64) < len - start {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }

@@ -42,8 +42,8 @@ use std::time::{Duration, Instant};
 use super::BeforeWrite;
 use super::file::{parent_dir, temp_prefix};
 use super::format::{OutputMark, Pending, Record, State};
-use super::output::OutputShared;
 use super::fs::{Fs, FsFile};
+use super::output::OutputShared;
 use super::prefix::{Catch, PrefixReader};
 use super::slot::{HAS_ERROR, Located, Mark, Published, Slot, SlotWriter, WANT_FOLD, fingerprint};
 use crate::error::{Error, Result};
@@ -669,12 +669,10 @@ impl Inner {
             taken
         };
         let (mut snapshot, position, upto, generation, lens, closed) = taken;
-        let result = self
-            .seal(&lens, closed)
-            .and_then(|seal| {
-                snapshot.push_str(&seal);
-                self.write_snapshot(&snapshot)
-            });
+        let result = self.seal(&lens, closed).and_then(|seal| {
+            snapshot.push_str(&seal);
+            self.write_snapshot(&snapshot)
+        });
         let mut io = self.lock_io();
         let compacting = io.compacting.take();
         let (temp, mut file) = result?;

@@ -20,6 +20,8 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError};
 use std::task::Poll;
 use std::time::Duration;
 
+use crate::out::Out;
+
 use futures_util::future::{Either, FutureExt, select};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -445,7 +447,7 @@ impl<'t, T: AsyncTask> LineTask for AsyncLines<'t, T> {
     /// awaits anything costs far more than the allocation.
     type Started = Pin<Box<dyn Future<Output = Attempted<T::Error>> + Send + 't>>;
 
-    fn start(&self, line: &Line<'_>) -> Self::Started {
+    fn start(&self, line: &Line<'_>, _out: &mut Out) -> Self::Started {
         let line = line.to_owned_in(self.named.as_ref());
         let task = self.task;
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.run(line))) {
@@ -525,6 +527,16 @@ impl Work for AsyncWork {
         run: &mut RunState<'_, '_>,
         source: &mut F,
     ) -> Result<()> {
+        if !runner.outputs.is_empty() {
+            return Err(Error::io(
+                None,
+                "starting the run",
+                io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "the async runner has no outputs yet: use the sync runner (Runner::map)",
+                ),
+            ));
+        }
         let shared = Arc::clone(&run.shared);
         let _ = self.orders.send(Order::Begin(Arc::clone(&shared)));
         let mut exec = Remote {

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
 use crate::line::Line;
+use crate::out::Out;
 use crate::position::Position;
 use crate::task::Task;
 
@@ -78,6 +79,8 @@ pub(super) struct Batch {
     /// Handed to a worker with more than one line: its result may come
     /// back without waking the runner (see `pool.rs`).
     lazy: bool,
+    /// The results of its done lines, in order, for the run's outputs.
+    out: Out,
 }
 
 impl Batch {
@@ -96,6 +99,19 @@ impl Batch {
         self.continues = false;
         self.troubled = false;
         self.lazy = false;
+        self.out.clear();
+    }
+
+    /// Gathers results for `outputs` outputs.
+    pub(super) fn set_outputs(&mut self, outputs: usize) {
+        if outputs > 1 {
+            self.out.set_count(outputs);
+        }
+    }
+
+    /// The results of its done lines, by output.
+    pub(super) fn results(&self) -> &[Vec<u8>] {
+        self.out.buffers()
     }
 
     /// A batch of the one line `line`.
@@ -141,12 +157,7 @@ impl Batch {
     /// Line `index` of the batch.
     #[inline]
     pub(super) fn line(&self, index: usize) -> Line<'_> {
-        let start = index.checked_sub(1).map_or(0, |before| self.ends[before]);
-        Line::new(
-            &self.bytes[start..self.ends[index]],
-            self.first + index as u64,
-            self.offset + start as u64,
-        )
+        line_at(&self.bytes, &self.ends, self.first, self.offset, index)
     }
 
     /// Lines `[0, finished())` are finished: done, failed or passed.
@@ -194,7 +205,7 @@ impl Batch {
     }
 
     /// How a batch of one line ended, for a retry-failed run.
-    pub(super) fn outcome(mut self) -> Outcome {
+    pub(super) fn outcome(&mut self) -> Outcome {
         if self.stopped_at.is_some() {
             return Outcome::Abandoned;
         }
@@ -262,10 +273,12 @@ impl Batch {
                 }
             }
             let started_line = {
-                let line = self.line(index);
+                let line = line_at(&self.bytes, &self.ends, self.first, self.offset, index);
                 let line = shared.named(&line);
+                self.out.begin();
+                let out = &mut self.out;
                 // An observer's panic fails the line as a task's would.
-                guard(|| shared.started(&line)).map(|()| task.start(&line))
+                guard(|| shared.started(&line)).map(|()| task.start(&line, out))
             };
             let first = match started_line {
                 // A sync task's attempt is over when it starts.
@@ -298,19 +311,24 @@ impl Batch {
                 Ok(Ok(())) => Outcome::Done,
                 first => {
                     self.troubled = true;
+                    // Before the lines before it go back with the results.
+                    self.out.discard();
                     if index > 0 {
                         if let Some(hand_back) = hand_back.as_deref_mut() {
                             self = self.hand_back_before(index, ran, started, hand_back);
                             (index, passed, ran, started) = (0, 0, 0, Instant::now());
                         }
                     }
-                    let line = self.line(index);
+                    let line = line_at(&self.bytes, &self.ends, self.first, self.offset, index);
                     let line = shared.named(&line);
-                    Guarded::new(shared.after_failure(task, &line, first))
+                    Guarded::new(shared.after_failure(task, &line, first, &mut self.out))
                         .await
-                        .unwrap_or_else(|panic| Outcome::Failed {
-                            attempts: 1,
-                            error: panic_message(panic.as_ref()),
+                        .unwrap_or_else(|panic| {
+                            self.out.discard();
+                            Outcome::Failed {
+                                attempts: 1,
+                                error: panic_message(panic.as_ref()),
+                            }
                         })
                 }
             };
@@ -351,6 +369,7 @@ impl Batch {
             ends: self.ends[at..].iter().map(|end| end - cut).collect(),
             pass: self.pass[split..].iter().map(|index| index - at).collect(),
             lazy: self.lazy,
+            out: self.out.fresh(),
             ..Batch::default()
         };
         self.bytes.truncate(cut);
@@ -386,6 +405,18 @@ impl Batch {
     pub(super) fn continues(&self) -> bool {
         self.continues
     }
+}
+
+/// Line `index` of a batch's `bytes` and `ends` (borrowing no other field
+/// of the batch, so its results can be written meanwhile).
+#[inline]
+fn line_at<'a>(bytes: &'a [u8], ends: &[usize], first: u64, offset: u64, index: usize) -> Line<'a> {
+    let start = index.checked_sub(1).map_or(0, |before| ends[before]);
+    Line::new(
+        &bytes[start..ends[index]],
+        first + index as u64,
+        offset + start as u64,
+    )
 }
 
 /// Polls `future` once: its output, or `Pending` with the future left to
@@ -458,8 +489,10 @@ impl Iterator for DoneLines<'_> {
     }
 }
 
-/// Records every done line of `batch` as done beyond the watermark.
+/// Records every done line of `batch` as done beyond the watermark, its
+/// results appended to the outputs first.
 pub(super) fn record_done(checkpoint: &mut Checkpoint, batch: &Batch) -> Result<()> {
+    checkpoint.append_results(batch.results())?;
     for index in batch.done_lines() {
         checkpoint.commit_done(batch.line(index).end_position())?;
     }
@@ -561,9 +594,37 @@ fn average(value: &mut Option<f64>, took: Duration, lines: usize) {
 pub(super) struct Held {
     batches: Vec<(Batch, Instant)>,
     bytes: usize,
+    /// Results go to the outputs in input order: a held batch is never
+    /// recorded beyond the watermark, its results wait for it.
+    keep_order: bool,
 }
 
 impl Held {
+    pub(super) fn new(keep_order: bool) -> Held {
+        Held {
+            keep_order,
+            ..Held::default()
+        }
+    }
+
+    /// Takes the batches the watermark passed, in input order.
+    pub(super) fn take_passed(&mut self, watermark: u64) -> Vec<Batch> {
+        let mut passed = Vec::new();
+        let mut index = 0;
+        while index < self.batches.len() {
+            let batch = &self.batches[index].0;
+            if batch.first + batch.len() as u64 - 1 <= watermark {
+                let (batch, _) = self.batches.swap_remove(index);
+                self.bytes -= batch.byte_len();
+                passed.push(batch);
+            } else {
+                index += 1;
+            }
+        }
+        passed.sort_by_key(|batch| batch.first);
+        passed
+    }
+
     /// Keeps `batch`, finished beyond the watermark, or records its done
     /// lines at once and gives it back: a batch of one line (a task slow
     /// enough that a record costs nothing next to it), or when holding it
@@ -574,7 +635,7 @@ impl Held {
         batch: Batch,
         now: Instant,
     ) -> Result<Option<Batch>> {
-        if batch.len() > 1 && self.bytes + batch.byte_len() <= MAX_HELD_BYTES {
+        if self.keep_order || batch.len() > 1 && self.bytes + batch.byte_len() <= MAX_HELD_BYTES {
             self.bytes += batch.byte_len();
             self.batches.push((batch, now));
             return Ok(None);
@@ -585,6 +646,9 @@ impl Held {
 
     /// When the oldest held batch is to be recorded.
     pub(super) fn deadline(&self) -> Option<Instant> {
+        if self.keep_order {
+            return None;
+        }
         self.batches.iter().map(|(_, since)| *since + HOLD).min()
     }
 
@@ -602,7 +666,9 @@ impl Held {
         while index < self.batches.len() {
             let (batch, since) = &self.batches[index];
             let passed = batch.first + batch.len() as u64 - 1 <= watermark;
-            let due = now.is_none_or(|now| now.duration_since(*since) >= HOLD);
+            // Kept order records nothing beyond the watermark, even at the
+            // end: the lines are done again next time.
+            let due = !self.keep_order && now.is_none_or(|now| now.duration_since(*since) >= HOLD);
             if !passed && !due {
                 index += 1;
                 continue;

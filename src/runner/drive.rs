@@ -11,10 +11,11 @@ use crate::checkpoint::Checkpoint;
 use crate::error::Result;
 use crate::failed::FailedLine;
 use crate::line::{Line, LineReader, LongLine, Next, Paused};
+use crate::out::Out;
 use crate::position::Position;
 use crate::progress::Event;
 use crate::task::Task;
-use crate::window::{Finished, Window, finish_line};
+use crate::window::{Finished, Window};
 
 use super::batch::{BATCH_WORK, Batch, Held, MAX_BATCH_BYTES, Sizer};
 use super::pool::*;
@@ -109,6 +110,7 @@ impl Runner {
     ) -> Result<()> {
         let shared = Arc::clone(&run.shared);
         let stop = shared.user_stop.clone();
+        let mut out = Out::default();
         loop {
             // Returns whether to go on with the next line.
             let mut one_line = |line: &Line<'_>| -> Result<bool> {
@@ -121,9 +123,13 @@ impl Runner {
                     run.checkpoint.commit_read_line(line)?;
                     return Ok(true);
                 }
-                match shared.attempt(task, line) {
+                match shared.attempt(task, line, &mut out) {
                     Outcome::Done => {
                         run.note_done(number, line.offset() + line.raw().len() as u64);
+                        if run.checkpoint.has_outputs() {
+                            run.checkpoint.append_results(out.buffers())?;
+                        }
+                        out.clear();
                         run.checkpoint.commit_read_line(line)?;
                     }
                     Outcome::Failed { attempts, error } => {
@@ -359,7 +365,7 @@ impl<'r, R: BufRead> WindowedLines<'r, R> {
             // Two batches a worker fit in the window, so the window fills
             // with a stuck batch, not with batches that keep workers busy.
             sizer: Sizer::new(capacity / (2 * runner.workers)),
-            held: Held::default(),
+            held: Held::new(runner.keep_order && !runner.outputs.is_empty()),
             spare: Vec::new(),
             regular_file,
         }
@@ -368,7 +374,20 @@ impl<'r, R: BufRead> WindowedLines<'r, R> {
     fn blank(&mut self) -> Batch {
         let mut batch = self.spare.pop().unwrap_or_default();
         batch.reset(self.window.next_line(), self.lines.offset());
+        batch.set_outputs(self.runner.outputs.len());
         batch
+    }
+
+    /// Commits the watermark the window moved to; the results of the held
+    /// batches it passes (not recorded yet) are appended first, in order.
+    fn commit_watermark(&mut self, run: &mut RunState<'_, '_>, watermark: Position) -> Result<()> {
+        if run.checkpoint.has_outputs() && !self.held.is_empty() {
+            for batch in self.held.take_passed(watermark.line()) {
+                run.checkpoint.append_results(batch.results())?;
+                self.recycle(batch);
+            }
+        }
+        run.checkpoint.commit(watermark)
     }
 
     fn recycle(&mut self, batch: Batch) {
@@ -450,7 +469,11 @@ impl<'r, R: BufRead> WindowedLines<'r, R> {
             .unwrap_or_else(|| self.window.watermark());
         match self.window.settle(first, batch.len(), finished, end) {
             Finished::Advanced(watermark) => {
-                run.checkpoint.commit(watermark)?;
+                // Results are appended just before the commit that records
+                // their lines: a crash between the two redoes the lines and
+                // cuts their results.
+                run.checkpoint.append_results(batch.results())?;
+                self.commit_watermark(run, watermark)?;
                 self.recycle(batch);
             }
             Finished::Beyond => {
@@ -506,7 +529,9 @@ impl<R: BufRead> Feed for WindowedLines<'_, R> {
                 let end = long.end_position();
                 self.window.start(end);
                 self.runner.long_line(run, &long)?;
-                run.finish(&mut self.window, end, false)?;
+                if let Finished::Advanced(watermark) = self.window.finish(end.line()) {
+                    self.commit_watermark(run, watermark)?;
+                }
                 self.release_passed(run, Some(Instant::now()))?;
                 if run.stopping() {
                     return Ok(false);
@@ -565,7 +590,9 @@ impl<S: BufRead + Seek, R: BufRead> Feed for FailedLines<'_, S, R> {
             match next {
                 None => return Ok(true),
                 Some((failed, Found::Line(line))) => {
-                    exec.submit(Batch::single(&line));
+                    let mut batch = Batch::single(&line);
+                    batch.set_outputs(run.runner.outputs.len());
+                    exec.submit(batch);
                     self.in_flight.insert(failed.line(), failed);
                 }
                 Some((failed, Found::TooLong(long))) => {
@@ -584,10 +611,12 @@ impl<S: BufRead + Seek, R: BufRead> Feed for FailedLines<'_, S, R> {
         let Some(before) = self.in_flight.remove(&result.first()) else {
             return Ok(());
         };
+        let mut result = result;
         match result.outcome() {
             Outcome::Done => {
                 let line = before.line();
                 run.note_done(line, before.offset().saturating_add(before.len()));
+                run.checkpoint.append_results(result.results())?;
                 run.checkpoint.commit_resolved(line)
             }
             Outcome::Failed { attempts, error } => {
@@ -794,15 +823,6 @@ impl<'r, 'c> RunState<'r, 'c> {
         Ok(Triage::Recorded)
     }
 
-    pub(super) fn finish(
-        &mut self,
-        window: &mut Window,
-        end: Position,
-        record_beyond: bool,
-    ) -> Result<()> {
-        finish_line(window, self.checkpoint, end, record_beyond).map(drop)
-    }
-
     #[inline(always)]
     pub(super) fn note_done(&mut self, line: u64, end_offset: u64) {
         self.done += 1;
@@ -858,6 +878,7 @@ impl<'r, 'c> RunState<'r, 'c> {
 
     pub(super) fn finish_run(mut self) -> Result<Report> {
         self.checkpoint.sync()?;
+        self.checkpoint.close_outputs()?;
         self.note_sync();
         let stopped = !self.reached_end;
         Ok(Report {

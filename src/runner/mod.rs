@@ -12,11 +12,12 @@ use crate::checkpoint::{Checkpoint, CheckpointBuilder, Durability};
 use crate::error::{Error, Result};
 use crate::failed::FailedLine;
 use crate::line::{Line, LineReader};
+use crate::out::Out;
 use crate::position::{Position, check_prefix};
 use crate::progress::Observer;
 use crate::retry::RetryPolicy;
 use crate::stop::StopToken;
-use crate::task::{BoxError, FnTask, Task};
+use crate::task::{BoxError, FnMap, FnTask, Task};
 
 #[cfg(feature = "tokio")]
 mod async_run;
@@ -207,6 +208,8 @@ pub struct Runner {
     max_line_len: usize,
     seek: SeekMode,
     verify_prefix: bool,
+    outputs: Vec<PathBuf>,
+    keep_order: bool,
 }
 
 impl std::fmt::Debug for Runner {
@@ -225,6 +228,8 @@ impl std::fmt::Debug for Runner {
             .field("max_line_len", &self.max_line_len)
             .field("seek", &self.seek)
             .field("verify_prefix", &self.verify_prefix)
+            .field("outputs", &self.outputs)
+            .field("keep_order", &self.keep_order)
             .finish_non_exhaustive()
     }
 }
@@ -266,7 +271,44 @@ impl Runner {
             max_line_len: Runner::DEFAULT_MAX_LINE_LEN,
             seek: SeekMode::default(),
             verify_prefix: true,
+            outputs: Vec::new(),
+            keep_order: false,
         }
+    }
+
+    /// Adds an output: a file the results of the lines are appended to,
+    /// exactly once each, even across crashes and reruns (see
+    /// [`Output`](crate::Output) for how). A task writes a line's results
+    /// into the [`Out`](crate::Out) it is given ([`map`](Runner::map), or
+    /// [`Task::run_into`](crate::Task::run_into)); they are appended when
+    /// the line is recorded as finished. A line that fails writes nothing;
+    /// a [`retry_failed`](Runner::retry_failed) run appends the results of
+    /// the lines that succeed then. Call it again for more outputs (say
+    /// results and rejects); [`Out::to`](crate::Out::to) picks one.
+    ///
+    /// With [`workers`](Runner::workers), results go in the order lines
+    /// finish; see [`keep_order`](Runner::keep_order) for input order.
+    /// The checkpoint records the outputs: every later run over it must
+    /// name the same ones, in the same order (else
+    /// [`Error::OutputChanged`]).
+    ///
+    /// The async runner has no outputs yet.
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn output(mut self, path: impl AsRef<Path>) -> Runner {
+        self.outputs.push(path.as_ref().to_path_buf());
+        self
+    }
+
+    /// Appends results in input order rather than in the order lines
+    /// finish (default: no), as GNU parallel's `--keep-order`. A line's
+    /// results wait in memory for the lines before it, and the line is
+    /// recorded as finished only once they are appended: the
+    /// [`window`](Runner::window) bounds how many wait. With one worker
+    /// both orders are the same.
+    #[must_use = "a builder method returns the changed builder"]
+    pub fn keep_order(mut self, yes: bool) -> Runner {
+        self.keep_order = yes;
+        self
     }
 
     /// The checkpoint file. Default for [`run`](Runner::run): see
@@ -544,6 +586,57 @@ impl Runner {
         self.run_task(input, &FnTask(task))
     }
 
+    /// Runs the closure `task` over the lines of the file `input`, as
+    /// [`run`](Runner::run) does, appending what it writes to `out` to the
+    /// [outputs](Runner::output), exactly once per line.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use linemark::Runner;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let input = dir.path().join("words.txt");
+    /// std::fs::write(&input, "a\nbb\n")?;
+    /// let results = dir.path().join("lengths.txt");
+    /// Runner::new().output(&results).map(&input, |line, out| {
+    ///     writeln!(out, "{}", line.as_str()?.len())?;
+    ///     Ok(())
+    /// })?;
+    /// assert_eq!(std::fs::read_to_string(&results)?, "1\n2\n");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`run`](Runner::run), and [`Error::OutputChanged`] when an output
+    /// is not the one the checkpoint records.
+    pub fn map<F>(&self, input: impl AsRef<Path>, task: F) -> Result<Report>
+    where
+        F: Fn(&Line<'_>, &mut Out) -> std::result::Result<(), BoxError> + Sync,
+    {
+        self.run_task(input, &FnMap(task))
+    }
+
+    /// [`map`](Runner::map) over a stream, as
+    /// [`run_reader`](Runner::run_reader) runs a closure over one.
+    ///
+    /// # Errors
+    ///
+    /// As [`map`](Runner::map).
+    pub fn map_reader<R: BufRead, F>(
+        &self,
+        reader: R,
+        checkpoint: impl AsRef<Path>,
+        task: F,
+    ) -> Result<Report>
+    where
+        F: Fn(&Line<'_>, &mut Out) -> std::result::Result<(), BoxError> + Sync,
+    {
+        self.run_reader_task(reader, checkpoint, &FnMap(task))
+    }
+
     /// Runs `task`, a [`Task`], over the lines of the file `input`, resuming
     /// from its checkpoint.
     ///
@@ -693,6 +786,11 @@ impl Runner {
             }
         }
         let mut checkpoint = self.checkpoint_options.clone().open(path)?;
+        for output in &self.outputs {
+            // The handles live on in the checkpoint, which the run appends
+            // through.
+            checkpoint.output(output)?;
+        }
         // The lines a checkpoint owns are recorded in it, so that it is never
         // reused by a run over other lines (another shard, or all of them).
         checkpoint.claim_shard(self.shard.unwrap_or((0, 1)))?;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
 use crate::line::Line;
+use crate::out::Out;
 use crate::progress::{Event, Observer};
 use crate::retry::RetryPolicy;
 use crate::stop::StopToken;
@@ -70,11 +71,12 @@ impl Shared {
     /// run stops. Backoff waits on the run's stop, so a stop ends them at
     /// once.
     #[inline]
-    pub(super) fn attempt<T: Task>(&self, task: &T, line: &Line<'_>) -> Outcome {
+    pub(super) fn attempt<T: Task>(&self, task: &T, line: &Line<'_>, out: &mut Out) -> Outcome {
         self.started(line);
-        match run_once(task, line) {
+        out.begin();
+        match run_once(task, line, out) {
             Ok(Ok(())) => Outcome::Done,
-            first => self.after_failure_sync(task, line, first),
+            first => self.after_failure_sync(task, line, first, out),
         }
     }
 
@@ -88,8 +90,9 @@ impl Shared {
         task: &T,
         line: &Line<'_>,
         first: Attempted<T::Error>,
+        out: &mut Out,
     ) -> Outcome {
-        now(self.after_failure(&SyncTask(task), line, first))
+        now(self.after_failure(&SyncTask(task), line, first, out))
     }
 
     /// A line's task starts.
@@ -104,12 +107,14 @@ impl Shared {
     }
 
     /// The retries after a failed first attempt: the one set of rules for
-    /// sync and async tasks alike.
+    /// sync and async tasks alike. What a failed attempt wrote to `out` is
+    /// discarded (`out.begin()` was called before the first).
     pub(super) async fn after_failure<L: LineTask>(
         &self,
         task: &L,
         line: &Line<'_>,
         first: Attempted<L::Error>,
+        out: &mut Out,
     ) -> Outcome {
         let mut result = first;
         let mut attempt = 1u32;
@@ -124,6 +129,7 @@ impl Shared {
                 }
                 Err(panic) => (panic_message(panic.as_ref()), false, None),
             };
+            out.discard();
             if self.stopping() {
                 return Outcome::Abandoned;
             }
@@ -146,7 +152,7 @@ impl Shared {
             }
             self.retried.fetch_add(1, Ordering::Relaxed);
             attempt += 1;
-            result = task.finish(task.start(line)).await;
+            result = task.finish(task.start(line, out)).await;
         }
     }
 }
@@ -173,8 +179,9 @@ pub(super) trait LineTask: Sync {
         started: Self::Started,
     ) -> std::result::Result<Attempted<Self::Error>, Self::Started>;
 
-    /// Starts an attempt of the task on `line`, a panic caught.
-    fn start(&self, line: &Line<'_>) -> Self::Started;
+    /// Starts an attempt of the task on `line`, a panic caught; a sync
+    /// task writes its results to `out`.
+    fn start(&self, line: &Line<'_>, out: &mut Out) -> Self::Started;
 
     /// The end of an attempt [`start`](LineTask::start)ed.
     fn finish(&self, started: Self::Started) -> impl Future<Output = Attempted<Self::Error>>;
@@ -203,8 +210,8 @@ impl<T: Task> LineTask for SyncTask<'_, T> {
     }
 
     #[inline]
-    fn start(&self, line: &Line<'_>) -> Attempted<T::Error> {
-        run_once(self.0, line)
+    fn start(&self, line: &Line<'_>, out: &mut Out) -> Attempted<T::Error> {
+        run_once(self.0, line, out)
     }
 
     #[inline]
@@ -252,8 +259,9 @@ pub(super) fn is_recorded(checkpoint: &Checkpoint, line: &Line<'_>) -> Result<bo
 pub(super) fn run_once<T: Task>(
     task: &T,
     line: &Line<'_>,
+    out: &mut Out,
 ) -> std::thread::Result<Result<(), T::Error>> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.run(line)))
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.run_into(line, out)))
 }
 
 pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
