@@ -1,0 +1,161 @@
+//! Exactly-once output under SIGKILL: a runner with 8 workers maps 20,000
+//! lines into an output, its process killed at random moments, then run to
+//! the end. The output holds every line's result exactly once (in input
+//! order with `keep_order`), whatever the kills threw away.
+//!
+//! The test binary spawns itself as the child; `LINEMARK_TEST_CHILD` gives
+//! its role.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use linemark::{Checkpoint, Runner};
+
+use common::{DEADLINE, Input, child_role, env_path, serial, spawn_self};
+
+const INPUT_VAR: &str = "LINEMARK_TEST_INPUT";
+const OUTPUT_VAR: &str = "LINEMARK_TEST_OUTPUT";
+const SEED_VAR: &str = "LINEMARK_TEST_SEED";
+const LINES: usize = 20_000;
+const KILLS: usize = 30;
+const WORKERS: usize = 8;
+/// The task's time: a sleep, so 8 workers overlap on any number of cores.
+const TASK: Duration = Duration::from_micros(200);
+const SIGKILL: i32 = 9;
+
+/// SplitMix64, reproducible from the printed seed.
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+fn seed() -> u64 {
+    match std::env::var(SEED_VAR) {
+        Ok(seed) => seed.parse().unwrap(),
+        Err(_) => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    }
+}
+
+/// The child: maps every line to itself (`"<line>\n"`).
+fn child(keep_order: bool) {
+    let report = Runner::new()
+        .workers(WORKERS)
+        .keep_order(keep_order)
+        .output(env_path(OUTPUT_VAR))
+        .map(env_path(INPUT_VAR), |line, out| {
+            thread::sleep(TASK);
+            out.write_all(line.raw())?;
+            Ok(())
+        })
+        .unwrap();
+    assert!(report.is_complete(), "{report}");
+}
+
+fn torture(test_name: &str, keep_order: bool) {
+    let _serial = serial();
+    let seed = seed();
+    eprintln!("output torture: seed {seed} (rerun with {SEED_VAR}={seed})");
+    let mut rng = SplitMix64(seed);
+    let input = Input::generated(LINES);
+    let output = input.sibling("output.txt");
+    let checkpoint = input.sibling("input.txt.checkpoint");
+    let env = [
+        (INPUT_VAR, input.path.as_os_str()),
+        (OUTPUT_VAR, output.as_os_str()),
+    ];
+    let mut kills = 0;
+    let mut cut_back = 0u64;
+    for round in 0..KILLS {
+        let after = Duration::from_millis(5 + rng.next() % 40);
+        let mut child = spawn_self(test_name, "child", &env);
+        thread::sleep(after);
+        if child.has_exited() {
+            // Finished early: the job is done.
+            let ended = child.kill_and_wait();
+            assert!(ended.status.success(), "round {round}: {ended:?}");
+            break;
+        }
+        let ended = child.kill_and_wait();
+        assert_eq!(ended.status.signal(), Some(SIGKILL), "round {round}: {ended:?}");
+        kills += 1;
+        // What the output holds past the recorded length is cut by the
+        // next run: the results of lines not recorded.
+        let recorded = Checkpoint::inspect(&checkpoint).unwrap();
+        let len = std::fs::metadata(&output).map_or(0, |meta| meta.len());
+        if let Some(&(_, recorded_len)) = recorded.outputs.first() {
+            assert!(
+                len >= recorded_len,
+                "round {round}: the output is shorter ({len}) than recorded ({recorded_len})"
+            );
+            cut_back += len - recorded_len;
+        }
+    }
+    spawn_self(test_name, "child", &env).wait_success(DEADLINE);
+    eprintln!(
+        "output torture: {kills} kills of {KILLS}, {cut_back} bytes of unrecorded results cut back"
+    );
+    assert!(kills >= KILLS / 2, "only {kills} runs were killed before the end");
+
+    let written = std::fs::read(&output).unwrap();
+    let expected = input.lines.concat();
+    if keep_order {
+        assert!(
+            written == expected,
+            "the output is not the input in order ({} bytes against {})",
+            written.len(),
+            expected.len()
+        );
+        return;
+    }
+    let mut counts: HashMap<&[u8], usize> = HashMap::new();
+    for line in written.split_inclusive(|&b| b == b'\n') {
+        *counts.entry(line).or_default() += 1;
+    }
+    let missing = input
+        .lines
+        .iter()
+        .filter(|line| !counts.contains_key(line.as_slice()))
+        .count();
+    let repeated = counts.values().filter(|&&n| n > 1).count();
+    let foreign = counts.len() + missing - input.lines.len();
+    assert_eq!(
+        (missing, repeated, foreign),
+        (0, 0, 0),
+        "lines missing, repeated, and not from the input"
+    );
+    assert_eq!(written.len(), expected.len());
+}
+
+#[test]
+fn sigkill_at_random_moments_leaves_every_result_exactly_once() {
+    const NAME: &str = "sigkill_at_random_moments_leaves_every_result_exactly_once";
+    if child_role().as_deref() == Some("child") {
+        return child(false);
+    }
+    torture(NAME, false);
+}
+
+#[test]
+fn sigkill_at_random_moments_with_keep_order_leaves_the_results_in_input_order() {
+    const NAME: &str = "sigkill_at_random_moments_with_keep_order_leaves_the_results_in_input_order";
+    if child_role().as_deref() == Some("child") {
+        return child(true);
+    }
+    torture(NAME, true);
+}
+
