@@ -24,10 +24,16 @@
 //!   input read and the checkpoint written on a thread of the run's own.
 //! - [`Tracker`]: for a hand-written parallel loop, commits lines that
 //!   finish out of order without ever skipping an unfinished one.
+//! - [`Output`]: an append-only results file kept in step with the
+//!   checkpoint ([`Runner::output`] and [`Runner::map`], or
+//!   [`Checkpoint::output`] by hand): each line's results are in it
+//!   exactly once, across kills, power loss and reruns.
 //!
-//! The guarantee is at least once: a line whose commit is durable is never
-//! redone; a line whose commit was not yet durable when the process died is
-//! redone on the next run.
+//! The guarantee is at least once for the work: a line whose commit is
+//! durable is never redone; a line whose commit was not yet durable when
+//! the process died is redone on the next run. Its results in an
+//! [`Output`] are exactly once: the rerun first cuts away what the redone
+//! lines wrote.
 //!
 //! # Examples
 //!

@@ -105,7 +105,7 @@ use writer::{Background, Core, Inner, ReadBack, Request, Schedule};
 /// lowercase hex digits, line numbers 1-based.
 ///
 /// ```text
-/// linemark-checkpoint version=3 crc=…                    header, always first
+/// linemark-checkpoint version=4 crc=…                    header, always first
 /// shard index=I count=C crc=…                            the lines it owns: 0-based index I modulo C
 ///                                                        (0 of 1: every line); recorded by the runner
 /// pos offset=O line=N len=L digest=D crc=…               lines 1..=N are finished; the next starts at byte O;
@@ -117,6 +117,11 @@ use writer::{Background, Core, Inner, ReadBack, Request, Schedule};
 /// failed line=N offset=O len=L digest=D attempts=A error="…" crc=…
 ///                                                        line N failed for good after A attempts
 /// resolved line=N crc=…                                  line N, failed before, is now finished
+/// output index=I path="…" crc=…                          output I (0-based) is the file at this path
+///                                                        (as given when attached; see Checkpoint::output)
+/// out len=L0,L1 digest=D0,D1 closed=C crc=…              the outputs are L0, L1 … bytes long, the CRC-32 of
+///                                                        the up to 64 bytes before each length D0, D1 …;
+///                                                        C=1: the run ended cleanly, outputs cut to these lengths
 /// ```
 ///
 /// The digest is [`digest`](crate::digest). Error texts are double-quoted
@@ -129,6 +134,18 @@ use writer::{Background, Core, Inner, ReadBack, Request, Schedule};
 /// line is still the same before skipping or retrying it
 /// ([`Checkpoint::is_recorded`]).
 ///
+/// Outputs: from the first `output` record on, records take effect in
+/// groups: each write appends its records and then one `out` record with
+/// the outputs' lengths as of those records, and the records of a group
+/// apply only once its `out` record is read. A group without its `out`
+/// record is the torn end of a write, like an incomplete record. So a
+/// position, a `done` line or a `resolved` line is never recovered
+/// without the output length that holds its results, nor a length
+/// without them; and the output's bytes up to a length are written (and,
+/// unless [`Durability::NoSync`], synced) before the group that records
+/// it. Compaction writes the outputs' `output` records after the header
+/// and an `out` record last.
+///
 /// Recovery: a damaged or incomplete record that is followed only by other
 /// damaged or incomplete data is the torn end of an interrupted write; it is
 /// ignored and cut off before the next append. A damaged record followed by
@@ -136,13 +153,14 @@ use writer::{Background, Core, Inner, ReadBack, Request, Schedule};
 /// `linemark-checkpoint` is [`Error::NotACheckpoint`] and is never
 /// overwritten; an empty file, or a torn header alone, is a fresh start.
 ///
-/// Compatibility: files written in versions 1 to 3 of the format will be
+/// Compatibility: files written in versions 1 to 4 of the format will be
 /// read by every later linemark 0.x and 1.x release. Version 2 added the
 /// `shard` record, version 3 the `prefix` record (which the runner keeps
 /// and checks on resume: see
-/// [`Runner::verify_prefix`](crate::Runner::verify_prefix)); an older file
-/// is rewritten in the current version when such a record is first written
-/// in it. A file of a newer version is refused with
+/// [`Runner::verify_prefix`](crate::Runner::verify_prefix)), version 4
+/// the `output` and `out` records; an older file is rewritten in the
+/// current version when such a record is first written in it (a file
+/// without outputs reads the same in every version). A file of a newer version is refused with
 /// [`Error::UnsupportedVersion`], never misread. A run over other lines than
 /// the recorded shard is refused with [`Error::ShardMismatch`].
 ///
