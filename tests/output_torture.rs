@@ -21,11 +21,33 @@ use common::{DEADLINE, Input, child_role, env_path, serial, spawn_self};
 const INPUT_VAR: &str = "LINEMARK_TEST_INPUT";
 const OUTPUT_VAR: &str = "LINEMARK_TEST_OUTPUT";
 const SEED_VAR: &str = "LINEMARK_TEST_SEED";
-const LINES: usize = 20_000;
 const KILLS: usize = 30;
 const WORKERS: usize = 8;
-/// The task's time: a sleep, so 8 workers overlap on any number of cores.
-const TASK: Duration = Duration::from_micros(200);
+
+/// A kind of task and the input it runs over.
+#[derive(Clone, Copy)]
+struct Job {
+    lines: usize,
+    /// A sleep of this long (batches of one line), or `None`: a cheap
+    /// task of about 5 µs of spinning, in batches of many lines, finished
+    /// out of order, held and recorded beyond the watermark.
+    sleep: Option<Duration>,
+    keep_order: bool,
+}
+
+/// The job: 20,000 lines, a task of about 0.2 ms (a sleep, so 8
+/// workers overlap on any number of cores).
+const SLOW: Job = Job {
+    lines: 20_000,
+    sleep: Some(Duration::from_micros(200)),
+    keep_order: false,
+};
+
+const CHEAP: Job = Job {
+    lines: 200_000,
+    sleep: None,
+    keep_order: false,
+};
 const SIGKILL: i32 = 9;
 
 /// SplitMix64, reproducible from the printed seed.
@@ -52,13 +74,21 @@ fn seed() -> u64 {
 }
 
 /// The child: maps every line to itself (`"<line>\n"`).
-fn child(keep_order: bool) {
+fn child(job: Job) {
     let report = Runner::new()
         .workers(WORKERS)
-        .keep_order(keep_order)
+        .keep_order(job.keep_order)
         .output(env_path(OUTPUT_VAR))
         .map(env_path(INPUT_VAR), |line, out| {
-            thread::sleep(TASK);
+            match job.sleep {
+                Some(time) => thread::sleep(time),
+                None => {
+                    let started = std::time::Instant::now();
+                    while started.elapsed() < Duration::from_micros(5) {
+                        std::hint::spin_loop();
+                    }
+                }
+            }
             out.write_all(line.raw())?;
             Ok(())
         })
@@ -66,12 +96,12 @@ fn child(keep_order: bool) {
     assert!(report.is_complete(), "{report}");
 }
 
-fn torture(test_name: &str, keep_order: bool) {
+fn torture(test_name: &str, job: Job) {
     let _serial = serial();
     let seed = seed();
     eprintln!("output torture: seed {seed} (rerun with {SEED_VAR}={seed})");
     let mut rng = SplitMix64(seed);
-    let input = Input::generated(LINES);
+    let input = Input::generated(job.lines);
     let output = input.sibling("output.txt");
     let checkpoint = input.sibling("input.txt.checkpoint");
     let env = [
@@ -91,7 +121,11 @@ fn torture(test_name: &str, keep_order: bool) {
             break;
         }
         let ended = child.kill_and_wait();
-        assert_eq!(ended.status.signal(), Some(SIGKILL), "round {round}: {ended:?}");
+        assert_eq!(
+            ended.status.signal(),
+            Some(SIGKILL),
+            "round {round}: {ended:?}"
+        );
         kills += 1;
         // What the output holds past the recorded length is cut by the
         // next run: the results of lines not recorded.
@@ -109,11 +143,14 @@ fn torture(test_name: &str, keep_order: bool) {
     eprintln!(
         "output torture: {kills} kills of {KILLS}, {cut_back} bytes of unrecorded results cut back"
     );
-    assert!(kills >= KILLS / 2, "only {kills} runs were killed before the end");
+    assert!(
+        kills >= KILLS / 2,
+        "only {kills} runs were killed before the end"
+    );
 
     let written = std::fs::read(&output).unwrap();
     let expected = input.lines.concat();
-    if keep_order {
+    if job.keep_order {
         assert!(
             written == expected,
             "the output is not the input in order ({} bytes against {})",
@@ -145,17 +182,48 @@ fn torture(test_name: &str, keep_order: bool) {
 fn sigkill_at_random_moments_leaves_every_result_exactly_once() {
     const NAME: &str = "sigkill_at_random_moments_leaves_every_result_exactly_once";
     if child_role().as_deref() == Some("child") {
-        return child(false);
+        return child(SLOW);
     }
-    torture(NAME, false);
+    torture(NAME, SLOW);
 }
 
 #[test]
 fn sigkill_at_random_moments_with_keep_order_leaves_the_results_in_input_order() {
-    const NAME: &str = "sigkill_at_random_moments_with_keep_order_leaves_the_results_in_input_order";
+    const NAME: &str =
+        "sigkill_at_random_moments_with_keep_order_leaves_the_results_in_input_order";
     if child_role().as_deref() == Some("child") {
-        return child(true);
+        return child(Job {
+            keep_order: true,
+            ..SLOW
+        });
     }
-    torture(NAME, true);
+    torture(
+        NAME,
+        Job {
+            keep_order: true,
+            ..SLOW
+        },
+    );
 }
 
+#[test]
+fn sigkill_of_a_cheap_task_in_batches_leaves_every_result_exactly_once() {
+    const NAME: &str = "sigkill_of_a_cheap_task_in_batches_leaves_every_result_exactly_once";
+    if child_role().as_deref() == Some("child") {
+        return child(CHEAP);
+    }
+    torture(NAME, CHEAP);
+}
+
+#[test]
+fn sigkill_of_a_cheap_task_with_keep_order_leaves_the_results_in_input_order() {
+    const NAME: &str = "sigkill_of_a_cheap_task_with_keep_order_leaves_the_results_in_input_order";
+    let job = Job {
+        keep_order: true,
+        ..CHEAP
+    };
+    if child_role().as_deref() == Some("child") {
+        return child(job);
+    }
+    torture(NAME, job);
+}

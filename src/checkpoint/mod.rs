@@ -841,6 +841,34 @@ impl Checkpoint {
         self.note_commit()
     }
 
+    /// [`commit_done`](Checkpoint::commit_done) for the lines of a batch
+    /// read by a [`LineReader`](crate::LineReader) (valid by
+    /// construction), recorded at once: the outputs' lengths, which hold
+    /// the results of all of them, go with all of them (one by one, a write
+    /// between two would record those lengths with the first line only, and
+    /// a crash then would write the others' results twice).
+    pub(crate) fn commit_done_lines(&mut self, ends: impl Iterator<Item = Position>) -> Result<()> {
+        let added = {
+            let mut core = self.core();
+            let mut added = false;
+            for end in ends {
+                let line = end.line();
+                if line <= core.state.position.line()
+                    || core.state.done.insert(line, end.last_line()).is_some()
+                {
+                    continue;
+                }
+                core.pending.done.push(line);
+                added = true;
+            }
+            if added {
+                core.state.raise_outputs(lens(&self.outputs));
+            }
+            added
+        };
+        if added { self.note_commit() } else { Ok(()) }
+    }
+
     /// Records a line as failed for good, replacing an earlier record of the
     /// same line: what a hand-written loop does with a line it gives up on,
     /// before it commits past it, so that `failed` lists it and a retry can

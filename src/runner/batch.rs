@@ -493,10 +493,11 @@ impl Iterator for DoneLines<'_> {
 /// results appended to the outputs first.
 pub(super) fn record_done(checkpoint: &mut Checkpoint, batch: &Batch) -> Result<()> {
     checkpoint.append_results(batch.results())?;
-    for index in batch.done_lines() {
-        checkpoint.commit_done(batch.line(index).end_position())?;
-    }
-    Ok(())
+    checkpoint.commit_done_lines(
+        batch
+            .done_lines()
+            .map(|index| batch.line(index).end_position()),
+    )
 }
 
 /// How many lines the next batch holds, from the measured cost of a line:
