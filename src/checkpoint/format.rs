@@ -380,6 +380,20 @@ mod tests {
         ));
         round_trip(Record::Resolved { line: 7 });
         round_trip(Record::Shard { index: 2, count: 8 });
+        round_trip(Record::Output {
+            index: 1,
+            path: "out/results \"1\".txt".into(),
+        });
+        round_trip(Record::Out {
+            marks: vec![
+                OutputMark { len: 0, digest: 0 },
+                OutputMark {
+                    len: 12345,
+                    digest: 0xdead_beef,
+                },
+            ],
+            closed: true,
+        });
         round_trip(Record::Failed(FailedLine::from_parts(
             3,
             10,
@@ -455,6 +469,92 @@ mod tests {
             let line = format!("{body} crc={:08x}", crc32fast::hash(body.as_bytes()));
             assert!(Record::decode(line.as_bytes()).is_err(), "{body}");
         }
+    }
+}
+
+#[cfg(test)]
+mod group_tests {
+    use super::*;
+
+    fn encode(records: &[Record]) -> String {
+        let mut text = String::new();
+        for record in records {
+            record.encode(&mut text);
+        }
+        text
+    }
+
+    fn out(len: u64) -> Record {
+        Record::Out {
+            marks: vec![OutputMark { len, digest: 7 }],
+            closed: false,
+        }
+    }
+
+    #[test]
+    fn records_with_outputs_count_only_with_the_out_record_that_closes_their_group() {
+        let first = Position::start().after(b"a\n");
+        let second = first.after(b"bb\n");
+        let head = encode(&[
+            Record::Header { version: VERSION },
+            Record::Output {
+                index: 0,
+                path: "results.txt".into(),
+            },
+            Record::Position(first),
+            out(2),
+        ]);
+        let torn = encode(&[Record::Position(second), Record::Done(second.last_line())]);
+        let text = format!("{head}{torn}");
+        let (state, has_header, valid_len) = parse(Path::new("c"), text.as_bytes()).unwrap();
+        assert!(has_header);
+        // The second group has no `out` record: a write cut short.
+        assert_eq!(state.position, first);
+        assert_eq!(state.outputs[0].1.len, 2);
+        assert_eq!(valid_len, head.len() as u64);
+        // Closed, it counts.
+        let whole = format!("{head}{torn}{}", encode(&[out(5)]));
+        let (state, _, valid_len) = parse(Path::new("c"), whole.as_bytes()).unwrap();
+        assert_eq!(state.position, second);
+        assert_eq!(state.outputs[0].1.len, 5);
+        assert_eq!(valid_len, whole.len() as u64);
+        // At every cut, the state is one of the two groups, never a mix.
+        for cut in 0..whole.len() {
+            let Ok((state, _, _)) = parse(Path::new("c"), &whole.as_bytes()[..cut]) else {
+                continue;
+            };
+            let len = state.outputs.first().map_or(0, |(_, mark)| mark.len);
+            match state.position.line() {
+                0 => assert_eq!(len, 0, "cut {cut}"),
+                1 => assert_eq!(len, 2, "cut {cut}"),
+                _ => assert_eq!(len, 5, "cut {cut}"),
+            }
+        }
+    }
+
+    #[test]
+    fn out_records_that_do_not_fit_the_outputs_are_corrupt() {
+        let header = encode(&[Record::Header { version: VERSION }]);
+        // Lengths without outputs.
+        let text = format!("{header}{}", encode(&[out(1)]));
+        assert!(matches!(
+            parse(Path::new("c"), text.as_bytes()),
+            Err(Error::Corrupt { .. })
+        ));
+        // Lengths of two outputs where one is declared.
+        let two = Record::Out {
+            marks: vec![OutputMark::default(); 2],
+            closed: false,
+        };
+        let declared = encode(&[Record::Output {
+            index: 0,
+            path: "a".into(),
+        }]);
+        let text = format!("{header}{declared}{}", encode(&[two]));
+        assert!(matches!(
+            parse(Path::new("c"), text.as_bytes()),
+            Err(Error::Corrupt { .. })
+        ));
     }
 }
 

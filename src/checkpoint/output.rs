@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use super::file::parent_dir;
 use super::format::{OutputMark, TAIL};
+use super::fs::{Fs, RealFs};
 use crate::error::{Error, Result};
 
 /// Bytes an output gathers before they are written to its file.
@@ -362,6 +364,7 @@ pub(crate) fn cut_back(path: &Path, file: &File, len: u64) -> Result<()> {
 /// mark.
 pub(crate) fn create(path: &Path) -> Result<(File, OutputMark)> {
     let open_err = |err| Error::io(Some(path), "opening the output", err);
+    let existed = path.exists();
     let mut file = OpenOptions::new()
         .read(true)
         .append(true)
@@ -373,6 +376,12 @@ pub(crate) fn create(path: &Path) -> Result<(File, OutputMark)> {
     // The checkpoint records this length: it must not outlive the bytes.
     file.sync_data()
         .map_err(|err| Error::io(Some(path), "syncing the output", err))?;
+    if !existed {
+        // Its name is on disk before a record names it.
+        RealFs
+            .sync_dir(parent_dir(path))
+            .map_err(|err| Error::io(Some(path), "syncing the output's directory", err))?;
+    }
     Ok((file, OutputMark { len, digest }))
 }
 
