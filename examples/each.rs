@@ -11,9 +11,9 @@
 //! appended as the last argument. A line that is not valid UTF-8 is passed
 //! as the raw bytes it is, an empty line as an empty argument. The command
 //! is started directly (no shell), with stdin from `/dev/null` (never
-//! `each`'s own, which may hold the lines) and stdout inherited; its stderr
-//! is forwarded to ours and its last 500 bytes are kept as the error of a
-//! failed line.
+//! `each`'s own, which may hold the lines) and stdout inherited (or, with
+//! `--output`, captured); its stderr is forwarded to ours and its last 500
+//! bytes are kept as the error of a failed line.
 //!
 //! A command that exits with a non-zero status (or is killed by a signal)
 //! is a failed attempt. It is tried again `--retries` more times (default
@@ -25,6 +25,21 @@
 //! again after a crash, a kill or Ctrl-C and it continues where it stopped:
 //! lines whose commit reached the disk are skipped, the others are run again
 //! (at least once; see `--durability`).
+//!
+//! With `--output FILE`, each command's stdout is captured and appended to
+//! `FILE` as one block (the bytes as they are: no newline is added), when
+//! its line is recorded as finished, and exactly once per line, across
+//! kills, crashes and reruns: the checkpoint records how long `FILE` is
+//! with every commit, and a rerun first cuts `FILE` back to that length,
+//! dropping the results of the lines it runs again. A command may still
+//! run twice after a crash; its stdout lands once. The stdout of a failed
+//! attempt is discarded, a line that fails for good writes nothing, and
+//! `--retry-failed` appends the results of the lines that succeed then. With
+//! `--jobs`, blocks go in the order lines finish; `--keep-order` puts them
+//! in input order (a block waits in memory for the lines before it). Every
+//! run over a checkpoint must name the same `--output` (a plain rerun too:
+//! `each` refuses to run without it rather than lose results), and nothing
+//! else may write to `FILE` meanwhile.
 //!
 //! An input that cannot seek (`-`, a pipe, a device) has no place for a
 //! checkpoint next to it, so it needs `--checkpoint PATH`; without one,
@@ -39,19 +54,29 @@
 //!
 //! - `-j, --jobs N`: lines run in parallel (default 1: in order).
 //! - `--retries N`: extra attempts after the first (default 0).
+//! - `--output FILE`: append each command's stdout to `FILE`, exactly once
+//!   per finished line (see above), instead of passing it through. `FILE`
+//!   is a regular file (created if missing; bytes it holds stay before the
+//!   results).
+//! - `--keep-order`: with `--output`, append the results in input order
+//!   rather than in the order lines finish.
 //! - `--checkpoint PATH`: the checkpoint file; required when `INPUT` is `-`
 //!   or a pipe.
 //! - `--retry-failed`: run exactly the lines recorded as failed, nothing else.
 //! - `--shard I/N`: only lines whose 0-based index is `I` modulo `N`, with a
 //!   checkpoint of its own; shards `0/N` to `N-1/N` cover every line once.
-//! - `--status`: print the progress recorded in the checkpoint and the failed
-//!   lines with their errors, run nothing. Takes no lock, so it works while
-//!   a run is going on.
+//! - `--status`: print the progress recorded in the checkpoint, the outputs
+//!   with the length recorded (what holds the results of the finished
+//!   lines) and the failed lines with their errors, run nothing. Takes no
+//!   lock, so it works while a run is going on.
 //! - `--durability strict|group|none`: `strict` syncs every commit (a crash
 //!   redoes at most the lines in progress); `group` (default) syncs a
 //!   finished line at most `--sync-ms T` after it finished (default 200),
 //!   or once `--sync-records N` commits gathered (default 100000), even
 //!   while every command runs for long; `none` leaves syncing to the OS.
+//!   With `--output`, `FILE` is synced before a synced record covers its
+//!   bytes (with `none`, a power loss may leave it shorter than recorded,
+//!   and the next run refuses it).
 //! - `--write-ms T`: a finished line is written to the checkpoint file (not
 //!   synced) at most `T` ms after it finished (default 10; 0 writes each at
 //!   once), so a kill of `each` itself redoes the lines in progress and the
@@ -84,13 +109,13 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, ExitStatus, Stdio};
+use std::process::{ChildStderr, ChildStdout, Command, ExitCode, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use linemark::{Checkpoint, Durability, Event, Line, RetryPolicy, Runner, StopToken, Task};
+use linemark::{Checkpoint, Durability, Event, Line, Out, RetryPolicy, Runner, StopToken, Task};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -106,7 +131,9 @@ const EXIT_STOPPED: u8 = 130;
     name = "each",
     version,
     after_help = "Every {} in CMD and ARGS is replaced by the line; without {}, the line is the \
-                  last argument.\nExit status: 0 all lines done, 1 some lines failed, 2 usage or \
+                  last argument.\nWith --output FILE, the commands' stdout goes to FILE, once per \
+                  line even after a kill: a rerun cuts FILE back to what the checkpoint \
+                  records.\nExit status: 0 all lines done, 1 some lines failed, 2 usage or \
                   checkpoint error, 130 stopped by a signal."
 )]
 struct Args {
@@ -131,6 +158,18 @@ struct Args {
     /// Extra attempts for a failing line, after the first.
     #[arg(long, value_name = "N", default_value_t = 0)]
     retries: u32,
+
+    /// Capture each command's stdout and append it to FILE, exactly once
+    /// per finished line, even across kills and reruns (a failed attempt's
+    /// stdout is discarded). Every run over the checkpoint names the same
+    /// FILE.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+
+    /// With --output: append the results in input order, not in the order
+    /// lines finish.
+    #[arg(long, requires = "output")]
+    keep_order: bool,
 
     /// The checkpoint file [default: INPUT.checkpoint; required when INPUT
     /// is `-` or a pipe].
@@ -235,6 +274,13 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     if !has_placeholder(program) && !is_runnable(program) {
         return Err(format!("{}: command not found", program.to_string_lossy()).into());
     }
+    match &args.output {
+        Some(output) => {
+            check_output(output)?;
+            runner = runner.output(output).keep_order(args.keep_order);
+        }
+        None => check_no_output_recorded(&checkpoint)?,
+    }
     let retry = RetryPolicy::new().max_attempts(args.retries.saturating_add(1));
     runner = runner
         .workers(usize::from(args.jobs))
@@ -248,8 +294,12 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     watch_signals(stop.clone(), args.quiet)?;
     runner = runner.stop_token(stop.clone());
 
-    // A bar only where it cannot be garbled by the commands' own output.
-    let show_bar = !args.quiet && io::stderr().is_terminal() && !io::stdout().is_terminal();
+    // A bar only where it cannot be garbled by the commands' own output
+    // (their stderr is forwarded around it; their stdout, unless captured,
+    // is not).
+    let show_bar = !args.quiet
+        && io::stderr().is_terminal()
+        && (args.output.is_some() || !io::stdout().is_terminal());
     let bar = if show_bar {
         ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
     } else {
@@ -272,6 +322,7 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let task = RunCommand {
         argv: args.command.clone(),
         has_placeholder: args.command.iter().any(|arg| has_placeholder(arg)),
+        capture: args.output.is_some(),
         stop,
         bar: bar.clone(),
     };
@@ -492,6 +543,48 @@ fn durability(args: &Args) -> Result<Durability, String> {
     })
 }
 
+/// Refuses an `--output` that cannot be cut back after a crash: `-`, a
+/// pipe, a terminal, a directory.
+fn check_output(output: &Path) -> Result<(), String> {
+    if output == Path::new("-") {
+        let why = "--output needs a regular file, not - (standard output): a rerun after a crash \
+                   cuts it back to the results of the finished lines";
+        return Err(why.into());
+    }
+    match std::fs::metadata(output) {
+        Ok(meta) if !meta.is_file() => Err(format!(
+            "--output {}: not a regular file; the results go to a file that a rerun after a \
+             crash can cut back to the results of the finished lines",
+            output.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a run without `--output` over a checkpoint that records outputs,
+/// before any command runs: the results of its lines would be lost (and
+/// the checkpoint would refuse the first commit anyway, after the commands
+/// of the first lines ran). A checkpoint that cannot be read is left for
+/// the run to report.
+fn check_no_output_recorded(checkpoint: &Path) -> Result<(), String> {
+    if !checkpoint.exists() {
+        return Ok(());
+    }
+    let Ok(snapshot) = Checkpoint::inspect(checkpoint) else {
+        return Ok(());
+    };
+    match snapshot.outputs.as_slice() {
+        [] => Ok(()),
+        [(path, _), ..] => Err(format!(
+            "{} records the results of its lines in {}: run with --output {}, or remove the \
+             checkpoint to start over",
+            checkpoint.display(),
+            path.display(),
+            shell_words([path.clone().into_os_string()]),
+        )),
+    }
+}
+
 /// Fires `stop` on the first SIGINT or SIGTERM; exits at once on the second.
 fn watch_signals(stop: StopToken, quiet: bool) -> io::Result<()> {
     let mut signals = Signals::new([SIGINT, SIGTERM])?;
@@ -520,6 +613,9 @@ fn watch_signals(stop: StopToken, quiet: bool) -> io::Result<()> {
 struct RunCommand {
     argv: Vec<OsString>,
     has_placeholder: bool,
+    /// Capture the command's stdout into the line's results (`--output`),
+    /// rather than let it inherit ours.
+    capture: bool,
     stop: StopToken,
     bar: ProgressBar,
 }
@@ -530,6 +626,8 @@ enum CommandError {
     Spawn { program: OsString, error: io::Error },
     /// It ran and failed.
     Failed { status: ExitStatus, stderr: String },
+    /// Its stdout could not be read to the end (`--output`).
+    Stdout(io::Error),
 }
 
 impl fmt::Display for CommandError {
@@ -540,6 +638,7 @@ impl fmt::Display for CommandError {
             }
             CommandError::Failed { status, stderr } if stderr.is_empty() => write!(f, "{status}"),
             CommandError::Failed { status, stderr } => write!(f, "{status}: {stderr}"),
+            CommandError::Stdout(error) => write!(f, "reading the command's stdout: {error}"),
         }
     }
 }
@@ -552,6 +651,14 @@ impl Task for RunCommand {
     type Error = CommandError;
 
     fn run(&self, line: &Line<'_>) -> Result<(), CommandError> {
+        self.run_into(line, &mut Out::default())
+    }
+
+    /// Runs the command; with `--output`, its stdout goes into `out`. The
+    /// runner appends `out` to the output once the line is recorded as
+    /// finished, and discards it when the attempt fails, so the stdout of
+    /// a failed attempt is never appended.
+    fn run_into(&self, line: &Line<'_>, out: &mut Out) -> Result<(), CommandError> {
         let content = line.as_bytes();
         let content = content.strip_suffix(b"\r").unwrap_or(content);
         let mut argv = self.argv.iter().map(|arg| substitute(arg, content));
@@ -561,25 +668,38 @@ impl Task for RunCommand {
         if !self.has_placeholder {
             command.arg(OsStr::from_bytes(content));
         }
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::inherit())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|error| CommandError::Spawn {
-                program: program.clone(),
-                error,
-            })?;
-        let tail = match child.stderr.take() {
-            Some(stderr) => self.forward(stderr),
-            None => Vec::new(),
+        let stdout = if self.capture {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
         };
-        let status = child.wait().map_err(|error| CommandError::Spawn {
+        let spawn_error = |error| CommandError::Spawn {
             program: program.clone(),
             error,
-        })?;
+        };
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(spawn_error)?;
+        let stderr = child.stderr.take();
+        let (tail, read) = match child.stdout.take() {
+            None => (stderr.map(|stderr| self.forward(stderr)), Ok(())),
+            Some(stdout) => match self.read_both(stdout, stderr, out) {
+                Ok(both) => both,
+                Err(error) => {
+                    // Out of threads: its pipes are closed, it is of no use.
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(spawn_error(error));
+                }
+            },
+        };
+        let tail = tail.unwrap_or_default();
+        let status = child.wait().map_err(spawn_error)?;
         if status.success() {
-            return Ok(());
+            return read.map_err(CommandError::Stdout);
         }
         if matches!(status.signal(), Some(SIGINT | SIGTERM)) {
             // Someone meant to stop the whole job (Ctrl-C reaches the whole
@@ -595,7 +715,7 @@ impl Task for RunCommand {
 
     fn is_retryable(&self, error: &CommandError) -> bool {
         match error {
-            CommandError::Failed { .. } => true,
+            CommandError::Failed { .. } | CommandError::Stdout(_) => true,
             // Gone or not executable: trying again will not help. Out of
             // processes or memory (EAGAIN, ENOMEM) may pass.
             CommandError::Spawn { error, .. } => !matches!(
@@ -607,6 +727,27 @@ impl Task for RunCommand {
 }
 
 impl RunCommand {
+    /// Reads the command's stdout into `out` while its stderr is forwarded
+    /// on another thread: both at once, as a command that fills one pipe
+    /// while we wait on the other would wait for ever. Returns the stderr's
+    /// tail and how the read of stdout went; fails only when no thread can
+    /// be started.
+    fn read_both(
+        &self,
+        mut stdout: ChildStdout,
+        stderr: Option<ChildStderr>,
+        out: &mut Out,
+    ) -> io::Result<(Option<Vec<u8>>, io::Result<()>)> {
+        std::thread::scope(|scope| {
+            let forward = std::thread::Builder::new()
+                .spawn_scoped(scope, || stderr.map(|stderr| self.forward(stderr)))?;
+            let read = stdout.read_to_end(out.to(0)).map(drop);
+            // A command still writing gets EPIPE rather than block.
+            drop(stdout);
+            Ok((forward.join().unwrap_or_default(), read))
+        })
+    }
+
     /// Copies the command's stderr to ours as it comes, keeping its tail.
     fn forward(&self, mut stderr: impl Read) -> Vec<u8> {
         let mut tail = Vec::new();
@@ -801,6 +942,23 @@ fn print_status(input: &Input, checkpoint: &Path) -> Result<(), Box<dyn std::err
         && snapshot.failed.is_empty();
     if complete {
         writeln!(out, "complete")?;
+    }
+    for (path, len) in &snapshot.outputs {
+        // The path as the runs gave it: relative to where they ran.
+        let now = match std::fs::metadata(path) {
+            Ok(meta) if meta.len() == *len => String::new(),
+            Ok(meta) if meta.len() > *len => format!(
+                " ({} more in the file: results of a run in progress, or left by one that \
+                 was killed, which the next run cuts off)",
+                meta.len() - len
+            ),
+            Ok(meta) => format!(
+                " (only {} in the file: it was cut or replaced, and the next run refuses it)",
+                meta.len()
+            ),
+            Err(_) => " (not found from here)".to_string(),
+        };
+        writeln!(out, "output: {}, {len} bytes recorded{now}", path.display())?;
     }
     writeln!(out, "failed: {} line(s)", snapshot.failed.len())?;
     let mut reader = match input.kind {

@@ -640,6 +640,14 @@ impl Checkpoint {
         Ok(output)
     }
 
+    /// Checks that every output the checkpoint records is attached.
+    pub(crate) fn check_outputs_attached(&self) -> Result<()> {
+        if self.outputs.len() < self.inner.lock_core().state.outputs.len() {
+            return Err(self.inner.unattached());
+        }
+        Ok(())
+    }
+
     /// Whether outputs are attached.
     #[inline]
     pub(crate) fn has_outputs(&self) -> bool {
@@ -976,11 +984,9 @@ impl Checkpoint {
     #[cold]
     #[inline(never)]
     fn service(&mut self) -> Result<()> {
-        if self.schedule.is_some()
-            && self.outputs.len() < self.inner.lock_core().state.outputs.len()
-        {
-            // Recorded before the first commit reaches the file.
-            return Err(self.inner.unattached());
+        if self.schedule.is_some() {
+            // Refused before the first commit reaches the file.
+            self.check_outputs_attached()?;
         }
         if let Some(schedule) = self.schedule.take() {
             match Background::start(&self.inner, schedule) {

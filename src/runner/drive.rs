@@ -110,7 +110,7 @@ impl Runner {
     ) -> Result<()> {
         let shared = Arc::clone(&run.shared);
         let stop = shared.user_stop.clone();
-        let mut out = Out::default();
+        let mut out = Out::new(self.outputs.len());
         loop {
             // Returns whether to go on with the next line.
             let mut one_line = |line: &Line<'_>| -> Result<bool> {

@@ -791,6 +791,9 @@ impl Runner {
             // through.
             checkpoint.output(output)?;
         }
+        // A run without the outputs the checkpoint records is refused
+        // before its first line runs.
+        checkpoint.check_outputs_attached()?;
         // The lines a checkpoint owns are recorded in it, so that it is never
         // reused by a run over other lines (another shard, or all of them).
         checkpoint.claim_shard(self.shard.unwrap_or((0, 1)))?;
