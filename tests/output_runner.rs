@@ -1,0 +1,340 @@
+//! The runner's outputs: what a task writes to its `Out` reaches the
+//! outputs exactly once per finished line, in the order asked, and never
+//! for a failed attempt or a failed line.
+
+mod common;
+
+use std::io::Write;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use linemark::{Error, Line, Out, RetryPolicy, Runner, StopToken, Task, permanent};
+
+use common::Input;
+
+fn spin(time: Duration) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < time {
+        std::hint::spin_loop();
+    }
+}
+
+/// Tasks of uneven length, so that lines finish out of order.
+fn uneven(line: &Line<'_>) {
+    spin(Duration::from_micros(line.number() * 37 % 300));
+}
+
+fn sorted_lines(bytes: &[u8]) -> Vec<Vec<u8>> {
+    let mut lines: Vec<Vec<u8>> = bytes
+        .split_inclusive(|&b| b == b'\n')
+        .map(<[u8]>::to_vec)
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn results_are_in_input_order_with_keep_order_and_complete_either_way() {
+    let input = Input::generated(3_000);
+    let expected = input.lines.concat();
+    let mut any_out_of_order = false;
+    for keep_order in [false, true] {
+        let output = input.sibling(&format!("out-{keep_order}.txt"));
+        let report = Runner::new()
+            .workers(4)
+            .keep_order(keep_order)
+            .checkpoint_path(input.sibling(&format!("cp-{keep_order}")))
+            .output(&output)
+            .map(&input.path, |line, out| {
+                uneven(line);
+                out.write_all(line.raw())?;
+                Ok(())
+            })
+            .unwrap();
+        assert!(report.is_complete(), "{report}");
+        let written = std::fs::read(&output).unwrap();
+        if keep_order {
+            assert!(written == expected, "not in input order");
+        } else {
+            any_out_of_order = written != expected;
+            assert_eq!(sorted_lines(&written), sorted_lines(&expected));
+        }
+    }
+    assert!(
+        any_out_of_order,
+        "the lines all finished in order: the keep-order case proves nothing"
+    );
+}
+
+#[test]
+fn a_failed_attempt_writes_nothing_and_a_failed_line_writes_nothing() {
+    let input = Input::generated(500);
+    let output = input.sibling("out.txt");
+    let attempts = Mutex::new(std::collections::HashMap::<u64, u32>::new());
+    let report = Runner::new()
+        .workers(3)
+        .retry(
+            RetryPolicy::new()
+                .max_attempts(2)
+                .initial_delay(Duration::ZERO),
+        )
+        .output(&output)
+        .map(&input.path, |line, out| {
+            let attempt = {
+                let mut attempts = attempts.lock().unwrap();
+                let n = attempts.entry(line.number()).or_default();
+                *n += 1;
+                *n
+            };
+            out.write_all(b"partial ")?;
+            if line.number() % 10 == 0 {
+                return Err(permanent("for good"));
+            }
+            if line.number() % 3 == 0 && attempt == 1 {
+                return Err("once".into());
+            }
+            out.write_all(line.raw())?;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(report.failed, 50);
+    let written = std::fs::read(&output).unwrap();
+    let expected: Vec<u8> = input
+        .lines
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| (index + 1) % 10 != 0)
+        .flat_map(|(_, line)| [&b"partial "[..], line].concat())
+        .collect();
+    assert_eq!(
+        sorted_lines(&written),
+        sorted_lines(&expected),
+        "each done line once, with the writes of its successful attempt only"
+    );
+}
+
+#[test]
+fn retry_failed_appends_the_results_of_the_lines_that_succeed_then() {
+    let input = Input::generated(200);
+    let output = input.sibling("out.txt");
+    let fail = AtomicU64::new(1);
+    let run = |retry_failed: bool| {
+        Runner::new()
+            .workers(2)
+            .retry_failed(retry_failed)
+            .output(&output)
+            .map(&input.path, |line, out| {
+                out.write_all(line.raw())?;
+                if line.number() % 7 == 0 && fail.load(Ordering::SeqCst) == 1 {
+                    return Err(permanent("not yet"));
+                }
+                Ok(())
+            })
+            .unwrap()
+    };
+    assert_eq!(run(false).failed, 28);
+    let first = std::fs::read(&output).unwrap();
+    assert_eq!(sorted_lines(&first).len(), 200 - 28);
+    // A plain rerun finds nothing to do and writes nothing.
+    run(false);
+    assert_eq!(std::fs::read(&output).unwrap(), first);
+    fail.store(0, Ordering::SeqCst);
+    let retried = run(true);
+    assert_eq!((retried.done, retried.failed_total), (28, 0));
+    let written = std::fs::read(&output).unwrap();
+    assert!(
+        written.starts_with(&first),
+        "earlier results kept as they were"
+    );
+    assert_eq!(sorted_lines(&written), sorted_lines(&input.lines.concat()));
+    // Nothing more on a second retry.
+    run(true);
+    assert_eq!(std::fs::read(&output).unwrap(), written);
+}
+
+#[test]
+fn a_stopped_run_resumed_writes_each_result_once_in_order() {
+    let input = Input::generated(4_000);
+    let output = input.sibling("out.txt");
+    for round in 0.. {
+        let stop = StopToken::new();
+        let done = AtomicU64::new(0);
+        let report = Runner::new()
+            .workers(4)
+            .keep_order(true)
+            .stop_token(stop.clone())
+            .output(&output)
+            .map(&input.path, |line, out| {
+                uneven(line);
+                if done.fetch_add(1, Ordering::SeqCst) == 700 {
+                    stop.stop();
+                }
+                out.write_all(line.raw())?;
+                Ok(())
+            })
+            .unwrap();
+        let written = std::fs::read(&output).unwrap();
+        let expected = input.lines.concat();
+        assert!(
+            expected.starts_with(&written),
+            "round {round}: the output is not a prefix of the input in order"
+        );
+        if report.is_complete() {
+            assert_eq!(written, expected);
+            assert!(round > 2, "the run was never stopped");
+            break;
+        }
+    }
+}
+
+#[test]
+fn two_outputs_get_their_own_results() {
+    let input = Input::generated(1_000);
+    let (evens, odds) = (input.sibling("evens.txt"), input.sibling("odds.txt"));
+    for workers in [1, 4] {
+        let _ = std::fs::remove_file(&evens);
+        let _ = std::fs::remove_file(&odds);
+        Runner::new()
+            .workers(workers)
+            .checkpoint_path(input.sibling(&format!("cp-{workers}")))
+            .output(&evens)
+            .output(&odds)
+            .map(&input.path, |line, out| {
+                out.to((line.number() % 2) as usize)
+                    .extend_from_slice(line.raw());
+                Ok(())
+            })
+            .unwrap();
+        let pick = |parity: usize| -> Vec<u8> {
+            input
+                .lines
+                .iter()
+                .enumerate()
+                .filter(|(index, _)| (index + 1) % 2 == parity)
+                .flat_map(|(_, line)| line.clone())
+                .collect()
+        };
+        assert_eq!(
+            sorted_lines(&std::fs::read(&evens).unwrap()),
+            sorted_lines(&pick(0))
+        );
+        assert_eq!(
+            sorted_lines(&std::fs::read(&odds).unwrap()),
+            sorted_lines(&pick(1))
+        );
+    }
+}
+
+#[test]
+fn a_run_without_the_recorded_output_is_refused_before_any_line_runs() {
+    let input = Input::generated(10);
+    let output = input.sibling("out.txt");
+    let first = Runner::new()
+        .output(&output)
+        .map(&input.path, |line, out| {
+            out.write_all(line.raw())?;
+            if line.number() == 5 {
+                return Err(permanent("later"));
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(first.failed, 1);
+    let ran = AtomicU64::new(0);
+    let err = Runner::new()
+        .retry_failed(true)
+        .run(&input.path, |_| {
+            ran.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::OutputChanged { path, .. } if path.ends_with("out.txt")),
+        "{err}"
+    );
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+    // Another output in its place is refused too.
+    let err = Runner::new()
+        .retry_failed(true)
+        .output(input.sibling("other.txt"))
+        .map(&input.path, |_, _| Ok(()))
+        .unwrap_err();
+    assert!(matches!(err, Error::OutputChanged { .. }), "{err}");
+    assert!(!input.sibling("other.txt").exists());
+}
+
+#[test]
+fn a_stream_maps_and_resumes_by_counting_lines() {
+    let input = Input::generated(300);
+    let output = input.sibling("out.txt");
+    let checkpoint = input.sibling("stream.checkpoint");
+    let stream = input.lines.concat();
+    let half = AtomicU64::new(0);
+    let stop = StopToken::new();
+    let first = Runner::new()
+        .stop_token(stop.clone())
+        .output(&output)
+        .map_reader(&stream[..], &checkpoint, |line, out| {
+            if half.fetch_add(1, Ordering::SeqCst) == 149 {
+                stop.stop();
+            }
+            out.write_all(line.raw())?;
+            Ok(())
+        })
+        .unwrap();
+    assert!(!first.is_complete());
+    let second = Runner::new()
+        .output(&output)
+        .map_reader(&stream[..], &checkpoint, |line, out| {
+            out.write_all(line.raw())?;
+            Ok(())
+        })
+        .unwrap();
+    assert!(second.is_complete());
+    assert_eq!(std::fs::read(&output).unwrap(), stream);
+}
+
+/// A `Task` type that writes results implements `run_into`.
+struct Upper;
+
+impl Task for Upper {
+    type Error = std::io::Error;
+
+    fn run(&self, line: &Line<'_>) -> Result<(), std::io::Error> {
+        self.run_into(line, &mut Out::default())
+    }
+
+    fn run_into(&self, line: &Line<'_>, out: &mut Out) -> Result<(), std::io::Error> {
+        out.write_all(&line.raw().to_ascii_uppercase())
+    }
+}
+
+#[test]
+fn a_task_type_writes_results_through_run_into() {
+    let input = Input::generated(50);
+    let output = input.sibling("out.txt");
+    Runner::new()
+        .output(&output)
+        .run_task(&input.path, &Upper)
+        .unwrap();
+    assert_eq!(
+        std::fs::read(&output).unwrap(),
+        input.lines.concat().to_ascii_uppercase()
+    );
+}
+
+#[cfg(feature = "tokio")]
+#[tokio::test]
+async fn the_async_runner_refuses_outputs() {
+    let input = Input::generated(5);
+    let err = Runner::new()
+        .output(input.sibling("out.txt"))
+        .run_async(&input.path, |_line| async { Ok(()) })
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("async runner has no outputs"),
+        "{err}"
+    );
+}
