@@ -1209,7 +1209,9 @@ fn snapshots_taken_while_a_job_runs_resume_to_every_result_once() {
         let input = Input::generated(N);
         let job = Job::of(&input);
         let mut snapshots = Vec::new();
-        {
+        // Two runs, the first closed half way: the second reopens a
+        // cleanly closed output.
+        for phase in 0..2 {
             let mut checkpoint = Checkpoint::builder()
                 .durability(durability)
                 .write_delay(delay)
@@ -1217,7 +1219,9 @@ fn snapshots_taken_while_a_job_runs_resume_to_every_result_once() {
                 .unwrap();
             let mut out = checkpoint.output(&job.output).unwrap();
             snapshots.push(snapshot(&job));
-            let mut lines = LineReader::new(BufReader::new(fs::File::open(&job.input).unwrap()));
+            let mut reader = BufReader::new(fs::File::open(&job.input).unwrap());
+            let start = checkpoint.position().seek_offset(&mut reader).unwrap();
+            let mut lines = LineReader::resume(reader, start);
             while let Some(line) = lines.next_line().unwrap() {
                 out.append(&result_of(line.raw())).unwrap();
                 if line.number() % 5 == 0 {
@@ -1231,8 +1235,12 @@ fn snapshots_taken_while_a_job_runs_resume_to_every_result_once() {
                     std::thread::sleep(Duration::from_millis(4));
                     snapshots.push(snapshot(&job));
                 }
+                if phase == 0 && line.number() == N as u64 / 2 {
+                    break;
+                }
             }
             checkpoint.close().unwrap();
+            snapshots.push(snapshot(&job));
         }
         assert_eq!(fs::read(&job.output).unwrap(), expected(&input.lines, N));
         let mut positions = Vec::new();
@@ -1273,4 +1281,390 @@ fn snapshots_taken_while_a_job_runs_resume_to_every_result_once() {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------
+// More shapes of jobs
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_crash_at_any_line_with_compaction_writes_every_result_once() {
+    // A threshold so low that the file is rewritten every few commits: the
+    // snapshot must carry the outputs and their lengths.
+    const N: usize = 20;
+    let lines = generated_lines(N);
+    for durability in DURABILITIES {
+        for crash_at in 0..=N {
+            let input = Input::new(lines.clone());
+            let job = Job::of(&input);
+            let open = |limit, end| -> linemark::Result<usize> {
+                let mut checkpoint = Checkpoint::builder()
+                    .durability(durability)
+                    .compact_at(300)
+                    .open(&job.checkpoint)?;
+                let mut out = checkpoint.output(&job.output)?;
+                let mut reader = BufReader::new(fs::File::open(&job.input).unwrap());
+                let start = checkpoint.position().seek_offset(&mut reader)?;
+                let mut lines = LineReader::resume(reader, start);
+                let mut done = 0;
+                while Some(done) != limit {
+                    let Some(line) = lines.next_line()? else {
+                        break;
+                    };
+                    out.append(&result_of(line.raw()))?;
+                    checkpoint.commit_line(&line)?;
+                    done += 1;
+                }
+                if end == End::Close {
+                    checkpoint.close()?;
+                } else if let Some(line) = lines.next_line()? {
+                    out.append(&result_of(line.raw()))?;
+                    out.flush().unwrap();
+                }
+                Ok(done)
+            };
+            open(Some(crash_at), End::DropAfterUncommitted).unwrap();
+            assert_eq!(recorded_lines(&job), crash_at, "{durability:?}");
+            assert_eq!(
+                recorded_outputs(&job),
+                vec![(job.output.clone(), expected(&lines, crash_at).len() as u64)],
+                "{durability:?} crash at {crash_at}"
+            );
+            open(Some(N / 3), End::Close).unwrap();
+            open(None, End::Close).unwrap();
+            assert!(
+                fs::metadata(&job.checkpoint).unwrap().len() < 2_000,
+                "no compaction happened"
+            );
+            assert_eq!(
+                fs::read(&job.output).unwrap(),
+                expected(&lines, N),
+                "{durability:?} crash at {crash_at}"
+            );
+        }
+    }
+}
+
+#[test]
+fn results_larger_than_the_buffer_are_written_once_across_crashes() {
+    // Results of 0 to 200 KiB: some fill the 64 KiB buffer, some go past it
+    // in one append.
+    const N: usize = 12;
+    let lines = generated_lines(N);
+    let big = |number: u64, raw: &[u8]| -> Vec<u8> {
+        let size = [10usize, 70_000, 65_536, 65_535, 200_000, 1][number as usize % 6];
+        let mut out = result_of(raw);
+        out.extend(std::iter::repeat_n(b'a' + (number % 26) as u8, size));
+        out.push(b'\n');
+        out
+    };
+    let want: Vec<u8> = lines
+        .iter()
+        .enumerate()
+        .flat_map(|(i, l)| big(i as u64 + 1, l))
+        .collect();
+    for durability in [Durability::EveryCommit, Durability::DEFAULT_GROUP] {
+        for crash_at in [0, 1, 2, 5, 7, 11] {
+            let input = Input::new(lines.clone());
+            let job = Job::of(&input);
+            let go = |limit: Option<usize>, close: bool| {
+                let mut checkpoint = open(&job.checkpoint, durability).unwrap();
+                let mut out = checkpoint.output(&job.output).unwrap();
+                let mut reader = BufReader::new(fs::File::open(&job.input).unwrap());
+                let start = checkpoint.position().seek_offset(&mut reader).unwrap();
+                let mut lines = LineReader::resume(reader, start);
+                let mut done = 0;
+                while Some(done) != limit {
+                    let Some(line) = lines.next_line().unwrap() else {
+                        break;
+                    };
+                    // In pieces of 1000 bytes, as a writer would.
+                    for piece in big(line.number(), line.raw()).chunks(1000) {
+                        out.write_all(piece).unwrap();
+                    }
+                    checkpoint.commit_line(&line).unwrap();
+                    done += 1;
+                }
+                if close {
+                    checkpoint.close().unwrap();
+                } else if let Some(line) = lines.next_line().unwrap() {
+                    // Half a big result, uncommitted.
+                    let result = big(line.number(), line.raw());
+                    out.append(&result[..result.len() / 2]).unwrap();
+                }
+            };
+            go(Some(crash_at), false);
+            let recorded = recorded_lines(&job);
+            assert_eq!(recorded, crash_at);
+            let len: usize = lines[..crash_at]
+                .iter()
+                .enumerate()
+                .map(|(i, l)| big(i as u64 + 1, l).len())
+                .sum();
+            assert_eq!(
+                recorded_outputs(&job),
+                vec![(job.output.clone(), len as u64)]
+            );
+            go(None, true);
+            let found = fs::read(&job.output).unwrap();
+            assert!(
+                found == want,
+                "{durability:?} crash at {crash_at}: {} bytes, want {}",
+                found.len(),
+                want.len()
+            );
+        }
+    }
+}
+
+#[test]
+fn lines_finished_out_of_order_have_their_results_once() {
+    const N: usize = 40;
+    let lines = generated_lines(N);
+    let mut want: Vec<Vec<u8>> = lines.iter().map(|l| result_of(l)).collect();
+    want.sort();
+    for crash_after in [0usize, 1, 3, 7, 12, 20, 33, 39] {
+        for durability in [Durability::EveryCommit, Durability::DEFAULT_GROUP] {
+            let input = Input::new(lines.clone());
+            let job = Job::of(&input);
+            // Finishes up to `limit` lines, four in flight, picked in a
+            // scrambled order; drops the rest unfinished.
+            let go = |limit: Option<usize>| {
+                let mut checkpoint = open(&job.checkpoint, durability).unwrap();
+                let mut out = checkpoint.output(&job.output).unwrap();
+                let mut reader = BufReader::new(fs::File::open(&job.input).unwrap());
+                let start = checkpoint.position().seek_offset(&mut reader).unwrap();
+                let mut lines = LineReader::resume(reader, start);
+                {
+                    let tracker = linemark::Tracker::with_window(&mut checkpoint, 1000);
+                    let mut flight = Vec::new();
+                    let mut done = 0;
+                    let mut pick = 7usize;
+                    loop {
+                        let line = lines.next_line().unwrap();
+                        let ended = line.is_none();
+                        if let Some(line) = line {
+                            if let Some(ticket) = tracker.start(&line).unwrap() {
+                                flight.push((ticket, line.raw().to_vec()));
+                            }
+                        }
+                        while flight.len() >= 4 || (ended && !flight.is_empty()) {
+                            if Some(done) == limit {
+                                drop(flight);
+                                return;
+                            }
+                            pick = (pick * 31 + 17) % 101;
+                            let (ticket, raw) = flight.remove(pick % flight.len());
+                            out.append(&result_of(&raw)).unwrap();
+                            ticket.finish().unwrap();
+                            done += 1;
+                        }
+                        if ended {
+                            break;
+                        }
+                    }
+                }
+                checkpoint.close().unwrap();
+            };
+            go(Some(crash_after));
+            go(Some(crash_after / 2 + 1));
+            go(None);
+            let text = fs::read(&job.output).unwrap();
+            let mut found: Vec<Vec<u8>> = text
+                .split_inclusive(|b| *b == b'\n')
+                .map(<[u8]>::to_vec)
+                .collect();
+            found.sort();
+            assert_eq!(found.len(), N, "{durability:?} crash after {crash_after}");
+            assert!(found == want, "{durability:?} crash after {crash_after}");
+        }
+    }
+}
+
+#[test]
+fn a_second_recorded_output_not_attached_fails_the_first_commit() {
+    let input = Input::generated(10);
+    let job = Job::of(&input);
+    run_two(&job, Durability::EveryCommit, Some(4), End::Drop).unwrap();
+    let before = job.files();
+    {
+        let mut checkpoint = open(&job.checkpoint, Durability::EveryCommit).unwrap();
+        let _out = checkpoint.output(&job.output).unwrap();
+        let positions = input.positions();
+        let result = checkpoint.commit(positions[5]);
+        assert_output_changed(result, &job.rejects, &job.checkpoint);
+    }
+    assert_eq!(job.files(), before);
+    run_two(&job, Durability::EveryCommit, None, End::Close).unwrap();
+    assert_eq!(
+        fs::read(&job.output).unwrap(),
+        expected_accepted(&input.lines, 10)
+    );
+    assert_eq!(
+        fs::read(&job.rejects).unwrap(),
+        expected_rejects(&input.lines, 10)
+    );
+}
+
+#[test]
+fn a_third_output_on_progress_is_refused() {
+    let input = Input::generated(10);
+    let job = Job::of(&input);
+    run(&job, Durability::EveryCommit, Some(4), End::Drop).unwrap();
+    let before = job.files();
+    {
+        let mut checkpoint = open(&job.checkpoint, Durability::EveryCommit).unwrap();
+        let _out = checkpoint.output(&job.output).unwrap();
+        let result = checkpoint.output(&job.rejects);
+        assert_output_changed(result, &job.rejects, &job.checkpoint);
+    }
+    assert_eq!(job.files(), before);
+    assert!(!job.rejects.exists());
+}
+
+#[test]
+fn the_same_output_attached_twice_is_refused_or_keeps_both_results() {
+    // Two handles on one file each record the length of their own
+    // appends, in a file that holds both: attaching the same file twice
+    // must be refused, or every result must survive a crash and a rerun.
+    let input = Input::generated(6);
+    let job = Job::of(&input);
+    let go = |limit: Option<usize>, close: bool| -> linemark::Result<()> {
+        let mut checkpoint = open(&job.checkpoint, Durability::EveryCommit)?;
+        let mut first = checkpoint.output(&job.output)?;
+        let mut second = checkpoint.output(&job.output)?;
+        let mut reader = BufReader::new(fs::File::open(&job.input).unwrap());
+        let start = checkpoint.position().seek_offset(&mut reader)?;
+        let mut lines = LineReader::resume(reader, start);
+        let mut done = 0;
+        while Some(done) != limit {
+            let Some(line) = lines.next_line()? else {
+                break;
+            };
+            first.append(&result_of(line.raw()))?;
+            second.append(&reject_of(line.raw()))?;
+            checkpoint.commit_line(&line)?;
+            done += 1;
+        }
+        if close {
+            checkpoint.close()?;
+        }
+        Ok(())
+    };
+    match go(Some(3), false) {
+        Err(error) => {
+            // Refused: fine, and nothing recorded of a second output.
+            assert!(matches!(error, Error::OutputChanged { .. }), "{error:?}");
+            assert!(recorded_outputs(&job).len() <= 1);
+        }
+        Ok(()) => {
+            go(None, true).unwrap();
+            let text = fs::read(&job.output).unwrap();
+            let mut found: Vec<Vec<u8>> = text
+                .split_inclusive(|b| *b == b'\n')
+                .map(<[u8]>::to_vec)
+                .collect();
+            found.sort();
+            let mut want: Vec<Vec<u8>> = input
+                .lines
+                .iter()
+                .flat_map(|l| [result_of(l), reject_of(l)])
+                .collect();
+            want.sort();
+            assert!(
+                found == want,
+                "the same file attached twice lost or repeated results: {:?}",
+                String::from_utf8_lossy(&text)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_refused_second_output_leaves_the_first_uncut() {
+    // A runner checks all its outputs before it attaches the first: when
+    // one is refused, the outputs before it keep their bytes after the
+    // recorded length too, for a run that attaches everything. (By hand,
+    // `Checkpoint::output` attaches, and cuts, one output at a time.)
+    let input = Input::generated(9);
+    let job = Job::of(&input);
+    run_two(
+        &job,
+        Durability::EveryCommit,
+        Some(4),
+        End::DropAfterUncommitted,
+    )
+    .unwrap();
+    fs::remove_file(&job.rejects).unwrap();
+    let before = job.files();
+    let result = linemark::Runner::new()
+        .checkpoint_path(&job.checkpoint)
+        .output(&job.output)
+        .output(&job.rejects)
+        .map(&job.input, |_, _| panic!("no line runs"))
+        .map(drop);
+    assert_output_changed(result, &job.rejects, &job.checkpoint);
+    assert_eq!(job.files()[0], before[0], "the checkpoint changed");
+    assert!(
+        job.files()[1] == before[1],
+        "the first output was cut although the run was refused: {} bytes, {} before",
+        job.files()[1].as_ref().map_or(0, Vec::len),
+        before[1].as_ref().map_or(0, Vec::len)
+    );
+}
+
+#[test]
+fn a_second_output_added_before_any_progress_is_taken() {
+    let input = Input::generated(9);
+    let job = Job::of(&input);
+    // A run with one output that did nothing.
+    run(&job, Durability::EveryCommit, Some(0), End::Close).unwrap();
+    assert_eq!(recorded_outputs(&job), vec![(job.output.clone(), 0)]);
+    run_two(
+        &job,
+        Durability::EveryCommit,
+        Some(4),
+        End::DropAfterUncommitted,
+    )
+    .unwrap();
+    run_two(&job, Durability::EveryCommit, None, End::Close).unwrap();
+    assert_eq!(
+        fs::read(&job.output).unwrap(),
+        expected_accepted(&input.lines, 9)
+    );
+    assert_eq!(
+        fs::read(&job.rejects).unwrap(),
+        expected_rejects(&input.lines, 9)
+    );
+}
+
+#[test]
+fn close_with_nothing_committed_keeps_the_bytes_before_the_run() {
+    let input = Input::generated(3);
+    let job = Job::of(&input);
+    fs::write(&job.output, b"earlier\n").unwrap();
+    let mut checkpoint = open(&job.checkpoint, Durability::EveryCommit).unwrap();
+    let mut out = checkpoint.output(&job.output).unwrap();
+    out.append(b"never committed\n").unwrap();
+    out.flush().unwrap();
+    checkpoint.close().unwrap();
+    assert_eq!(fs::read(&job.output).unwrap(), b"earlier\n");
+    assert_eq!(recorded_outputs(&job), vec![(job.output.clone(), 8)]);
+}
+
+#[cfg(unix)]
+#[test]
+fn an_output_whose_name_is_not_utf8_resumes() {
+    use std::os::unix::ffi::OsStrExt;
+    let input = Input::generated(8);
+    let mut job = Job::of(&input);
+    job.output = input
+        .dir
+        .path()
+        .join(std::ffi::OsStr::from_bytes(b"results-\xff.txt"));
+    run(&job, Durability::EveryCommit, Some(3), End::Drop).unwrap();
+    assert_eq!(fs::read(&job.output).unwrap(), expected(&input.lines, 3));
+    run(&job, Durability::EveryCommit, None, End::Close)
+        .unwrap_or_else(|e| panic!("a rerun with the same output path was refused: {e}"));
+    assert_eq!(fs::read(&job.output).unwrap(), expected(&input.lines, 8));
 }

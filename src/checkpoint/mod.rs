@@ -27,6 +27,7 @@ pub(crate) use builder::BeforeWrite;
 pub use builder::CheckpointBuilder;
 pub use durability::Durability;
 pub use output::Output;
+pub(crate) use output::identity;
 
 use crate::error::{Error, Result};
 use crate::failed::FailedLine;
@@ -554,57 +555,22 @@ impl Checkpoint {
     /// [`Error::OutputChanged`] when the file is not the recorded output
     /// (missing, shorter, replaced or edited, or with bytes appended by
     /// another program after a run that ended cleanly), when its name is
-    /// not the one recorded at this place, when a new output is attached
-    /// to a checkpoint with progress, or after the first commit. Nothing
-    /// is cut or written then. [`Error::Io`] when the file cannot be read,
+    /// not the one recorded at this place, when it is attached already
+    /// (under any name), when a new output is attached to a checkpoint
+    /// with progress, or after the first commit. Nothing is cut or
+    /// written then (outputs attached before it stay attached, cut back:
+    /// the runner checks all its outputs before it attaches any). [`Error::Io`] when the file cannot be read,
     /// created or cut, or the checkpoint cannot be written.
     pub fn output(&mut self, path: impl AsRef<Path>) -> Result<Output> {
         let path = path.as_ref();
-        let changed = |reason: String| Error::OutputChanged {
-            path: path.to_path_buf(),
-            checkpoint: self.given.clone(),
-            reason,
-        };
-        if self.schedule.is_none() {
-            return Err(changed(
-                "outputs are attached before the first commit".into(),
-            ));
-        }
-        let index = self.outputs.len();
-        let (recorded, closed, progress) = {
-            let core = self.core();
-            let state = &core.state;
-            (
-                state.outputs.get(index).cloned(),
-                state.closed,
-                !state.position.is_start() || !state.done.is_empty() || !state.failed.is_empty(),
-            )
-        };
+        let probe = self.probe_output(self.outputs.len(), path, &[])?;
         let sync = self.durability.syncs();
-        let new = recorded.is_none();
-        let output = match recorded {
-            Some((recorded, mark)) => {
-                if Path::new(&recorded).file_name() != path.file_name() {
-                    return Err(changed(format!(
-                        "the checkpoint records output {} as {recorded:?}",
-                        index + 1
-                    )));
-                }
-                let file = match output::check(path, mark, closed)? {
-                    output::Found::Changed(reason) => return Err(changed(reason)),
-                    output::Found::Ours(file) => file,
-                };
+        let (output, new) = match probe {
+            Probe::Recorded { file, mark } => {
                 output::cut_back(path, &file, mark.len)?;
-                output::attach(path, file, mark, sync)
+                (output::attach(path, file, mark, sync), false)
             }
-            None if progress => {
-                return Err(changed(
-                    "the checkpoint records progress made without this output, whose \
-                     results would be missing from it; start with a new checkpoint"
-                        .into(),
-                ));
-            }
-            None => {
+            Probe::New => {
                 let (file, mark) = output::create(path)?;
                 let mut io = self.inner.lock_io();
                 let mut core = self.inner.lock_core();
@@ -613,7 +579,7 @@ impl Checkpoint {
                     .push((path.to_string_lossy().into_owned(), mark));
                 // The declaration goes in a snapshot.
                 io.needs_rewrite |= io.file.is_some();
-                output::attach(path, file, mark, sync)
+                (output::attach(path, file, mark, sync), true)
             }
         };
         self.outputs.push(Arc::clone(output.shared()));
@@ -638,6 +604,75 @@ impl Checkpoint {
             self.write_now(true, Catch::All)?;
         }
         Ok(output)
+    }
+
+    /// Checks, changing nothing, that `path` can be attached as output
+    /// `index`, after outputs `before` (files given to attach with it, by
+    /// their identity): what [`output`](Checkpoint::output) refuses, this
+    /// refuses. The runner checks all its outputs before it attaches (and
+    /// cuts) the first.
+    pub(crate) fn probe_output(
+        &self,
+        index: usize,
+        path: &Path,
+        before: &[Option<(u64, u64)>],
+    ) -> Result<Probe> {
+        let changed = |reason: String| Error::OutputChanged {
+            path: path.to_path_buf(),
+            checkpoint: self.given.clone(),
+            reason,
+        };
+        if self.schedule.is_none() {
+            return Err(changed(
+                "outputs are attached before the first commit".into(),
+            ));
+        }
+        let (recorded, closed, progress) = {
+            let core = self.core();
+            let state = &core.state;
+            (
+                state.outputs.get(index).cloned(),
+                state.closed,
+                !state.position.is_start() || !state.done.is_empty() || !state.failed.is_empty(),
+            )
+        };
+        // The same file twice would get the results of both, and each
+        // length would cut the other's.
+        let id = output::identity(path);
+        let attached = self.outputs.iter().map(|output| output.identity());
+        if id.is_some()
+            && attached
+                .chain(before.iter().copied())
+                .any(|other| other == id)
+        {
+            return Err(changed(
+                "this file is attached as another output already".into(),
+            ));
+        }
+        match recorded {
+            Some((recorded, mark)) => {
+                let name = |path: &Path| {
+                    path.file_name()
+                        .map(|name| name.to_string_lossy().into_owned())
+                };
+                if name(Path::new(&recorded)) != name(path) {
+                    return Err(changed(format!(
+                        "the checkpoint records output {} as {recorded:?}",
+                        index + 1
+                    )));
+                }
+                match output::check(path, mark, closed)? {
+                    output::Found::Changed(reason) => Err(changed(reason)),
+                    output::Found::Ours(file) => Ok(Probe::Recorded { file, mark }),
+                }
+            }
+            None if progress => Err(changed(
+                "the checkpoint records progress made without this output, whose \
+                 results would be missing from it; start with a new checkpoint"
+                    .into(),
+            )),
+            None => Ok(Probe::New),
+        }
     }
 
     /// Checks that every output the checkpoint records is attached.
@@ -1170,6 +1205,17 @@ impl Drop for Checkpoint {
             let _ = self.write_now(self.durability.syncs(), Catch::All);
         }
     }
+}
+
+/// What [`Checkpoint::probe_output`] found.
+pub(crate) enum Probe {
+    /// The output the checkpoint records, opened, at its recorded mark.
+    Recorded {
+        file: File,
+        mark: format::OutputMark,
+    },
+    /// A new output, to be created if missing.
+    New,
 }
 
 /// The lengths of the outputs now.

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use super::file::parent_dir;
 use super::format::{OutputMark, TAIL};
 use super::fs::{Fs, RealFs};
+use super::writer::file_id;
 use crate::error::{Error, Result};
 
 /// Bytes an output gathers before they are written to its file.
@@ -73,6 +74,8 @@ pub struct Output {
 pub(crate) struct OutputShared {
     /// The path as given.
     path: PathBuf,
+    /// The file's identity (device, inode), where the platform has one.
+    identity: Option<(u64, u64)>,
     /// Bytes appended so far, written or buffered. Only the appending
     /// thread stores it; the committing thread loads it at every commit.
     appended: AtomicU64,
@@ -156,6 +159,10 @@ impl Write for Output {
 impl OutputShared {
     fn lock(&self) -> MutexGuard<'_, OutputIo> {
         self.io.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn identity(&self) -> Option<(u64, u64)> {
+        self.identity
     }
 
     #[inline]
@@ -344,6 +351,12 @@ pub(crate) fn check(path: &Path, recorded: OutputMark, closed: bool) -> Result<F
     Ok(Found::Ours(file))
 }
 
+/// The identity of the file at `path`, if it exists and the platform has
+/// one.
+pub(crate) fn identity(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().and_then(|meta| file_id(&meta))
+}
+
 /// Cuts `file` back to `len`, dropping bytes no commit covered (results of
 /// lines that will be done again), and syncs the cut.
 pub(crate) fn cut_back(path: &Path, file: &File, len: u64) -> Result<()> {
@@ -391,6 +404,7 @@ pub(crate) fn attach(path: &Path, file: File, mark: OutputMark, sync: bool) -> O
     Output {
         shared: Arc::new(OutputShared {
             path: path.to_path_buf(),
+            identity: file.metadata().ok().and_then(|meta| file_id(&meta)),
             appended: AtomicU64::new(mark.len),
             sync,
             io: Mutex::new(OutputIo {

@@ -652,6 +652,19 @@ impl Runner {
         let in_err = |err| Error::io(Some(input), "opening the input", err);
         let file = File::open(input).map_err(in_err)?;
         let input_len = file.metadata().map_err(in_err)?.len();
+        let input_id = crate::checkpoint::identity(input);
+        if let Some(output) = self
+            .outputs
+            .iter()
+            .find(|output| input_id.is_some() && crate::checkpoint::identity(output) == input_id)
+        {
+            // Results appended to the input would be read as lines.
+            return Err(Error::OutputChanged {
+                path: output.clone(),
+                checkpoint: self.checkpoint_for(input),
+                reason: "it is the input file".into(),
+            });
+        }
         let mut checkpoint = self.open_checkpoint(self.checkpoint_for(input))?;
         // Committed lines are read back from the file for their digest, so
         // a commit costs a few stores, not a copy of the line.
@@ -786,6 +799,13 @@ impl Runner {
             }
         }
         let mut checkpoint = self.checkpoint_options.clone().open(path)?;
+        // All are checked before the first is attached (and cut back), so
+        // a refusal changes no file.
+        let mut seen = Vec::with_capacity(self.outputs.len());
+        for (index, output) in self.outputs.iter().enumerate() {
+            checkpoint.probe_output(index, output, &seen)?;
+            seen.push(crate::checkpoint::identity(output));
+        }
         for output in &self.outputs {
             // The handles live on in the checkpoint, which the run appends
             // through.
