@@ -338,3 +338,21 @@ async fn the_async_runner_refuses_outputs() {
         "{err}"
     );
 }
+
+#[test]
+fn the_input_as_its_own_output_is_refused() {
+    let input = Input::generated(5);
+    let before = std::fs::read(&input.path).unwrap();
+    let err = Runner::new()
+        .output(&input.path)
+        .map(&input.path, |line, out| {
+            out.write_all(line.raw())?;
+            Ok(())
+        })
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::OutputChanged { reason, .. } if reason.contains("input")),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&input.path).unwrap(), before);
+}

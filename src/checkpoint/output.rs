@@ -39,6 +39,11 @@ const BUFFER: usize = 64 << 10;
 /// buffer out when a record needs it, so results are never held back
 /// longer than the commits that cover them.
 ///
+/// The lengths recorded only grow: a loop with outputs commits positions
+/// forward only (a position moved back redoes lines whose results the
+/// output keeps). Nothing but this handle may write to the file while the
+/// checkpoint is open.
+///
 /// # Examples
 ///
 /// ```
