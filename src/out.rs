@@ -103,6 +103,12 @@ impl Out {
         }
     }
 
+    /// The bytes written to the first output.
+    #[inline]
+    pub(crate) fn first_len(&self) -> usize {
+        self.buffers[0].len()
+    }
+
     /// The buffers, by output.
     pub(crate) fn buffers(&self) -> &[Vec<u8>] {
         &self.buffers

@@ -148,7 +148,7 @@ fn run(
             out.append(&result_of(line.raw()))?;
         } else {
             let text = line.as_str()?;
-            write!(out, "R({})\n", text.trim_end_matches('\n')).unwrap();
+            writeln!(out, "R({})", text.trim_end_matches('\n')).unwrap();
         }
         checkpoint.commit_line(&line)?;
         done += 1;

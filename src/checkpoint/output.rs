@@ -86,13 +86,19 @@ pub(crate) struct OutputShared {
     appended: AtomicU64,
     /// Sync the file before a record covers its new bytes.
     sync: bool,
+    /// Bytes appended and not yet written. Held only to append or to swap
+    /// the buffer out, never during a write, so the appending thread does
+    /// not wait for the writer thread's writes.
+    buffer: Mutex<Vec<u8>>,
+    /// The file; held while writing to it, so writes keep their order.
     io: Mutex<OutputIo>,
 }
 
 #[derive(Debug)]
 struct OutputIo {
     file: File,
-    buffer: Vec<u8>,
+    /// The other buffer, swapped with `buffer` to write it out.
+    spare: Vec<u8>,
     /// Bytes in the file.
     written: u64,
     /// Bytes known to be on disk.
@@ -157,13 +163,38 @@ impl Write for Output {
     /// syncs what its records cover).
     fn flush(&mut self) -> io::Result<()> {
         let mut io = self.shared.lock();
-        Ok(io.write_out(&self.shared.path)?)
+        Ok(self.shared.write_out(&mut io)?)
     }
 }
 
 impl OutputShared {
     fn lock(&self) -> MutexGuard<'_, OutputIo> {
         self.io.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    #[inline]
+    fn lock_buffer(&self) -> MutexGuard<'_, Vec<u8>> {
+        self.buffer.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes the buffer to the file: swapped out under its lock, written
+    /// without it. On failure the bytes go back in front of the buffer.
+    fn write_out(&self, io: &mut OutputIo) -> Result<()> {
+        let mut pending = std::mem::take(&mut io.spare);
+        std::mem::swap(&mut *self.lock_buffer(), &mut pending);
+        if pending.is_empty() {
+            io.spare = pending;
+            return Ok(());
+        }
+        let result = io.write_direct(&self.path, &pending);
+        if result.is_err() {
+            let mut buffer = self.lock_buffer();
+            pending.extend_from_slice(&buffer);
+            std::mem::swap(&mut *buffer, &mut pending);
+        }
+        pending.clear();
+        io.spare = pending;
+        result
     }
 
     pub(crate) fn identity(&self) -> Option<(u64, u64)> {
@@ -180,19 +211,33 @@ impl OutputShared {
         if bytes.is_empty() {
             return Ok(());
         }
-        let mut io = self.lock();
-        if io.buffer.len() + bytes.len() > BUFFER {
-            io.write_out(&self.path)?;
+        {
+            let mut buffer = self.lock_buffer();
+            if buffer.len() + bytes.len() <= BUFFER {
+                buffer.extend_from_slice(bytes);
+            } else {
+                drop(buffer);
+                self.append_full(bytes)?;
+            }
         }
-        if bytes.len() >= BUFFER {
-            io.write_direct(&self.path, bytes)?;
-        } else {
-            io.buffer.extend_from_slice(bytes);
-        }
-        drop(io);
         self.appended
             .store(self.appended() + bytes.len() as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// [`append`](OutputShared::append) when the buffer is full: write it
+    /// out first, and write bytes as large as the buffer straight away.
+    #[cold]
+    #[inline(never)]
+    fn append_full(&self, bytes: &[u8]) -> Result<()> {
+        let mut io = self.lock();
+        self.write_out(&mut io)?;
+        if bytes.len() >= BUFFER {
+            io.write_direct(&self.path, bytes)
+        } else {
+            self.lock_buffer().extend_from_slice(bytes);
+            Ok(())
+        }
     }
 
     /// Makes the first `len` bytes ready to be recorded: written to the
@@ -200,7 +245,7 @@ impl OutputShared {
     pub(crate) fn seal(&self, len: u64) -> Result<OutputMark> {
         let mut io = self.lock();
         if io.written < len {
-            io.write_out(&self.path)?;
+            self.write_out(&mut io)?;
         }
         if io.written < len {
             return Err(self.error(
@@ -239,7 +284,7 @@ impl OutputShared {
     /// (results no commit covers), and syncs the cut.
     pub(crate) fn cut_to(&self, len: u64) -> Result<()> {
         let mut io = self.lock();
-        io.buffer.clear();
+        self.lock_buffer().clear();
         let cut = io.written > len;
         if cut {
             io.file
@@ -264,20 +309,6 @@ impl OutputShared {
 }
 
 impl OutputIo {
-    /// Writes the buffer to the file.
-    fn write_out(&mut self, path: &Path) -> Result<()> {
-        if self.buffer.is_empty() {
-            return Ok(());
-        }
-        let buffer = std::mem::take(&mut self.buffer);
-        let result = self.write_direct(path, &buffer);
-        self.buffer = buffer;
-        if result.is_ok() {
-            self.buffer.clear();
-        }
-        result
-    }
-
     /// Writes `bytes` to the file; on failure, cuts it back to what it
     /// held before, so a partial write never stays.
     fn write_direct(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
@@ -412,9 +443,10 @@ pub(crate) fn attach(path: &Path, file: File, mark: OutputMark, sync: bool) -> O
             identity: file.metadata().ok().and_then(|meta| file_id(&meta)),
             appended: AtomicU64::new(mark.len),
             sync,
+            buffer: Mutex::new(Vec::with_capacity(BUFFER)),
             io: Mutex::new(OutputIo {
                 file,
-                buffer: Vec::with_capacity(BUFFER),
+                spare: Vec::with_capacity(BUFFER),
                 written: mark.len,
                 synced: mark.len,
                 sealed: Some(mark),

@@ -5,7 +5,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, Seek};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::checkpoint::Checkpoint;
 use crate::error::Result;
@@ -111,7 +111,8 @@ impl Runner {
         let shared = Arc::clone(&run.shared);
         let stop = shared.user_stop.clone();
         let mut out = Out::new(self.outputs.len());
-        loop {
+        let mut results = Deferred::new(run.checkpoint.has_outputs());
+        let ended = loop {
             // Returns whether to go on with the next line.
             let mut one_line = |line: &Line<'_>| -> Result<bool> {
                 if stop.is_stopped() {
@@ -120,19 +121,21 @@ impl Runner {
                 }
                 let number = line.number();
                 if run.triage(line)? != Triage::Run {
+                    results.append(run.checkpoint, &mut out)?;
                     run.checkpoint.commit_read_line(line)?;
                     return Ok(true);
                 }
                 match shared.attempt(task, line, &mut out) {
                     Outcome::Done => {
                         run.note_done(number, line.offset() + line.raw().len() as u64);
-                        if run.checkpoint.has_outputs() {
-                            run.checkpoint.append_results(out.buffers())?;
+                        if results.defer(line, &out) {
+                            return Ok(true);
                         }
-                        out.clear();
+                        results.append(run.checkpoint, &mut out)?;
                         run.checkpoint.commit_read_line(line)?;
                     }
                     Outcome::Failed { attempts, error } => {
+                        results.append(run.checkpoint, &mut out)?;
                         run.record_failure(FailedLine::new(line, attempts, error))?;
                         run.checkpoint.commit_read_line(line)?;
                         if run.halted {
@@ -147,25 +150,32 @@ impl Runner {
                 run.note_sync();
                 Ok(true)
             };
-            match lines.for_each_line(&mut one_line)? {
-                Paused::EndOfInput => {
+            match lines.for_each_line(&mut one_line) {
+                Ok(Paused::EndOfInput) => {
                     run.reached_end = true;
-                    return Ok(());
+                    break Ok(());
                 }
-                Paused::Asked => return Ok(()),
-                Paused::TooLong(long) => {
+                Ok(Paused::Asked) => break Ok(()),
+                Ok(Paused::TooLong(long)) => {
                     if stop.is_stopped() {
                         run.stopped = true;
-                        return Ok(());
+                        break Ok(());
                     }
+                    results.append(run.checkpoint, &mut out)?;
                     self.long_line(run, &long)?;
                     run.checkpoint.commit(long.end_position())?;
                     if run.halted {
-                        return Ok(());
+                        break Ok(());
                     }
                 }
+                Err(err) => break Err(err),
             }
-        }
+        };
+        // The lines finished whose results wait are recorded, whatever
+        // ended the loop (an error reading the next line too).
+        let finished = results.finish(run.checkpoint, &mut out);
+        ended?;
+        finished
     }
 
     /// The retry-failed run: exactly the lines recorded as failed.
@@ -894,5 +904,103 @@ impl<'r, 'c> RunState<'r, 'c> {
             failed_total: self.checkpoint.failed_count(),
             checkpoint: self.checkpoint.path().to_path_buf(),
         })
+    }
+}
+
+/// With outputs, one worker: the results of cheap lines go to the outputs
+/// (and the last of the lines is committed) a few lines at a time, rather
+/// than a lock and a commit per line. A line that took 1 µs or more is
+/// recorded on its own, as without outputs; a cheap task that turns slow
+/// keeps at most [`MAX_DEFERRED`] - 1 lines of under 1 µs each waiting
+/// behind the slow line (a kill redoes them, and cuts their results).
+struct Deferred {
+    outputs: bool,
+    /// Lines whose results wait in the `Out`, the last of them not
+    /// committed yet: `last` holds its bytes, number and offset.
+    lines: usize,
+    last: Vec<u8>,
+    number: u64,
+    offset: u64,
+    /// How many lines may wait, from the measured cost of a line.
+    limit: usize,
+    since: Instant,
+}
+
+/// The most lines whose results wait (see [`Deferred`]).
+const MAX_DEFERRED: usize = 32;
+
+/// The results waiting that make them go at once, whatever their lines.
+const MAX_DEFERRED_BYTES: usize = 16 << 10;
+
+impl Deferred {
+    fn new(outputs: bool) -> Deferred {
+        Deferred {
+            outputs,
+            lines: 0,
+            last: Vec::new(),
+            number: 0,
+            offset: 0,
+            limit: 1,
+            since: Instant::now(),
+        }
+    }
+
+    /// Keeps the results of `line`, done, waiting (returns `true`), or says
+    /// they go now with the line's commit.
+    #[inline]
+    fn defer(&mut self, line: &Line<'_>, out: &Out) -> bool {
+        if !self.outputs {
+            return false;
+        }
+        self.lines += 1;
+        if self.lines >= self.limit || out.first_len() >= MAX_DEFERRED_BYTES {
+            self.adapt();
+            return false;
+        }
+        self.last.clear();
+        self.last.extend_from_slice(line.raw());
+        self.number = line.number();
+        self.offset = line.offset();
+        true
+    }
+
+    /// The lines go: a batch of cheap ones lets the next batch be larger,
+    /// a line of 1 µs or more makes it one line.
+    #[cold]
+    fn adapt(&mut self) {
+        let now = Instant::now();
+        let cheap = now.duration_since(self.since) < Duration::from_micros(self.lines as u64);
+        self.limit = if cheap {
+            (self.limit * 2).min(MAX_DEFERRED)
+        } else {
+            1
+        };
+        self.lines = 0;
+        self.since = now;
+    }
+
+    /// Appends the results waiting (their lines are covered by the commit
+    /// the caller makes next).
+    #[inline]
+    fn append(&mut self, checkpoint: &mut Checkpoint, out: &mut Out) -> Result<()> {
+        if self.outputs {
+            checkpoint.append_results(out.buffers())?;
+            if self.lines > 0 {
+                self.adapt();
+            }
+        }
+        out.clear();
+        Ok(())
+    }
+
+    /// Appends the results waiting and commits their last line.
+    fn finish(&mut self, checkpoint: &mut Checkpoint, out: &mut Out) -> Result<()> {
+        if self.lines == 0 || !self.outputs {
+            return Ok(());
+        }
+        checkpoint.append_results(out.buffers())?;
+        out.clear();
+        self.lines = 0;
+        checkpoint.commit_read_line(&Line::new(&self.last, self.number, self.offset))
     }
 }
