@@ -42,6 +42,10 @@ pub struct Out {
     buffers: Vec<Vec<u8>>,
     /// The buffers' lengths before the attempt under way.
     marks: Vec<usize>,
+    /// The runner has outputs: what is written counts. Without, nothing
+    /// is marked or taken back (the lines of the fastest jobs pay nothing),
+    /// and the buffers are only kept from growing.
+    tracking: bool,
 }
 
 impl Out {
@@ -51,13 +55,15 @@ impl Out {
         Out {
             buffers: vec![Vec::new(); outputs.max(1)],
             marks: vec![0; outputs.max(1)],
+            tracking: outputs > 0,
         }
     }
 
-    /// Buffers for `outputs` outputs from now on (at least one), empty.
+    /// Buffers for `outputs` outputs from now on, empty.
     pub(crate) fn set_count(&mut self, outputs: usize) {
         self.buffers.resize_with(outputs.max(1), Vec::new);
         self.marks.resize(outputs.max(1), 0);
+        self.tracking = outputs > 0;
         self.clear();
     }
 
@@ -82,21 +88,26 @@ impl Out {
     }
 
     /// An attempt starts: what it writes can be taken back.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn begin(&mut self) {
-        for (mark, buffer) in self.marks.iter_mut().zip(&self.buffers) {
-            *mark = buffer.len();
+        if self.tracking {
+            for (mark, buffer) in self.marks.iter_mut().zip(&self.buffers) {
+                *mark = buffer.len();
+            }
         }
     }
 
     /// Takes back what the attempt under way wrote.
     #[inline]
     pub(crate) fn discard(&mut self) {
-        for (mark, buffer) in self.marks.iter().zip(&mut self.buffers) {
-            buffer.truncate(*mark);
+        if self.tracking {
+            for (mark, buffer) in self.marks.iter().zip(&mut self.buffers) {
+                buffer.truncate(*mark);
+            }
         }
     }
 
+    #[inline]
     pub(crate) fn clear(&mut self) {
         for buffer in &mut self.buffers {
             buffer.clear();
@@ -121,9 +132,10 @@ impl Out {
 }
 
 impl Default for Out {
-    /// Buffers for one output.
+    /// A buffer for one output, whose bytes go nowhere (what
+    /// [`Task::run`](crate::Task::run) passes to `run_into`).
     fn default() -> Out {
-        Out::new(1)
+        Out::new(0)
     }
 }
 

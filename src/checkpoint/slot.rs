@@ -239,8 +239,10 @@ impl SlotWriter {
         let raw = line.raw();
         slot.seq.store(self.seq + 1, Ordering::Relaxed);
         fence(Ordering::Release);
-        for (word, len) in self.lens.iter().zip(lens) {
-            word.store(len, Ordering::Relaxed);
+        if !self.lens.is_empty() {
+            for (word, len) in self.lens.iter().zip(lens) {
+                word.store(len, Ordering::Relaxed);
+            }
         }
         if self.located {
             let (first, last) = fingerprint(raw);

@@ -104,7 +104,7 @@ impl Batch {
 
     /// Gathers results for `outputs` outputs.
     pub(super) fn set_outputs(&mut self, outputs: usize) {
-        if outputs > 1 {
+        if outputs > 0 {
             self.out.set_count(outputs);
         }
     }

@@ -105,13 +105,29 @@ impl Runner {
     pub(super) fn drive_in_order<R: BufRead, T: Task>(
         &self,
         run: &mut RunState<'_, '_>,
+        lines: LineReader<R>,
+        task: &T,
+    ) -> Result<()> {
+        // Two copies of the loop: without outputs, not an instruction a
+        // line is spent on results.
+        if run.checkpoint.has_outputs() {
+            self.drive_lines::<R, T, true>(run, lines, task)
+        } else {
+            self.drive_lines::<R, T, false>(run, lines, task)
+        }
+    }
+
+    #[inline]
+    fn drive_lines<R: BufRead, T: Task, const OUTPUTS: bool>(
+        &self,
+        run: &mut RunState<'_, '_>,
         mut lines: LineReader<R>,
         task: &T,
     ) -> Result<()> {
         let shared = Arc::clone(&run.shared);
         let stop = shared.user_stop.clone();
         let mut out = Out::new(self.outputs.len());
-        let mut results = Deferred::new(run.checkpoint.has_outputs());
+        let mut results = Deferred::<OUTPUTS>::new();
         let ended = loop {
             // Returns whether to go on with the next line.
             let mut one_line = |line: &Line<'_>| -> Result<bool> {
@@ -125,7 +141,7 @@ impl Runner {
                     run.checkpoint.commit_read_line(line)?;
                     return Ok(true);
                 }
-                match shared.attempt(task, line, &mut out) {
+                match shared.attempt::<T, OUTPUTS>(task, line, &mut out) {
                     Outcome::Done => {
                         run.note_done(number, line.offset() + line.raw().len() as u64);
                         if results.defer(line, &out) {
@@ -913,8 +929,7 @@ impl<'r, 'c> RunState<'r, 'c> {
 /// recorded on its own, as without outputs; a cheap task that turns slow
 /// keeps at most [`MAX_DEFERRED`] - 1 lines of under 1 µs each waiting
 /// behind the slow line (a kill redoes them, and cuts their results).
-struct Deferred {
-    outputs: bool,
+struct Deferred<const OUTPUTS: bool> {
     /// Lines whose results wait in the `Out`, the last of them not
     /// committed yet: `last` holds its bytes, number and offset.
     lines: usize,
@@ -932,10 +947,9 @@ const MAX_DEFERRED: usize = 32;
 /// The results waiting that make them go at once, whatever their lines.
 const MAX_DEFERRED_BYTES: usize = 16 << 10;
 
-impl Deferred {
-    fn new(outputs: bool) -> Deferred {
+impl<const OUTPUTS: bool> Deferred<OUTPUTS> {
+    fn new() -> Self {
         Deferred {
-            outputs,
             lines: 0,
             last: Vec::new(),
             number: 0,
@@ -949,7 +963,7 @@ impl Deferred {
     /// they go now with the line's commit.
     #[inline]
     fn defer(&mut self, line: &Line<'_>, out: &Out) -> bool {
-        if !self.outputs {
+        if !OUTPUTS {
             return false;
         }
         self.lines += 1;
@@ -981,13 +995,20 @@ impl Deferred {
 
     /// Appends the results waiting (their lines are covered by the commit
     /// the caller makes next).
-    #[inline]
+    #[inline(always)]
     fn append(&mut self, checkpoint: &mut Checkpoint, out: &mut Out) -> Result<()> {
-        if self.outputs {
-            checkpoint.append_results(out.buffers())?;
-            if self.lines > 0 {
-                self.adapt();
-            }
+        if OUTPUTS {
+            return self.append_now(checkpoint, out);
+        }
+        // Without outputs, tasks run as `Task::run`: nothing is written.
+        Ok(())
+    }
+
+    #[inline(never)]
+    fn append_now(&mut self, checkpoint: &mut Checkpoint, out: &mut Out) -> Result<()> {
+        checkpoint.append_results(out.buffers())?;
+        if self.lines > 0 {
+            self.adapt();
         }
         out.clear();
         Ok(())
@@ -995,7 +1016,7 @@ impl Deferred {
 
     /// Appends the results waiting and commits their last line.
     fn finish(&mut self, checkpoint: &mut Checkpoint, out: &mut Out) -> Result<()> {
-        if self.lines == 0 || !self.outputs {
+        if !OUTPUTS || self.lines == 0 {
             return Ok(());
         }
         checkpoint.append_results(out.buffers())?;

@@ -70,13 +70,33 @@ impl Shared {
     /// Runs the task on a line until it succeeds, fails for good, or the
     /// run stops. Backoff waits on the run's stop, so a stop ends them at
     /// once.
+    ///
+    /// `OUTPUTS`: the run has outputs, and the task writes its results to
+    /// `out`; without, it runs as [`Task::run`], and `out` is only lent to
+    /// its retries.
     #[inline]
-    pub(super) fn attempt<T: Task>(&self, task: &T, line: &Line<'_>, out: &mut Out) -> Outcome {
+    pub(super) fn attempt<T: Task, const OUTPUTS: bool>(
+        &self,
+        task: &T,
+        line: &Line<'_>,
+        out: &mut Out,
+    ) -> Outcome {
         self.started(line);
-        out.begin();
-        match run_once(task, line, out) {
+        let first = if OUTPUTS {
+            out.begin();
+            run_once(task, line, out)
+        } else {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task.run(line)))
+        };
+        match first {
             Ok(Ok(())) => Outcome::Done,
-            first => self.after_failure_sync(task, line, first, out),
+            first => {
+                let outcome = self.after_failure_sync(task, line, first, out);
+                if !OUTPUTS {
+                    out.clear();
+                }
+                outcome
+            }
         }
     }
 
