@@ -29,13 +29,13 @@ use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use linemark::{Checkpoint, Durability, Error, Line, LineReader, Position, Runner};
 
 use common::{
-    DEADLINE, Finished, Input, SmallDisk, child_role, env_path, generated_lines, positions_after,
-    serial, spawn_self, wait_until,
+    DEADLINE, Finished, Input, SEED_VAR, SmallDisk, SplitMix64, child_role, env_path,
+    generated_lines, positions_after, serial, spawn_self, test_seed, wait_until,
 };
 
 /// The default `write_delay`: the longest a commit may stay in memory only.
@@ -51,7 +51,6 @@ const INPUT_VAR: &str = "LINEMARK_TEST_INPUT";
 const OUTPUT_VAR: &str = "LINEMARK_TEST_OUTPUT";
 const CHECKPOINT_VAR: &str = "LINEMARK_TEST_CHECKPOINT";
 /// Set it to rerun the kill torture with the kill moments of a failed run.
-const SEED_VAR: &str = "LINEMARK_TEST_SEED";
 
 /// Children print their results after this marker.
 const REPORT: &str = "linemark-child: ";
@@ -381,34 +380,6 @@ const ASYNC_TORTURE: Torture = Torture {
     asynchronous: true,
 };
 
-/// SplitMix64: enough randomness for kill moments, reproducible from the
-/// printed seed.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn in_range(&mut self, range: &std::ops::RangeInclusive<u64>) -> u64 {
-        range.start() + self.next() % (range.end() - range.start() + 1)
-    }
-}
-
-fn torture_seed() -> u64 {
-    match std::env::var(SEED_VAR) {
-        Ok(seed) => seed.parse().unwrap(),
-        Err(_) => SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64,
-    }
-}
-
 fn torture_child(torture: &Torture) {
     let output = open_output(&env_path(OUTPUT_VAR));
     let task = |line: &Line<'_>| -> io::Result<()> {
@@ -436,7 +407,7 @@ fn torture_child(torture: &Torture) {
 
 fn kill_torture(torture: &Torture) {
     let _serial = serial();
-    let seed = torture_seed();
+    let seed = test_seed();
     eprintln!("kill torture: seed {seed} (rerun with {SEED_VAR}={seed})");
     let mut rng = SplitMix64(seed);
     let kill_after: Vec<u64> = (0..torture.kills)

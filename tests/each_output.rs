@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::DEADLINE;
+use common::{DEADLINE, SplitMix64};
 use linemark::Checkpoint;
 
 /// Bytes of a line of [`numbered_input`], with its `\n`.
@@ -485,23 +485,6 @@ fn a_stream_input_with_output_runs_once_and_a_rerun_appends_nothing() {
     assert_eq!(lines_of(&input), lines);
 }
 
-/// xorshift64*: a small seeded generator, so a failing run can be repeated.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// In `low..high`.
-    fn range(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next() % (high - low)
-    }
-}
-
 /// The line number of an output line `line-NNNNN`.
 fn number_of(line: &str) -> u64 {
     line.strip_prefix("line-")
@@ -574,7 +557,7 @@ fn kill_again_and_again(keep_order: bool, seed: u64) {
     let dir = dir.path();
     let lines = numbered_input(dir, LINES);
     let out = dir.join("out.txt");
-    let mut rng = Rng(seed);
+    let mut rng = SplitMix64(seed);
     let args = |durability: &'static str| {
         let mut args = vec!["--jobs", "8", "--quiet", "--durability", durability];
         args.extend(["--output", "out.txt"]);
@@ -590,26 +573,26 @@ fn kill_again_and_again(keep_order: bool, seed: u64) {
     while kills < KILLS {
         // Most runs are group-synced, the default; some sync every commit,
         // some never.
-        let durability = match rng.range(0, 10) {
+        let durability = match rng.in_range(&(0..=9)) {
             0..=5 => "group",
             6 | 7 => "strict",
             _ => "none",
         };
         let mut run = Each::start(dir, &args(durability));
-        if rng.range(0, 4) == 0 {
+        if rng.in_range(&(0..=3)) == 0 {
             // Any moment of the start: the checkpoint opened, the output
             // checked and cut back, the first lines.
-            thread::sleep(Duration::from_micros(rng.range(0, 40_000)));
+            thread::sleep(Duration::from_micros(rng.in_range(&(0..=39_999))));
             early += 1;
         } else {
             // Once some results are out, a little later.
-            let target = recorded + rng.range(20, 100) * LINE_BYTES;
+            let target = recorded + rng.in_range(&(20..=99)) * LINE_BYTES;
             let deadline = Instant::now() + DEADLINE;
             while common::file_len(&out) < target && !run.has_exited() {
                 assert!(Instant::now() < deadline, "the output does not grow");
                 thread::sleep(Duration::from_micros(100));
             }
-            thread::sleep(Duration::from_micros(rng.range(0, 3_000)));
+            thread::sleep(Duration::from_micros(rng.in_range(&(0..=2_999))));
         }
         if run.has_exited() {
             let ran = run.finish();

@@ -63,6 +63,18 @@ fn expected_rejects(lines: &[Vec<u8>], count: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Both outputs hold exactly the results of the first `done` lines.
+fn assert_both_outputs(job: &Job, lines: &[Vec<u8>], done: usize) {
+    assert_eq!(
+        fs::read(&job.output).unwrap(),
+        expected_accepted(lines, done)
+    );
+    assert_eq!(
+        fs::read(&job.rejects).unwrap(),
+        expected_rejects(lines, done)
+    );
+}
+
 /// The results only (no rejects) of the first `count` lines, for the
 /// two-output job where rejected lines have no result.
 fn expected_accepted(lines: &[Vec<u8>], count: usize) -> Vec<u8> {
@@ -473,14 +485,7 @@ fn outputs_attached_in_another_order_are_refused() {
     }
     assert_eq!(job.files(), before);
     run_two(&job, Durability::EveryCommit, None, End::Close).unwrap();
-    assert_eq!(
-        fs::read(&job.output).unwrap(),
-        expected_accepted(&input.lines, 9)
-    );
-    assert_eq!(
-        fs::read(&job.rejects).unwrap(),
-        expected_rejects(&input.lines, 9)
-    );
+    assert_both_outputs(&job, &input.lines, 9);
 }
 
 #[test]
@@ -1496,14 +1501,7 @@ fn a_second_recorded_output_not_attached_fails_the_first_commit() {
     }
     assert_eq!(job.files(), before);
     run_two(&job, Durability::EveryCommit, None, End::Close).unwrap();
-    assert_eq!(
-        fs::read(&job.output).unwrap(),
-        expected_accepted(&input.lines, 10)
-    );
-    assert_eq!(
-        fs::read(&job.rejects).unwrap(),
-        expected_rejects(&input.lines, 10)
-    );
+    assert_both_outputs(&job, &input.lines, 10);
 }
 
 #[test]
@@ -1628,14 +1626,7 @@ fn a_second_output_added_before_any_progress_is_taken() {
     )
     .unwrap();
     run_two(&job, Durability::EveryCommit, None, End::Close).unwrap();
-    assert_eq!(
-        fs::read(&job.output).unwrap(),
-        expected_accepted(&input.lines, 9)
-    );
-    assert_eq!(
-        fs::read(&job.rejects).unwrap(),
-        expected_rejects(&input.lines, 9)
-    );
+    assert_both_outputs(&job, &input.lines, 9);
 }
 
 #[test]

@@ -12,15 +12,16 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use linemark::{Checkpoint, Runner};
 
-use common::{DEADLINE, Input, child_role, env_path, serial, spawn_self};
+use common::{
+    DEADLINE, Input, SEED_VAR, SplitMix64, child_role, env_path, serial, spawn_self, test_seed,
+};
 
 const INPUT_VAR: &str = "LINEMARK_TEST_INPUT";
 const OUTPUT_VAR: &str = "LINEMARK_TEST_OUTPUT";
-const SEED_VAR: &str = "LINEMARK_TEST_SEED";
 const KILLS: usize = 30;
 const WORKERS: usize = 8;
 
@@ -50,29 +51,6 @@ const CHEAP: Job = Job {
 };
 const SIGKILL: i32 = 9;
 
-/// SplitMix64, reproducible from the printed seed.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
-
-fn seed() -> u64 {
-    match std::env::var(SEED_VAR) {
-        Ok(seed) => seed.parse().unwrap(),
-        Err(_) => SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64,
-    }
-}
-
 /// The child: maps every line to itself (`"<line>\n"`).
 fn child(job: Job) {
     let report = Runner::new()
@@ -98,7 +76,7 @@ fn child(job: Job) {
 
 fn torture(test_name: &str, job: Job) {
     let _serial = serial();
-    let seed = seed();
+    let seed = test_seed();
     eprintln!("output torture: seed {seed} (rerun with {SEED_VAR}={seed})");
     let mut rng = SplitMix64(seed);
     let input = Input::generated(job.lines);

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use linemark::Position;
 use tempfile::TempDir;
@@ -346,5 +346,38 @@ impl SmallDisk {
 impl Drop for SmallDisk {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg(self.dir.path()).status();
+    }
+}
+
+/// The environment variable that fixes the seed of a randomized test.
+pub const SEED_VAR: &str = "LINEMARK_TEST_SEED";
+
+/// The seed of a randomized test: `LINEMARK_TEST_SEED`, or the clock. Print
+/// it, so a failing run can be repeated.
+pub fn test_seed() -> u64 {
+    match std::env::var(SEED_VAR) {
+        Ok(seed) => seed.parse().unwrap(),
+        Err(_) => SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    }
+}
+
+/// SplitMix64: enough randomness for kill moments, reproducible from the
+/// seed.
+pub struct SplitMix64(pub u64);
+
+impl SplitMix64 {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    pub fn in_range(&mut self, range: &std::ops::RangeInclusive<u64>) -> u64 {
+        range.start() + self.next() % (range.end() - range.start() + 1)
     }
 }
