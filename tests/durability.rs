@@ -50,7 +50,6 @@ const SCHEDULING_MARGIN: Duration = Duration::from_millis(50);
 const INPUT_VAR: &str = "LINEMARK_TEST_INPUT";
 const OUTPUT_VAR: &str = "LINEMARK_TEST_OUTPUT";
 const CHECKPOINT_VAR: &str = "LINEMARK_TEST_CHECKPOINT";
-/// Set it to rerun the kill torture with the kill moments of a failed run.
 
 /// Children print their results after this marker.
 const REPORT: &str = "linemark-child: ";
