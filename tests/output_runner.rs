@@ -337,6 +337,9 @@ async fn the_async_runner_refuses_outputs() {
         err.to_string().contains("async runner has no outputs"),
         "{err}"
     );
+    // Refused before any file was made.
+    assert!(!input.sibling("out.txt").exists());
+    assert!(!input.sibling("input.txt.checkpoint").exists());
 }
 
 #[test]

@@ -512,6 +512,8 @@ impl AsyncWork {
 }
 
 impl Work for AsyncWork {
+    const OUTPUTS: bool = false;
+
     fn in_order<R: BufRead>(
         &mut self,
         _runner: &Runner,
@@ -527,16 +529,6 @@ impl Work for AsyncWork {
         run: &mut RunState<'_, '_>,
         source: &mut F,
     ) -> Result<()> {
-        if !runner.outputs.is_empty() {
-            return Err(Error::io(
-                None,
-                "starting the run",
-                io::Error::new(
-                    io::ErrorKind::Unsupported,
-                    "the async runner has no outputs yet: use the sync runner (Runner::map)",
-                ),
-            ));
-        }
         let shared = Arc::clone(&run.shared);
         let _ = self.orders.send(Order::Begin(Arc::clone(&shared)));
         let mut exec = Remote {

@@ -224,6 +224,9 @@ impl Runner {
 /// async one on a runtime (`async_run.rs`). Everything else about a run (the
 /// window, skips, shards, records) is the same code for both.
 pub(super) trait Work {
+    /// Whether its tasks can write results to the run's outputs.
+    const OUTPUTS: bool = true;
+
     /// Runs the lines in order on this thread, one by one, if that is how
     /// this work runs them (a sync task with one worker); gives `lines`
     /// back otherwise.

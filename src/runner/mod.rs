@@ -649,6 +649,7 @@ impl Runner {
 
     /// A run over the lines of the file `input`, whatever runs the tasks.
     fn run_file_with<W: Work>(&self, input: &Path, work: &mut W) -> Result<Report> {
+        self.check_outputs_supported::<W>()?;
         let in_err = |err| Error::io(Some(input), "opening the input", err);
         let file = File::open(input).map_err(in_err)?;
         let input_len = file.metadata().map_err(in_err)?.len();
@@ -778,6 +779,7 @@ impl Runner {
         checkpoint: &Path,
         work: &mut W,
     ) -> Result<Report> {
+        self.check_outputs_supported::<W>()?;
         let mut checkpoint = self.open_checkpoint(checkpoint.to_path_buf())?;
         if self.retry_failed {
             let failed: Vec<FailedLine> = checkpoint.failed().collect();
@@ -790,6 +792,22 @@ impl Runner {
         let resumed = checkpoint.position().seek_lines(&mut reader)?;
         let lines = self.line_reader(reader, resumed);
         self.drive(&mut checkpoint, lines, resumed, None, work)
+    }
+
+    /// Refuses outputs to a run whose tasks cannot write results (the
+    /// async runner), before any file is touched.
+    fn check_outputs_supported<W: Work>(&self) -> Result<()> {
+        if W::OUTPUTS || self.outputs.is_empty() {
+            return Ok(());
+        }
+        Err(Error::io(
+            None,
+            "starting the run",
+            std::io::Error::new(
+                std::io::ErrorKind::Unsupported,
+                "the async runner has no outputs yet: use the sync runner (Runner::map)",
+            ),
+        ))
     }
 
     fn open_checkpoint(&self, path: PathBuf) -> Result<Checkpoint> {
