@@ -39,10 +39,14 @@ const BUFFER: usize = 64 << 10;
 /// buffer out when a record needs it, so results are never held back
 /// longer than the commits that cover them.
 ///
-/// The lengths recorded only grow: a loop with outputs commits positions
-/// forward only (a position moved back redoes lines whose results the
-/// output keeps). Nothing but this handle may write to the file while the
-/// checkpoint is open.
+/// A commit records the outputs' lengths at that moment: append a line's
+/// results, then commit that line, with no other line's results appended
+/// in between (in a parallel loop with a [`Tracker`](crate::Tracker),
+/// append and finish the ticket under one lock; the runner does this for
+/// its workers). The lengths recorded only grow: a loop with outputs
+/// commits positions forward only (a position moved back redoes lines
+/// whose results the output keeps). Nothing but this handle may write to
+/// the file while the checkpoint is open.
 ///
 /// # Examples
 ///
