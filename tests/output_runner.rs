@@ -359,3 +359,221 @@ fn the_input_as_its_own_output_is_refused() {
     );
     assert_eq!(std::fs::read(&input.path).unwrap(), before);
 }
+
+/// Every state the checkpoint passes through (copied with the output by the
+/// before-write hook: what a SIGKILL at that moment leaves) holds exactly
+/// the results it records, with one worker, cheap lines recorded a few at
+/// a time, and failing lines among them (whose records carry the outputs'
+/// lengths too). Writes come from full groups of 7 commits, on the job's
+/// thread, so they fall between any two commits.
+#[test]
+fn every_state_of_the_checkpoint_holds_exactly_the_results_it_records() {
+    const LINES: u64 = 3000;
+    let fails = |n: u64| n % 37 == 0;
+    let input = Input::new(
+        (1..=LINES)
+            .map(|n| format!("line {n}\n").into_bytes())
+            .collect(),
+    );
+    let (output, checkpoint) = (input.sibling("out.txt"), input.sibling("cp"));
+    let copies = input.sibling("copies");
+    std::fs::create_dir(&copies).unwrap();
+    let count = std::sync::Arc::new(AtomicU64::new(0));
+    let hook = {
+        let (checkpoint, output, copies, count) = (
+            checkpoint.clone(),
+            output.clone(),
+            copies.clone(),
+            count.clone(),
+        );
+        move || {
+            if let Ok(bytes) = std::fs::read(&checkpoint) {
+                let copy = copies.join(count.fetch_add(1, Ordering::SeqCst).to_string());
+                std::fs::create_dir(&copy)?;
+                std::fs::write(copy.join("cp"), bytes)?;
+                std::fs::write(copy.join("out.txt"), std::fs::read(&output)?)?;
+            }
+            Ok(())
+        }
+    };
+    let report = Runner::new()
+        .checkpoint_path(&checkpoint)
+        .durability(linemark::Durability::group(7, Duration::from_secs(3600)))
+        .write_delay(Duration::from_secs(3600))
+        .before_checkpoint_write(hook)
+        .output(&output)
+        .map(&input.path, |line, out| {
+            if fails(line.number()) {
+                return Err(permanent("boom"));
+            }
+            write!(out, "r{}\n", line.number())?;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(report.failed, LINES / 37);
+    let copies_made = count.load(Ordering::SeqCst);
+    assert!(copies_made > 100, "{copies_made} states");
+    let mut bad = Vec::new();
+    for k in 0..copies_made {
+        let copy = copies.join(k.to_string());
+        let mut checkpoint = linemark::Checkpoint::open(copy.join("cp")).unwrap();
+        drop(checkpoint.output(copy.join("out.txt")).unwrap());
+        let position = checkpoint.position().line();
+        assert_eq!(checkpoint.done_beyond().count(), 0);
+        drop(checkpoint);
+        let expected: String = (1..=position)
+            .filter(|&n| !fails(n))
+            .map(|n| format!("r{n}\n"))
+            .collect();
+        if std::fs::read_to_string(copy.join("out.txt")).unwrap() != expected {
+            bad.push((k, position));
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "states (copy, position) with other results: {bad:?}"
+    );
+}
+
+/// A stop cuts batches short, some finished beyond the watermark and held:
+/// the lines the checkpoint records as finished have their results, in both
+/// orders, every time.
+#[test]
+fn a_stop_never_records_lines_without_their_results() {
+    for round in 0..10 {
+        for keep_order in [false, true] {
+            let input = Input::new(
+                (1..=4000u64)
+                    .map(|n| format!("line {n}\n").into_bytes())
+                    .collect(),
+            );
+            let (output, checkpoint) = (input.sibling("out.txt"), input.sibling("cp"));
+            let stop = StopToken::new();
+            let stopper = {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(40));
+                    stop.stop();
+                })
+            };
+            let waiting = stop.clone();
+            Runner::new()
+                .workers(2)
+                .window(100_000)
+                .keep_order(keep_order)
+                .stop_token(stop)
+                .checkpoint_path(&checkpoint)
+                .output(&output)
+                .map(&input.path, move |line, out| {
+                    if line.number() == 100 {
+                        // Held back until the stop, so the lines after it
+                        // finish beyond the watermark.
+                        while !waiting.is_stopped() {
+                            std::thread::sleep(Duration::from_micros(100));
+                        }
+                    } else {
+                        spin(Duration::from_micros(30));
+                    }
+                    write!(out, "r{}\n", line.number())?;
+                    Ok(())
+                })
+                .unwrap();
+            stopper.join().unwrap();
+            let recorded = linemark::Checkpoint::inspect(&checkpoint).unwrap();
+            let mut expected: Vec<u64> = (1..=recorded.position.line())
+                .chain(recorded.done_beyond.iter().copied())
+                .collect();
+            expected.sort_unstable();
+            let written = std::fs::read_to_string(&output).unwrap();
+            let mut found: Vec<u64> = written
+                .lines()
+                .map(|line| line[1..].parse().unwrap())
+                .collect();
+            if keep_order {
+                assert!(found.is_sorted(), "round {round}: not in order");
+            }
+            found.sort_unstable();
+            assert_eq!(found, expected, "round {round}, keep_order {keep_order}");
+        }
+    }
+}
+
+/// A stream's lines are recorded, and their results written, while the
+/// next line is awaited (a producer may wait for them).
+#[test]
+fn a_streams_lines_are_recorded_while_the_next_one_is_awaited() {
+    struct Chunks(std::sync::mpsc::Receiver<Vec<u8>>, Vec<u8>);
+    impl std::io::Read for Chunks {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.1.is_empty() {
+                match self.0.recv() {
+                    Ok(chunk) => self.1 = chunk,
+                    Err(_) => return Ok(0),
+                }
+            }
+            let n = buf.len().min(self.1.len());
+            buf[..n].copy_from_slice(&self.1[..n]);
+            self.1.drain(..n);
+            Ok(n)
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (output, checkpoint) = (dir.path().join("out.txt"), dir.path().join("cp"));
+    let (send, receive) = std::sync::mpsc::channel();
+    let runner = Runner::new().output(&output);
+    let run = {
+        let checkpoint = checkpoint.clone();
+        std::thread::spawn(move || {
+            let reader = std::io::BufReader::new(Chunks(receive, Vec::new()));
+            runner
+                .map_reader(reader, &checkpoint, |line, out| {
+                    out.write_all(line.raw())?;
+                    Ok(())
+                })
+                .unwrap()
+        })
+    };
+    let lines: String = (1..=200).map(|n| format!("{n}\n")).collect();
+    send.send(lines.clone().into_bytes()).unwrap();
+    common::wait_until("the 200 lines recorded and written", || {
+        linemark::Checkpoint::inspect(&checkpoint).is_ok_and(|s| s.position.line() == 200)
+            && std::fs::read_to_string(&output).is_ok_and(|written| written == lines)
+    });
+    drop(send);
+    assert!(run.join().unwrap().is_complete());
+}
+
+#[test]
+fn a_rerun_after_a_clean_end_with_two_outputs_goes_on() {
+    let input = Input::generated(3);
+    let (first, second) = (input.sibling("a.txt"), input.sibling("b.txt"));
+    let runner = Runner::new().output(&first).output(&second);
+    let task = |line: &Line<'_>, out: &mut Out| -> Result<(), linemark::BoxError> {
+        out.write_all(line.raw())?;
+        out.to(1).extend_from_slice(line.raw());
+        Ok(())
+    };
+    runner.map(&input.path, task).unwrap();
+    let mut longer = input.lines.concat();
+    longer.extend_from_slice(b"one more\n");
+    std::fs::write(&input.path, &longer).unwrap();
+    let report = runner.map(&input.path, task).unwrap();
+    assert_eq!(report.done, 1);
+    assert_eq!(std::fs::read(&first).unwrap(), longer);
+    assert_eq!(std::fs::read(&second).unwrap(), longer);
+}
+
+#[test]
+fn one_new_output_under_two_names_is_refused_before_any_file_changes() {
+    let input = Input::generated(3);
+    let output = input.sibling("o.txt");
+    let checkpoint = input.sibling("cp");
+    let err = Runner::new()
+        .checkpoint_path(&checkpoint)
+        .output(&output)
+        .output(input.dir.path().join(".").join("o.txt"))
+        .map(&input.path, |_, _| Ok(()))
+        .unwrap_err();
+    assert!(matches!(err, Error::OutputChanged { .. }), "{err}");
+    assert!(!output.exists() && !checkpoint.exists());
+}

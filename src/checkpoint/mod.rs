@@ -27,7 +27,7 @@ pub(crate) use builder::BeforeWrite;
 pub use builder::CheckpointBuilder;
 pub use durability::Durability;
 pub use output::Output;
-pub(crate) use output::identity;
+pub(crate) use output::{Identity, identity};
 
 use crate::error::{Error, Result};
 use crate::failed::FailedLine;
@@ -322,6 +322,15 @@ impl Checkpoint {
         core
     }
 
+    /// The state with the last line folded in, for a commit: one made on
+    /// top of a line that cannot be folded would record the outputs'
+    /// lengths without that line.
+    fn core_for_commit(&self) -> Result<MutexGuard<'_, Core>> {
+        let mut core = self.inner.lock_core();
+        self.inner.fold_own(&mut core, &self.slot)?;
+        Ok(core)
+    }
+
     /// From now on, lines committed by `commit_read_line` come from the
     /// regular file `input`: publish them by their place, and read them
     /// back from the file when their digest is needed (see `slot.rs`); and,
@@ -592,10 +601,13 @@ impl Checkpoint {
             .track_outputs(&self.inner.slot, self.outputs.len());
         let reopened = {
             let mut core = self.inner.lock_core();
-            let reopened = core.state.closed || new;
+            // Asked for by this output, or by one attached before it.
+            let reopened = core.state.closed || new || core.pending.outputs;
             core.state.closed = false;
             core.pending.outputs |= reopened;
-            reopened
+            // With several outputs recorded, once the last is attached (a
+            // record names the lengths of all).
+            reopened && self.outputs.len() >= core.state.outputs.len()
         };
         if reopened {
             // Before a byte of results reaches the file: a crash must not
@@ -615,7 +627,7 @@ impl Checkpoint {
         &self,
         index: usize,
         path: &Path,
-        before: &[Option<(u64, u64)>],
+        before: &[Identity],
     ) -> Result<Probe> {
         let changed = |reason: String| Error::OutputChanged {
             path: path.to_path_buf(),
@@ -639,11 +651,14 @@ impl Checkpoint {
         // The same file twice would get the results of both, and each
         // length would cut the other's.
         let id = output::identity(path);
-        let attached = self.outputs.iter().map(|output| output.identity());
-        if id.is_some()
-            && attached
-                .chain(before.iter().copied())
-                .any(|other| other == id)
+        let mut attached = self
+            .outputs
+            .iter()
+            .filter_map(|output| output.identity())
+            .chain(before);
+        if id
+            .as_ref()
+            .is_some_and(|id| attached.any(|other| other == id))
         {
             return Err(changed(
                 "this file is attached as another output already".into(),
@@ -872,7 +887,7 @@ impl Checkpoint {
         check_position(end)?;
         let line = end.line();
         {
-            let mut core = self.core();
+            let mut core = self.core_for_commit()?;
             if line <= core.state.position.line()
                 || core.state.done.insert(line, end.last_line()).is_some()
             {
@@ -892,7 +907,7 @@ impl Checkpoint {
     /// a crash then would write the others' results twice).
     pub(crate) fn commit_done_lines(&mut self, ends: impl Iterator<Item = Position>) -> Result<()> {
         let added = {
-            let mut core = self.core();
+            let mut core = self.core_for_commit()?;
             let mut added = false;
             for end in ends {
                 let line = end.line();
@@ -932,7 +947,7 @@ impl Checkpoint {
             });
         }
         {
-            let mut core = self.core();
+            let mut core = self.core_for_commit()?;
             core.state.failed.insert(failed.line(), failed.clone());
             core.state.raise_outputs(lens(&self.outputs));
             core.pending.failed.push(Record::Failed(failed));
@@ -953,7 +968,7 @@ impl Checkpoint {
     /// As [`commit`](Checkpoint::commit).
     pub fn commit_resolved(&mut self, line: u64) -> Result<()> {
         {
-            let mut core = self.core();
+            let mut core = self.core_for_commit()?;
             if core.state.failed.remove(&line).is_none() {
                 return Ok(());
             }

@@ -83,8 +83,8 @@ pub struct Output {
 pub(crate) struct OutputShared {
     /// The path as given.
     path: PathBuf,
-    /// The file's identity (device, inode), where the platform has one.
-    identity: Option<(u64, u64)>,
+    /// The file's identity, where the platform has one.
+    identity: Option<Identity>,
     /// Bytes appended so far, written or buffered. Only the appending
     /// thread stores it; the committing thread loads it at every commit.
     appended: AtomicU64,
@@ -201,8 +201,8 @@ impl OutputShared {
         result
     }
 
-    pub(crate) fn identity(&self) -> Option<(u64, u64)> {
-        self.identity
+    pub(crate) fn identity(&self) -> Option<&Identity> {
+        self.identity.as_ref()
     }
 
     #[inline]
@@ -391,10 +391,23 @@ pub(crate) fn check(path: &Path, recorded: OutputMark, closed: bool) -> Result<F
     Ok(Found::Ours(file))
 }
 
-/// The identity of the file at `path`, if it exists and the platform has
-/// one.
-pub(crate) fn identity(path: &Path) -> Option<(u64, u64)> {
-    std::fs::metadata(path).ok().and_then(|meta| file_id(&meta))
+/// What tells two output paths apart: the file's device and inode, or for
+/// a file not there yet, its canonical directory and name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Identity {
+    File(u64, u64),
+    Missing(PathBuf),
+}
+
+/// The identity of the output at `path`, where the platform gives one.
+pub(crate) fn identity(path: &Path) -> Option<Identity> {
+    match std::fs::metadata(path) {
+        Ok(meta) => file_id(&meta).map(|(device, inode)| Identity::File(device, inode)),
+        Err(_) => {
+            let dir = parent_dir(path).canonicalize().ok()?;
+            Some(Identity::Missing(dir.join(path.file_name()?)))
+        }
+    }
 }
 
 /// Cuts `file` back to `len`, dropping bytes no commit covered (results of
@@ -444,7 +457,11 @@ pub(crate) fn attach(path: &Path, file: File, mark: OutputMark, sync: bool) -> O
     Output {
         shared: Arc::new(OutputShared {
             path: path.to_path_buf(),
-            identity: file.metadata().ok().and_then(|meta| file_id(&meta)),
+            identity: file
+                .metadata()
+                .ok()
+                .and_then(|meta| file_id(&meta))
+                .map(|(device, inode)| Identity::File(device, inode)),
             appended: AtomicU64::new(mark.len),
             sync,
             buffer: Mutex::new(Vec::with_capacity(BUFFER)),

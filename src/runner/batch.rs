@@ -608,13 +608,15 @@ impl Held {
         }
     }
 
-    /// Takes the batches the watermark passed, in input order.
+    /// Takes the batches the watermark reached, in input order: passed
+    /// whole, or (a batch a stop cut short) past its finished lines, which
+    /// are all that hold results.
     pub(super) fn take_passed(&mut self, watermark: u64) -> Vec<Batch> {
         let mut passed = Vec::new();
         let mut index = 0;
         while index < self.batches.len() {
             let batch = &self.batches[index].0;
-            if batch.first + batch.len() as u64 - 1 <= watermark {
+            if batch.first <= watermark {
                 let (batch, _) = self.batches.swap_remove(index);
                 self.bytes -= batch.byte_len();
                 passed.push(batch);

@@ -127,7 +127,15 @@ impl Runner {
         let shared = Arc::clone(&run.shared);
         let stop = shared.user_stop.clone();
         let mut out = Out::new(self.outputs.len());
-        let mut results = Deferred::<OUTPUTS>::new();
+        // A stream's next line may be slow to come: its lines are recorded
+        // one by one, never kept waiting for it.
+        let regular_file = OUTPUTS
+            && run
+                .shared
+                .input
+                .as_deref()
+                .is_some_and(|path| std::fs::metadata(path).is_ok_and(|meta| meta.is_file()));
+        let mut results = Deferred::<OUTPUTS>::new(regular_file);
         let ended = loop {
             // Returns whether to go on with the next line.
             let mut one_line = |line: &Line<'_>| -> Result<bool> {
@@ -151,7 +159,9 @@ impl Runner {
                         run.checkpoint.commit_read_line(line)?;
                     }
                     Outcome::Failed { attempts, error } => {
-                        results.append(run.checkpoint, &mut out)?;
+                        // The lines waiting are recorded before the failure,
+                        // whose record carries the outputs' lengths too.
+                        results.finish(run.checkpoint, &mut out)?;
                         run.record_failure(FailedLine::new(line, attempts, error))?;
                         run.checkpoint.commit_read_line(line)?;
                         if run.halted {
@@ -177,7 +187,7 @@ impl Runner {
                         run.stopped = true;
                         break Ok(());
                     }
-                    results.append(run.checkpoint, &mut out)?;
+                    results.finish(run.checkpoint, &mut out)?;
                     self.long_line(run, &long)?;
                     run.checkpoint.commit(long.end_position())?;
                     if run.halted {
@@ -941,6 +951,8 @@ struct Deferred<const OUTPUTS: bool> {
     offset: u64,
     /// How many lines may wait, from the measured cost of a line.
     limit: usize,
+    /// The most `limit` may grow to: 1 for a stream.
+    max: usize,
     since: Instant,
 }
 
@@ -951,13 +963,16 @@ const MAX_DEFERRED: usize = 32;
 const MAX_DEFERRED_BYTES: usize = 16 << 10;
 
 impl<const OUTPUTS: bool> Deferred<OUTPUTS> {
-    fn new() -> Self {
+    /// `from_file`: the lines come from a regular file, whose next line is
+    /// never slow to come.
+    fn new(from_file: bool) -> Self {
         Deferred {
             lines: 0,
             last: Vec::new(),
             number: 0,
             offset: 0,
             limit: 1,
+            max: if from_file { MAX_DEFERRED } else { 1 },
             since: Instant::now(),
         }
     }
@@ -988,7 +1003,7 @@ impl<const OUTPUTS: bool> Deferred<OUTPUTS> {
         let now = Instant::now();
         let cheap = now.duration_since(self.since) < Duration::from_micros(self.lines as u64);
         self.limit = if cheap {
-            (self.limit * 2).min(MAX_DEFERRED)
+            (self.limit * 2).min(self.max)
         } else {
             1
         };
@@ -1009,12 +1024,16 @@ impl<const OUTPUTS: bool> Deferred<OUTPUTS> {
 
     #[inline(never)]
     fn append_now(&mut self, checkpoint: &mut Checkpoint, out: &mut Out) -> Result<()> {
-        checkpoint.append_results(out.buffers())?;
-        if self.lines > 0 {
+        let appended = checkpoint.append_results(out.buffers());
+        if appended.is_err() {
+            // Part may be in an output: the lines waiting are not recorded
+            // (the next run does them again and cuts what is there).
+            self.lines = 0;
+        } else if self.lines > 0 {
             self.adapt();
         }
         out.clear();
-        Ok(())
+        appended
     }
 
     /// Appends the results waiting and commits their last line.
@@ -1022,9 +1041,7 @@ impl<const OUTPUTS: bool> Deferred<OUTPUTS> {
         if !OUTPUTS || self.lines == 0 {
             return Ok(());
         }
-        checkpoint.append_results(out.buffers())?;
-        out.clear();
-        self.lines = 0;
+        self.append_now(checkpoint, out)?;
         checkpoint.commit_read_line(&Line::new(&self.last, self.number, self.offset))
     }
 }

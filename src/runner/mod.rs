@@ -822,7 +822,7 @@ impl Runner {
         let mut seen = Vec::with_capacity(self.outputs.len());
         for (index, output) in self.outputs.iter().enumerate() {
             checkpoint.probe_output(index, output, &seen)?;
-            seen.push(crate::checkpoint::identity(output));
+            seen.extend(crate::checkpoint::identity(output));
         }
         for output in &self.outputs {
             // The handles live on in the checkpoint, which the run appends
