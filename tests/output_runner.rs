@@ -406,7 +406,7 @@ fn every_state_of_the_checkpoint_holds_exactly_the_results_it_records() {
             if fails(line.number()) {
                 return Err(permanent("boom"));
             }
-            write!(out, "r{}\n", line.number())?;
+            writeln!(out, "r{}", line.number())?;
             Ok(())
         })
         .unwrap();
@@ -474,7 +474,7 @@ fn a_stop_never_records_lines_without_their_results() {
                     } else {
                         spin(Duration::from_micros(30));
                     }
-                    write!(out, "r{}\n", line.number())?;
+                    writeln!(out, "r{}", line.number())?;
                     Ok(())
                 })
                 .unwrap();
