@@ -32,8 +32,8 @@ const BUFFER: usize = 64 << 10;
 /// then commits the line writes each result exactly once.
 ///
 /// Get one with [`Checkpoint::output`](crate::Checkpoint::output), before
-/// the first commit. The runner does it for [`Runner::output`]
-/// (crate::Runner::output).
+/// the first commit. The runner does it for
+/// [`Runner::output`](crate::Runner::output).
 ///
 /// Writes are buffered (64 KiB); the checkpoint's writer thread writes the
 /// buffer out when a record needs it, so results are never held back
