@@ -9,7 +9,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 /// Where the checkpoint's bytes go.
@@ -44,6 +44,10 @@ pub(crate) trait FsFile: Send + fmt::Debug {
     /// A second handle on the same file, to sync it while the first one
     /// goes on appending.
     fn try_clone(&self) -> io::Result<Box<dyn FsFile>>;
+    /// The file's length now.
+    fn len(&self) -> io::Result<u64>;
+    /// Up to `len` bytes from `offset` (fewer at the end of the file).
+    fn read_at(&mut self, offset: u64, len: u64) -> io::Result<Vec<u8>>;
 }
 
 /// The operating system's file system.
@@ -60,12 +64,15 @@ impl Fs for RealFs {
     }
 
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
-        Ok(Box::new(OpenOptions::new().append(true).open(path)?))
+        Ok(Box::new(
+            OpenOptions::new().read(true).append(true).open(path)?,
+        ))
     }
 
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn FsFile>> {
         Ok(Box::new(
             OpenOptions::new()
+                .read(true)
                 .append(true)
                 .create_new(true)
                 .open(path)?,
@@ -130,5 +137,17 @@ impl FsFile for File {
 
     fn try_clone(&self) -> io::Result<Box<dyn FsFile>> {
         Ok(Box::new(File::try_clone(self)?))
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.metadata()?.len())
+    }
+
+    fn read_at(&mut self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        // Appends go to the end whatever the position: moving it is safe.
+        self.seek(SeekFrom::Start(offset))?;
+        let mut bytes = Vec::new();
+        Read::by_ref(self).take(len).read_to_end(&mut bytes)?;
+        Ok(bytes)
     }
 }

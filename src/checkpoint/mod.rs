@@ -575,12 +575,12 @@ impl Checkpoint {
         let probe = self.probe_output(self.outputs.len(), path, &[])?;
         let sync = self.durability.syncs();
         let (output, new) = match probe {
-            Probe::Recorded { file, mark } => {
-                output::cut_back(path, &file, mark.len)?;
+            Probe::Recorded { mut file, mark } => {
+                output::cut_back(path, file.as_mut(), mark.len)?;
                 (output::attach(path, file, mark, sync), false)
             }
             Probe::New => {
-                let (file, mark) = output::create(path)?;
+                let (file, mark) = output::create(self.inner.fs.as_ref(), path)?;
                 let mut io = self.inner.lock_io();
                 let mut core = self.inner.lock_core();
                 core.state
@@ -676,7 +676,7 @@ impl Checkpoint {
                         index + 1
                     )));
                 }
-                match output::check(path, mark, closed)? {
+                match output::check(self.inner.fs.as_ref(), path, mark, closed)? {
                     output::Found::Changed(reason) => Err(changed(reason)),
                     output::Found::Ours(file) => Ok(Probe::Recorded { file, mark }),
                 }
@@ -1226,7 +1226,7 @@ impl Drop for Checkpoint {
 pub(crate) enum Probe {
     /// The output the checkpoint records, opened, at its recorded mark.
     Recorded {
-        file: File,
+        file: Box<dyn fs::FsFile>,
         mark: format::OutputMark,
     },
     /// A new output, to be created if missing.

@@ -3,15 +3,14 @@
 //! results of, so that a rerun cuts away exactly the results of the lines
 //! it does again (see [`Output`]).
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::file::parent_dir;
 use super::format::{OutputMark, TAIL};
-use super::fs::{Fs, RealFs};
+use super::fs::{Fs, FsFile};
 use super::writer::file_id;
 use crate::error::{Error, Result};
 
@@ -100,7 +99,7 @@ pub(crate) struct OutputShared {
 
 #[derive(Debug)]
 struct OutputIo {
-    file: File,
+    file: Box<dyn FsFile>,
     /// The other buffer, swapped with `buffer` to write it out.
     spare: Vec<u8>,
     /// Bytes in the file.
@@ -262,7 +261,7 @@ impl OutputShared {
         }
         if self.sync && io.synced < len {
             let upto = io.written;
-            let handle = io
+            let mut handle = io
                 .file
                 .try_clone()
                 .map_err(|err| self.error("syncing the output", err))?;
@@ -277,7 +276,7 @@ impl OutputShared {
         if let Some(mark) = io.sealed.filter(|mark| mark.len == len) {
             return Ok(mark);
         }
-        let digest = tail_digest(&mut io.file, len)
+        let digest = tail_digest(io.file.as_mut(), len)
             .map_err(|err| self.error("reading the output back", err))?;
         let mark = OutputMark { len, digest };
         io.sealed = Some(mark);
@@ -330,13 +329,9 @@ impl OutputIo {
 }
 
 /// The CRC-32 of the up to [`TAIL`] bytes before `len`.
-fn tail_digest(file: &mut File, len: u64) -> io::Result<u32> {
+fn tail_digest(file: &mut dyn FsFile, len: u64) -> io::Result<u32> {
     let start = len.saturating_sub(TAIL);
-    file.seek(SeekFrom::Start(start))?;
-    let mut tail = Vec::with_capacity(TAIL as usize);
-    Read::by_ref(file)
-        .take(len - start)
-        .read_to_end(&mut tail)?;
+    let tail = file.read_at(start, len - start)?;
     if (tail.len() as u64) < len - start {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
@@ -346,16 +341,16 @@ fn tail_digest(file: &mut File, len: u64) -> io::Result<u32> {
 /// How an output file compares with what the checkpoint recorded of it.
 pub(crate) enum Found {
     /// As recorded, or longer after a crash (bytes no commit covered).
-    Ours(File),
+    Ours(Box<dyn FsFile>),
     /// Not the recorded output: the reason.
     Changed(String),
 }
 
 /// Opens the output at `path` and checks it against `recorded` (its length
 /// and the digest of its tail, and whether the last run ended cleanly).
-pub(crate) fn check(path: &Path, recorded: OutputMark, closed: bool) -> Result<Found> {
+pub(crate) fn check(fs: &dyn Fs, path: &Path, recorded: OutputMark, closed: bool) -> Result<Found> {
     let open_err = |err| Error::io(Some(path), "opening the output", err);
-    let mut file = match OpenOptions::new().read(true).append(true).open(path) {
+    let mut file = match fs.open_append(path) {
         Ok(file) => file,
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
             return Ok(Found::Changed(format!(
@@ -365,14 +360,14 @@ pub(crate) fn check(path: &Path, recorded: OutputMark, closed: bool) -> Result<F
         }
         Err(err) => return Err(open_err(err)),
     };
-    let len = file.metadata().map_err(open_err)?.len();
+    let len = file.len().map_err(open_err)?;
     if len < recorded.len {
         return Ok(Found::Changed(format!(
             "it is {len} bytes long, shorter than the {} bytes the checkpoint records",
             recorded.len
         )));
     }
-    let digest = tail_digest(&mut file, recorded.len)
+    let digest = tail_digest(file.as_mut(), recorded.len)
         .map_err(|err| Error::io(Some(path), "reading the output", err))?;
     if digest != recorded.digest {
         return Ok(Found::Changed(format!(
@@ -412,11 +407,10 @@ pub(crate) fn identity(path: &Path) -> Option<Identity> {
 
 /// Cuts `file` back to `len`, dropping bytes no commit covered (results of
 /// lines that will be done again), and syncs the cut.
-pub(crate) fn cut_back(path: &Path, file: &File, len: u64) -> Result<()> {
+pub(crate) fn cut_back(path: &Path, file: &mut dyn FsFile, len: u64) -> Result<()> {
     let found = file
-        .metadata()
-        .map_err(|err| Error::io(Some(path), "opening the output", err))?
-        .len();
+        .len()
+        .map_err(|err| Error::io(Some(path), "opening the output", err))?;
     if found > len {
         file.set_len(len)
             .and_then(|()| file.sync_data())
@@ -428,24 +422,23 @@ pub(crate) fn cut_back(path: &Path, file: &File, len: u64) -> Result<()> {
 /// Opens (creating it if need be) an output no checkpoint records yet: its
 /// present bytes stay, results go after them. Returns the file and its
 /// mark.
-pub(crate) fn create(path: &Path) -> Result<(File, OutputMark)> {
+pub(crate) fn create(fs: &dyn Fs, path: &Path) -> Result<(Box<dyn FsFile>, OutputMark)> {
     let open_err = |err| Error::io(Some(path), "opening the output", err);
-    let existed = path.exists();
-    let mut file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .open(path)
-        .map_err(open_err)?;
-    let len = file.metadata().map_err(open_err)?.len();
-    let digest = tail_digest(&mut file, len).map_err(open_err)?;
+    let (mut file, created) = match fs.open_append(path) {
+        Ok(file) => (file, false),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            (fs.create_new(path).map_err(open_err)?, true)
+        }
+        Err(err) => return Err(open_err(err)),
+    };
+    let len = file.len().map_err(open_err)?;
+    let digest = tail_digest(file.as_mut(), len).map_err(open_err)?;
     // The checkpoint records this length: it must not outlive the bytes.
     file.sync_data()
         .map_err(|err| Error::io(Some(path), "syncing the output", err))?;
-    if !existed {
+    if created {
         // Its name is on disk before a record names it.
-        RealFs
-            .sync_dir(parent_dir(path))
+        fs.sync_dir(parent_dir(path))
             .map_err(|err| Error::io(Some(path), "syncing the output's directory", err))?;
     }
     Ok((file, OutputMark { len, digest }))
@@ -453,15 +446,11 @@ pub(crate) fn create(path: &Path) -> Result<(File, OutputMark)> {
 
 /// The handle and the shared half of an output opened at `mark`, the
 /// file's bytes up to it durable.
-pub(crate) fn attach(path: &Path, file: File, mark: OutputMark, sync: bool) -> Output {
+pub(crate) fn attach(path: &Path, file: Box<dyn FsFile>, mark: OutputMark, sync: bool) -> Output {
     Output {
         shared: Arc::new(OutputShared {
             path: path.to_path_buf(),
-            identity: file
-                .metadata()
-                .ok()
-                .and_then(|meta| file_id(&meta))
-                .map(|(device, inode)| Identity::File(device, inode)),
+            identity: identity(path),
             appended: AtomicU64::new(mark.len),
             sync,
             buffer: Mutex::new(Vec::with_capacity(BUFFER)),

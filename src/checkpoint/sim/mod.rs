@@ -642,6 +642,23 @@ impl FsFile for SimFile {
             ino: self.ino,
         }))
     }
+
+    // Reads have no effect to keep: at the cut they just fail.
+    fn len(&self) -> io::Result<u64> {
+        let mut disk = self.lock();
+        finish(disk.begin()?)?;
+        Ok(disk.inodes[self.ino].current.len() as u64)
+    }
+
+    fn read_at(&mut self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let mut disk = self.lock();
+        finish(disk.begin()?)?;
+        let data = &disk.inodes[self.ino].current;
+        let start = usize::try_from(offset).map_or(data.len(), |start| start.min(data.len()));
+        let end = usize::try_from(offset.saturating_add(len))
+            .map_or(data.len(), |end| end.min(data.len()));
+        Ok(data[start..end].to_vec())
+    }
 }
 
 mod tests {
