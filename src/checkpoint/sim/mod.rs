@@ -920,4 +920,5 @@ mod tests {
 }
 
 mod failed_sync;
+mod outputs;
 mod power_loss;
