@@ -127,7 +127,7 @@ impl Out {
 
     /// Empty buffers for as many outputs.
     pub(crate) fn fresh(&self) -> Out {
-        Out::new(self.buffers.len())
+        Out::new(if self.tracking { self.buffers.len() } else { 0 })
     }
 }
 

@@ -103,8 +103,9 @@ pub trait Task: Sync {
     /// Does the work for one line and writes its results to `out`, for a
     /// runner with outputs ([`Runner::output`](crate::Runner::output)):
     /// what it writes is appended to the outputs exactly once, when the
-    /// line is recorded as finished (see [`Out`]). The runner calls this
-    /// method, never [`run`](Task::run) directly; the default calls `run`
+    /// line is recorded as finished (see [`Out`]). A runner with outputs
+    /// calls this method, never [`run`](Task::run); one without may call
+    /// either, so the two must do the same work. The default calls `run`
     /// and writes nothing. A task that writes results implements both,
     /// `run` as `self.run_into(line, &mut Out::default())`.
     ///

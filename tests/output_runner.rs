@@ -576,4 +576,50 @@ fn one_new_output_under_two_names_is_refused_before_any_file_changes() {
         .unwrap_err();
     assert!(matches!(err, Error::OutputChanged { .. }), "{err}");
     assert!(!output.exists() && !checkpoint.exists());
+    // Nor through a symbolic link to where it will be made.
+    #[cfg(unix)]
+    {
+        let link = input.sibling("link.txt");
+        std::os::unix::fs::symlink(&output, &link).unwrap();
+        let err = Runner::new()
+            .checkpoint_path(&checkpoint)
+            .output(&output)
+            .output(&link)
+            .map(&input.path, |_, _| Ok(()))
+            .unwrap_err();
+        assert!(matches!(err, Error::OutputChanged { .. }), "{err}");
+        assert!(!output.exists() && !checkpoint.exists());
+    }
+}
+
+/// With one worker, slow lines after cheap ones are recorded one by one,
+/// as without outputs: while line 95 runs, the 94 before it are recorded
+/// (the cheap ones went in groups, unseen by the check).
+#[test]
+fn slow_lines_after_cheap_ones_are_recorded_within_the_write_delay() {
+    let input = Input::generated(120);
+    let (output, checkpoint) = (input.sibling("out.txt"), input.sibling("cp"));
+    let seen = AtomicU64::new(0);
+    Runner::new()
+        .checkpoint_path(&checkpoint)
+        .write_delay(Duration::from_millis(1))
+        .output(&output)
+        .map(&input.path, |line, out| {
+            match line.number() {
+                95 => {
+                    common::wait_until("the lines before 95 recorded", || {
+                        linemark::Checkpoint::inspect(&checkpoint)
+                            .is_ok_and(|recorded| recorded.position.line() == 94)
+                    });
+                    seen.store(95, Ordering::SeqCst);
+                }
+                71..=100 => std::thread::sleep(Duration::from_millis(20)),
+                _ => {}
+            }
+            out.write_all(line.raw())?;
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(seen.load(Ordering::SeqCst), 95);
+    assert_eq!(std::fs::read(&output).unwrap(), input.lines.concat());
 }

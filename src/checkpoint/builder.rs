@@ -246,6 +246,7 @@ impl CheckpointBuilder {
             lock_path: lock_path(&path),
             lock_lost: AtomicBool::new(false),
             outputs: Mutex::new(Vec::new()),
+            looked: AtomicBool::new(false),
         });
         let (max_records, max_delay) = self.durability.batch();
         let every_commit = matches!(self.durability, Durability::EveryCommit);

@@ -698,6 +698,17 @@ impl Checkpoint {
         Ok(())
     }
 
+    /// Whether the writer thread looked since the last call that returned
+    /// `true` (a load per call, a store when it did).
+    #[inline]
+    pub(crate) fn writer_looked(&self) -> bool {
+        let looked = self.inner.looked.load(Ordering::Relaxed);
+        if looked {
+            self.inner.looked.store(false, Ordering::Relaxed);
+        }
+        looked
+    }
+
     /// Whether outputs are attached.
     #[inline]
     pub(crate) fn has_outputs(&self) -> bool {

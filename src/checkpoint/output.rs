@@ -39,10 +39,10 @@ const BUFFER: usize = 64 << 10;
 /// longer than the commits that cover them.
 ///
 /// A commit records the outputs' lengths at that moment: append a line's
-/// results, then commit that line, with no other line's results appended
-/// in between (in a parallel loop with a [`Tracker`](crate::Tracker),
-/// append and finish the ticket under one lock; the runner does this for
-/// its workers). The lengths recorded only grow: a loop with outputs
+/// results, then commit that line, with no other commit in between (in a
+/// parallel loop with a [`Tracker`](crate::Tracker), every append with its
+/// ticket's `finish`, and every ticket's `fail` too, under one lock; the
+/// runner does this for its workers). The lengths recorded only grow: a loop with outputs
 /// commits positions forward only (a position moved back redoes lines
 /// whose results the output keeps). Nothing but this handle may write to
 /// the file while the checkpoint is open.
@@ -386,20 +386,36 @@ pub(crate) fn check(fs: &dyn Fs, path: &Path, recorded: OutputMark, closed: bool
     Ok(Found::Ours(file))
 }
 
-/// What tells two output paths apart: the file's device and inode, or for
-/// a file not there yet, its canonical directory and name.
+/// What tells two output paths apart: the file's device and inode, or a
+/// canonical path (a file not there yet, or a platform without inodes).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Identity {
     File(u64, u64),
     Missing(PathBuf),
 }
 
-/// The identity of the output at `path`, where the platform gives one.
+/// The identity of the output at `path`: its device and inode where the
+/// platform gives them, else its canonical path; for a file not there yet,
+/// where it will be made (a dangling symbolic link followed).
 pub(crate) fn identity(path: &Path) -> Option<Identity> {
-    match std::fs::metadata(path) {
-        Ok(meta) => file_id(&meta).map(|(device, inode)| Identity::File(device, inode)),
+    let mut path = path.to_path_buf();
+    // A dangling link names the file it will make; a few hops at most.
+    for _ in 0..8 {
+        match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() && !path.exists() => {
+                let target = std::fs::read_link(&path).ok()?;
+                path = parent_dir(&path).join(target);
+            }
+            _ => break,
+        }
+    }
+    match std::fs::metadata(&path) {
+        Ok(meta) => match file_id(&meta) {
+            Some((device, inode)) => Some(Identity::File(device, inode)),
+            None => path.canonicalize().ok().map(Identity::Missing),
+        },
         Err(_) => {
-            let dir = parent_dir(path).canonicalize().ok()?;
+            let dir = parent_dir(&path).canonicalize().ok()?;
             Some(Identity::Missing(dir.join(path.file_name()?)))
         }
     }

@@ -84,6 +84,10 @@ pub(crate) struct Inner {
     pub(crate) lock_lost: AtomicBool,
     /// The outputs attached, by index.
     pub(crate) outputs: Mutex<Vec<Arc<OutputShared>>>,
+    /// Set at every look of the writer thread: a loop that keeps finished
+    /// lines waiting (see `Deferred` in the runner) records them when it
+    /// sees it, so none waits much longer than a look.
+    pub(crate) looked: AtomicBool,
 }
 
 /// The identity of a file: device and inode (Unix); `None` elsewhere, where
@@ -940,6 +944,7 @@ fn serve(inner: &Inner, requests: &mpsc::Receiver<Request>) {
 /// look, and ask for a sync if the oldest unsynced commit is about to be
 /// `sync_delay` old, or for a compaction if the file grew too large.
 fn look(inner: &Inner, schedule: Schedule, tick: Duration) {
+    inner.looked.store(true, Ordering::Relaxed);
     // While the job has not seen the last error, nothing is written (a full
     // disk is not hammered, the error not replaced), but what is already in
     // the file is still synced on time, if the file can be trusted.

@@ -129,7 +129,11 @@ impl Runner {
         let mut out = Out::new(self.outputs.len());
         // A stream's next line may be slow to come: its lines are recorded
         // one by one, never kept waiting for it.
+        // Nor are they with no writer thread (every commit written at
+        // once): nothing would record the waiting ones when a line turns
+        // slow.
         let regular_file = OUTPUTS
+            && !run.checkpoint.write_delay().is_zero()
             && run
                 .shared
                 .input
@@ -152,7 +156,7 @@ impl Runner {
                 match shared.attempt::<T, OUTPUTS>(task, line, &mut out) {
                     Outcome::Done => {
                         run.note_done(number, line.offset() + line.raw().len() as u64);
-                        if results.defer(line, &out) {
+                        if results.defer(line, &out, run.checkpoint) {
                             return Ok(true);
                         }
                         results.append(run.checkpoint, &mut out)?;
@@ -938,10 +942,13 @@ impl<'r, 'c> RunState<'r, 'c> {
 
 /// With outputs, one worker: the results of cheap lines go to the outputs
 /// (and the last of the lines is committed) a few lines at a time, rather
-/// than a lock and a commit per line. A line that took 1 µs or more is
-/// recorded on its own, as without outputs; a cheap task that turns slow
-/// keeps at most [`MAX_DEFERRED`] - 1 lines of under 1 µs each waiting
-/// behind the slow line (a kill redoes them, and cuts their results).
+/// than a lock and a commit per line. Once lines take 1 µs or more, each
+/// is recorded on its own, as without outputs. When a cheap task turns
+/// slow, the lines finished before the slow one (at most
+/// [`MAX_DEFERRED`] - 1, of under 1 µs each) wait for it; the slow line
+/// and those after it are recorded when the writer thread's next look is
+/// seen (every half write delay), and one by one from then on. A kill
+/// redoes the waiting lines and cuts their results.
 struct Deferred<const OUTPUTS: bool> {
     /// Lines whose results wait in the `Out`, the last of them not
     /// committed yet: `last` holds its bytes, number and offset.
@@ -978,14 +985,20 @@ impl<const OUTPUTS: bool> Deferred<OUTPUTS> {
     }
 
     /// Keeps the results of `line`, done, waiting (returns `true`), or says
-    /// they go now with the line's commit.
+    /// they go now with the line's commit: once `limit` lines wait, once
+    /// their results are large, or once the checkpoint's writer thread
+    /// looked since the last lines went (every half write delay), so that
+    /// slow lines after cheap ones are recorded within about that.
     #[inline]
-    fn defer(&mut self, line: &Line<'_>, out: &Out) -> bool {
+    fn defer(&mut self, line: &Line<'_>, out: &Out, checkpoint: &Checkpoint) -> bool {
         if !OUTPUTS {
             return false;
         }
         self.lines += 1;
-        if self.lines >= self.limit || out.first_len() >= MAX_DEFERRED_BYTES {
+        if self.lines >= self.limit
+            || out.first_len() >= MAX_DEFERRED_BYTES
+            || checkpoint.writer_looked()
+        {
             self.adapt();
             return false;
         }

@@ -304,7 +304,9 @@ impl Runner {
     /// results wait in memory for the lines before it, and the line is
     /// recorded as finished only once they are appended: the
     /// [`window`](Runner::window) bounds how many wait. With one worker
-    /// both orders are the same.
+    /// both orders are the same. A [`retry_failed`](Runner::retry_failed)
+    /// run appends the results of the lines that succeed then after all
+    /// the others, in the order they finish.
     #[must_use = "a builder method returns the changed builder"]
     pub fn keep_order(mut self, yes: bool) -> Runner {
         self.keep_order = yes;
