@@ -22,6 +22,7 @@ use crate::task::{BoxError, FnMap, FnTask, Task};
 #[cfg(feature = "tokio")]
 mod async_run;
 mod batch;
+mod deferred;
 mod drive;
 mod pool;
 
