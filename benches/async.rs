@@ -293,13 +293,7 @@ fn no_op(c: &mut Criterion) {
 criterion_group!(benches, sleep, no_op);
 
 fn main() {
-    if let Some(workload) = std::env::var_os(RSS_VAR) {
-        rss_main(&workload);
-        return;
-    }
-    // What `criterion_main!` expands to.
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    common::main_or_probe(RSS_VAR, rss_main, benches);
 }
 
 /// One workload of the timer run, once, for `benches/async_memory.sh` to
@@ -312,9 +306,8 @@ fn main() {
 /// where `<workload>` is `runner`, `buffer_unordered`, or `runtime` (the
 /// runtime alone, awaiting one timer: the floor under both), `<runtime>` is
 /// `multi_thread` or `current_thread`, and `<input>` holds 10,000 lines.
-fn rss_main(workload: &OsString) {
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let [flavor, input, checkpoint] = &args[..] else {
+fn rss_main(workload: &OsString, args: &[OsString]) {
+    let [flavor, input, checkpoint] = args else {
         panic!("usage: {RSS_VAR}=<workload> <bench> <runtime> <input> <checkpoint>");
     };
     let flavor = flavor

@@ -411,13 +411,7 @@ fn row(name: &str, lines: u64, measured: &Measured) -> String {
 criterion_group!(benches, failures);
 
 fn main() {
-    if let Some(workload) = std::env::var_os(RSS_VAR) {
-        rss_main(&workload);
-        return;
-    }
-    // What `criterion_main!` expands to.
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    common::main_or_probe(RSS_VAR, rss_main, benches);
 }
 
 /// One workload, once, for `benches/failures_memory.sh` to measure the
@@ -432,9 +426,8 @@ fn main() {
 /// worker) or `ok4`, and `<input>` holds lines of 60 bytes (any number).
 /// Prints one line of `key=value` fields: the figures of the table of the
 /// criterion run.
-fn rss_main(workload: &OsString) {
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let [input, checkpoint] = &args[..] else {
+fn rss_main(workload: &OsString, args: &[OsString]) {
+    let [input, checkpoint] = args else {
         panic!("usage: {RSS_VAR}=<workload> <bench> <input> <checkpoint>");
     };
     let (input, checkpoint) = (Path::new(input), Path::new(checkpoint));

@@ -327,13 +327,7 @@ fn checkpoint_size(input: &Path, checkpoint: &Path, output: &Path) {
 criterion_group!(benches, output);
 
 fn main() {
-    if let Some(workload) = std::env::var_os(RSS_VAR) {
-        rss_main(&workload);
-        return;
-    }
-    // What `criterion_main!` expands to.
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    common::main_or_probe(RSS_VAR, rss_main, benches);
 }
 
 /// One workload, once, for `benches/output_memory.sh` to measure the peak
@@ -348,9 +342,8 @@ fn main() {
 /// unused) or `run` (the runner with no output and a no-op task, one
 /// worker; `<output>` is unused), and `<input>` holds lines of 41 bytes (any number: the binary
 /// maps them all and checks the output has the input's length).
-fn rss_main(workload: &OsString) {
-    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let [input, checkpoint, output] = &args[..] else {
+fn rss_main(workload: &OsString, args: &[OsString]) {
+    let [input, checkpoint, output] = args else {
         panic!("usage: {RSS_VAR}=<workload> <bench> <input> <checkpoint> <output>");
     };
     let (input, checkpoint, output) = (Path::new(input), Path::new(checkpoint), Path::new(output));

@@ -10,6 +10,7 @@
 // of it.
 #![allow(dead_code)]
 
+use std::ffi::OsString;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
@@ -127,4 +128,20 @@ pub fn paired(
 fn median<T: PartialOrd + Copy>(values: &mut [T]) -> T {
     values.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
     values[values.len() / 2]
+}
+
+/// A benchmark binary's `main`: with the environment variable `var` set,
+/// one workload (its value) run once by `probe`, given the binary's
+/// arguments, for a memory script to measure; otherwise the criterion
+/// groups of `benches`, as `criterion_main!` runs them.
+pub fn main_or_probe(var: &str, probe: fn(&OsString, &[OsString]), benches: fn()) {
+    if let Some(workload) = std::env::var_os(var) {
+        let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+        probe(&workload, &args);
+        return;
+    }
+    benches();
+    criterion::Criterion::default()
+        .configure_from_args()
+        .final_summary();
 }
