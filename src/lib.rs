@@ -102,7 +102,7 @@ mod task;
 mod tracker;
 mod window;
 
-pub use checkpoint::{Checkpoint, CheckpointBuilder, Durability, Output, Snapshot};
+pub use checkpoint::{Checkpoint, CheckpointBuilder, Durability, FailedLines, Output, Snapshot};
 pub use error::{Error, Result};
 pub use failed::FailedLine;
 pub use line::{Line, LineReader, OwnedLine};

@@ -114,7 +114,10 @@ impl Checkpoint {
             (
                 state.outputs.get(index).cloned(),
                 state.closed,
-                !state.position.is_start() || !state.done.is_empty() || !state.failed.is_empty(),
+                !state.position.is_start()
+                    || !state.done.is_empty()
+                    || state.failed_count() > 0
+                    || state.log.is_some(),
             )
         };
         // The same file twice would get the results of both, and each
@@ -198,12 +201,17 @@ impl Checkpoint {
     /// ended cleanly, so that bytes a later open finds after that length
     /// are known not to be linemark's. Called after a sync.
     pub(crate) fn close_outputs(&mut self) -> Result<()> {
-        if self.outputs.is_empty() {
+        let log = self.core().state.log.as_ref().map(|&(_, mark)| mark);
+        let log = self.faillog().zip(log);
+        if self.outputs.is_empty() && log.is_none() {
             return Ok(());
         }
         let lens = self.core().state.output_lens();
         for (output, &len) in self.outputs.iter().zip(&lens) {
             output.cut_to(len)?;
+        }
+        if let Some((faillog, mark)) = log {
+            faillog.cut_to(mark.mark.len)?;
         }
         {
             let mut core = self.inner.lock_core();

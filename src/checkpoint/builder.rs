@@ -12,7 +12,7 @@ use super::format::load;
 use super::fs::{Fs, RealFs};
 use super::slot::{Slot, SlotWriter};
 use super::writer::{Core, Inner, Io, Schedule, file_id};
-use super::{Checkpoint, Durability};
+use super::{Checkpoint, Durability, faillog, output};
 use crate::error::{Error, Result};
 
 /// Configures and opens a [`Checkpoint`].
@@ -210,6 +210,23 @@ impl CheckpointBuilder {
         } else {
             None
         };
+        // A failure log the checkpoint records is checked, and bytes after
+        // its recorded length (never recorded) are cut, before any commit.
+        let faillog = match &loaded.state.log {
+            Some((name, mark)) => {
+                let log_path = faillog::log_path(&path, name);
+                let file = faillog::open(
+                    fs.as_ref(),
+                    &log_path,
+                    &given,
+                    mark.mark,
+                    loaded.state.closed,
+                )?;
+                let log = output::attach(&log_path, file, mark.mark, self.durability.syncs());
+                Some(Arc::clone(log.shared()))
+            }
+            None => None,
+        };
         let position = loaded.state.position;
         let io = Io {
             file,
@@ -246,6 +263,8 @@ impl CheckpointBuilder {
             lock_path: lock_path(&path),
             lock_lost: AtomicBool::new(false),
             outputs: Mutex::new(Vec::new()),
+            faillog: Mutex::new(faillog),
+            sync_logs: self.durability.syncs(),
             looked: AtomicBool::new(false),
         });
         let (max_records, max_delay) = self.durability.batch();

@@ -18,9 +18,10 @@ use crate::scan::LineId;
 // ---- Records ----
 
 /// The format version this build writes and reads.
-pub(crate) const VERSION: u32 = 4;
+pub(crate) const VERSION: u32 = 5;
 /// The oldest version still read. Version 2 added the `shard` record,
-/// version 3 the `prefix` record, version 4 the `output` and `out` records.
+/// version 3 the `prefix` record, version 4 the `output` and `out` records,
+/// version 5 the failure log (`faillog` and `failures` records).
 pub(crate) const OLDEST_VERSION: u32 = 1;
 /// First word of every checkpoint file.
 pub(crate) const MAGIC: &str = "linemark-checkpoint";
@@ -61,6 +62,26 @@ pub(crate) enum Record {
         marks: Vec<OutputMark>,
         closed: bool,
     },
+    /// The failure log is the file `path` (a name in the checkpoint's
+    /// directory). Like an `output` record, it starts groups.
+    FailLog {
+        path: String,
+    },
+    /// The failure log's length, tail digest and cursor, as of the records
+    /// of the group it is in.
+    Failures(LogMark),
+}
+
+/// What a checkpoint records of its failure log: its length and tail digest
+/// (as an output's), where its live part starts (`from`: every record
+/// before it is superseded), how many lines it holds as failed, and how
+/// many `resolved` records its live part holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct LogMark {
+    pub(crate) mark: OutputMark,
+    pub(crate) from: u64,
+    pub(crate) count: u64,
+    pub(crate) resolved: u64,
 }
 
 /// What a checkpoint records of one output: how long it is and the CRC-32
@@ -130,6 +151,16 @@ impl Record {
                 }
                 write!(out, " closed={}", u8::from(*closed))
             }
+            Record::FailLog { path } => {
+                out.push_str("faillog path=");
+                escape_into(path, out);
+                Ok(())
+            }
+            Record::Failures(log) => write!(
+                out,
+                "failures len={} digest={:08x} from={} count={} resolved={}",
+                log.mark.len, log.mark.digest, log.from, log.count, log.resolved
+            ),
         };
         let crc = crc32fast::hash(&out.as_bytes()[start..]);
         let _ = writeln!(out, "{CRC_FIELD}{crc:08x}");
@@ -220,8 +251,8 @@ impl Record {
                     "1" => true,
                     _ => return Err("malformed field closed".into()),
                 };
-                let lens: Vec<&str> = lens.split(',').collect();
-                let digests: Vec<&str> = digests.split(',').collect();
+                let lens = split_list(lens);
+                let digests = split_list(digests);
                 if lens.len() != digests.len() {
                     return Err("as many lengths as digests expected".into());
                 }
@@ -238,6 +269,24 @@ impl Record {
                     .collect::<Option<Vec<_>>>()
                     .ok_or_else(|| "malformed output mark".to_string())?;
                 Record::Out { marks, closed }
+            }
+            "faillog" => Record::FailLog {
+                path: unescape(fields.rest("path")?)?,
+            },
+            "failures" => {
+                let log = LogMark {
+                    mark: OutputMark {
+                        len: fields.number("len")?,
+                        digest: fields.hex("digest")?,
+                    },
+                    from: fields.number("from")?,
+                    count: fields.number("count")?,
+                    resolved: fields.number("resolved")?,
+                };
+                if log.from > log.mark.len {
+                    return Err("a failure log cursor past its end".into());
+                }
+                Record::Failures(log)
             }
             other => return Err(format!("unknown record kind {other:?}")),
         };
@@ -290,6 +339,16 @@ impl<'a> Fields<'a> {
 
 /// Exactly 8 lowercase hex digits, the only spelling the writer uses, so a
 /// flipped case bit is caught like any other damage.
+/// The items of a comma-separated list; none in an empty one (the `out`
+/// record of a checkpoint with a failure log and no outputs).
+fn split_list(text: &str) -> Vec<&str> {
+    if text.is_empty() {
+        Vec::new()
+    } else {
+        text.split(',').collect()
+    }
+}
+
 fn parse_hex8(text: &str) -> Option<u32> {
     let canonical = text.len() == 8 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
     canonical
@@ -596,20 +655,79 @@ mod range_tests {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct State {
     pub(crate) position: Position,
-    /// Lines finished beyond the position.
     pub(crate) done: BTreeMap<u64, LineId>,
+    /// Lines beyond the position that failed for good: their records are
+    /// in the checkpoint file, as `done` records are. (Read from a file of
+    /// version 4 or older: every failed line.)
     pub(crate) failed: BTreeMap<u64, FailedLine>,
-    /// The lines the checkpoint owns (index, count), once a run recorded it.
+    /// Failed lines the position passed since the last write, in line
+    /// order: the next write moves them to the failure log, in the group
+    /// that records the position.
+    pub(crate) passed: Vec<FailedLine>,
+    /// Commits of failed (or, `None`, resolved) lines behind the position
+    /// that could not look in the failure log (it could not be read): the
+    /// next write applies them, in order.
+    pub(crate) unsettled: Vec<(u64, Option<FailedLine>)>,
+    /// The failure log, once a failed line was passed: its file name (in
+    /// the checkpoint's directory) and mark.
+    pub(crate) log: Option<(String, LogMark)>,
     pub(crate) shard: Option<(u64, u64)>,
-    /// What is known of the whole finished part of the input, at an offset
-    /// at or before the position's.
     pub(crate) prefix: Option<Prefix>,
-    /// The format version of the file's header (0 before any header).
     pub(crate) version: u32,
-    /// The outputs, in the order they were attached: the path given then,
-    /// and what the last `out` record says of each.
     pub(crate) outputs: Vec<(String, OutputMark)>,
-    /// The last `out` record says the run ended cleanly.
+    pub(crate) closed: bool,
+}
+
+/// A rebase: lines and bytes keep their distance to the position, moved
+/// from `from` to `to`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Shift {
+    pub(crate) from: Position,
+    pub(crate) to: Position,
+}
+
+impl Shift {
+    /// The line number and offset moved; `None` for a line that would be
+    /// before the first.
+    fn apply(self, line: u64, offset: u64) -> Option<(u64, u64)> {
+        let line = (i128::from(line) - i128::from(self.from.line()) + i128::from(self.to.line()))
+            .try_into()
+            .ok()
+            .filter(|&line: &u64| line > 0)?;
+        let offset = (i128::from(offset) - i128::from(self.from.offset())
+            + i128::from(self.to.offset()))
+        .try_into()
+        .ok()?;
+        Some((line, offset))
+    }
+
+    /// A failed line's record, moved.
+    pub(crate) fn failed(self, failed: &FailedLine) -> Option<FailedLine> {
+        let (line, offset) = self.apply(failed.line(), failed.offset())?;
+        Some(failed.moved(line, offset))
+    }
+}
+
+/// What becomes of the failed lines a position passes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Passed {
+    /// Kept among the failed lines: a file of version 4 or older, where
+    /// every failed record stays in the checkpoint.
+    Keep,
+    /// Dropped: read back from a file of version 5, whose failure log
+    /// holds them (the group that records the position records the log's
+    /// length with them).
+    Drop,
+    /// Moved to `passed`, for the next write: a run.
+    Move,
+}
+
+/// What the group of records a write closes records of the outputs and of
+/// the failure log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Marks {
+    pub(crate) lens: Vec<u64>,
+    pub(crate) log: Option<LogMark>,
     pub(crate) closed: bool,
 }
 
@@ -617,14 +735,25 @@ impl State {
     pub(crate) fn apply(&mut self, record: Record) {
         match record {
             Record::Header { .. } => {}
-            Record::Position(position) => self.advance(position),
+            Record::Position(position) => {
+                let passed = if self.version >= 5 {
+                    Passed::Drop
+                } else {
+                    Passed::Keep
+                };
+                self.advance_to(position, passed);
+            }
             Record::Done(id) => {
                 if id.line > self.position.line() {
                     self.done.insert(id.line, id);
                 }
             }
             Record::Failed(failed) => {
-                self.failed.insert(failed.line(), failed);
+                // From version 5 on, a failed line the position passed is
+                // in the failure log; a record of it here is stale.
+                if self.version < 5 || failed.line() > self.position.line() {
+                    self.failed.insert(failed.line(), failed);
+                }
             }
             Record::Resolved { line } => {
                 self.failed.remove(&line);
@@ -652,16 +781,51 @@ impl State {
                 }
                 self.closed = closed;
             }
+            Record::FailLog { path } => match self.log.as_mut() {
+                Some(log) => log.0 = path,
+                None => self.log = Some((path, LogMark::default())),
+            },
+            Record::Failures(mark) => {
+                if let Some(log) = self.log.as_mut() {
+                    log.1 = mark;
+                }
+            }
         }
     }
 
-    /// The outputs' lengths: the lengths of the commits so far.
+    /// After the last record of a file: the failed lines a file of version
+    /// 4 or older records at or before its position go to the failure log
+    /// at the first write (the file is then rewritten in version 5).
+    fn loaded(&mut self) {
+        if self.version < 5 {
+            let beyond = self
+                .failed
+                .split_off(&(self.position.line().saturating_add(1)));
+            self.passed = std::mem::replace(&mut self.failed, beyond)
+                .into_values()
+                .collect();
+        }
+    }
+
     pub(crate) fn output_lens(&self) -> Vec<u64> {
         self.outputs.iter().map(|(_, mark)| mark.len).collect()
     }
 
-    /// Raises the outputs' lengths to those of a commit (they only grow
-    /// while a checkpoint is open; a commit folded late never lowers them).
+    /// What the group a write closes records now.
+    pub(crate) fn marks(&self) -> Marks {
+        Marks {
+            lens: self.output_lens(),
+            log: self.log.as_ref().map(|&(_, mark)| mark),
+            closed: self.closed,
+        }
+    }
+
+    /// The number of lines recorded as failed.
+    pub(crate) fn failed_count(&self) -> u64 {
+        let logged = self.log.as_ref().map_or(0, |(_, mark)| mark.count);
+        logged + self.passed.len() as u64 + self.failed.len() as u64
+    }
+
     #[inline]
     pub(crate) fn raise_outputs(&mut self, lens: impl Iterator<Item = u64>) {
         self.closed = false;
@@ -670,7 +834,13 @@ impl State {
         }
     }
 
+    /// Moves the position (a run's commit): failed lines it passes wait in
+    /// `passed` for the failure log.
     pub(crate) fn advance(&mut self, position: Position) {
+        self.advance_to(position, Passed::Move);
+    }
+
+    fn advance_to(&mut self, position: Position, passed: Passed) {
         self.position = position;
         // A position moved back (a hand-written loop may) drops a prefix
         // that reaches past it.
@@ -680,41 +850,42 @@ impl State {
         {
             self.prefix = None;
         }
-        self.done = self.done.split_off(&(position.line().saturating_add(1)));
+        let next = position.line().saturating_add(1);
+        self.done = self.done.split_off(&next);
+        if passed != Passed::Keep
+            && self
+                .failed
+                .first_key_value()
+                .is_some_and(|(&line, _)| line < next)
+        {
+            let beyond = self.failed.split_off(&next);
+            let behind = std::mem::replace(&mut self.failed, beyond);
+            if passed == Passed::Move {
+                self.passed.extend(behind.into_values());
+            }
+        }
     }
 
-    /// Moves the position to where a seek found the input resumes (see
-    /// `Checkpoint::rebase`): lines and bytes of the done and failed records
-    /// move by the same amount as the position did; a record that would move
-    /// before the start of the input is dropped (its line was removed).
-    /// Every moved record is checked against the input before it is relied
-    /// on.
     pub(crate) fn rebase(&mut self, position: Position) {
-        let old = self.position;
-        let shift = |line: u64, offset: u64| -> Option<(u64, u64)> {
-            let line = (i128::from(line) - i128::from(old.line()) + i128::from(position.line()))
-                .try_into()
-                .ok()
-                .filter(|&line: &u64| line > 0)?;
-            let offset = (i128::from(offset) - i128::from(old.offset())
-                + i128::from(position.offset()))
-            .try_into()
-            .ok()?;
-            Some((line, offset))
+        let shift = Shift {
+            from: self.position,
+            to: position,
         };
         self.done = std::mem::take(&mut self.done)
             .into_values()
             .filter_map(|id| {
-                let (line, offset) = shift(id.line, id.offset)?;
+                let (line, offset) = shift.apply(id.line, id.offset)?;
                 Some((line, LineId::from_parts(line, offset, id.len, id.digest)?))
             })
             .collect();
         self.failed = std::mem::take(&mut self.failed)
             .into_values()
-            .filter_map(|failed| {
-                let (line, offset) = shift(failed.line(), failed.offset())?;
-                Some((line, failed.moved(line, offset)))
-            })
+            .filter_map(|failed| shift.failed(&failed))
+            .map(|failed| (failed.line(), failed))
+            .collect();
+        self.passed = std::mem::take(&mut self.passed)
+            .iter()
+            .filter_map(|failed| shift.failed(failed))
             .collect();
         self.position = position;
         // Lines before the position may have been removed or edited.
@@ -738,6 +909,9 @@ impl State {
                 path: path.clone(),
             }
             .encode(&mut out);
+        }
+        if let Some((path, _)) = &self.log {
+            Record::FailLog { path: path.clone() }.encode(&mut out);
         }
         Record::Position(self.position).encode(&mut out);
         if let Some(prefix) = self.prefix {
@@ -770,6 +944,9 @@ pub(crate) struct Pending {
     /// `Checkpoint::close_outputs`): an `out` record says so, alone if
     /// need be.
     pub(crate) outputs: bool,
+    /// The failure log changed (a record appended, its cursor moved): the
+    /// next write records its mark.
+    pub(crate) log: bool,
 }
 
 impl Pending {
@@ -780,6 +957,7 @@ impl Pending {
             && !self.shard
             && !self.prefix
             && !self.outputs
+            && !self.log
     }
 
     /// The records to append. Each line's net outcome among the `failed`
@@ -802,7 +980,11 @@ impl Pending {
         if let Some((index, count)) = state.shard.filter(|_| self.shard) {
             Record::Shard { index, count }.encode(&mut out);
         }
-        for record in net.values().filter(|r| matches!(r, Record::Failed(_))) {
+        // A failed line the position passed since goes to the failure
+        // log in this write, not here.
+        for record in net.values().filter(
+            |r| matches!(r, Record::Failed(failed) if state.failed.contains_key(&failed.line())),
+        ) {
             record.encode(&mut out);
         }
         if self.position {
@@ -937,6 +1119,12 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<(State, bool, u64)> {
                             return Err(corrupt(offset, "output lengths without outputs".into()));
                         };
                         for record in records.drain(..) {
+                            if matches!(record, Record::Failures(_)) && state.log.is_none() {
+                                return Err(corrupt(
+                                    offset,
+                                    "failure log marks without a failure log".into(),
+                                ));
+                            }
                             state.apply(record);
                         }
                         let count = marks.len();
@@ -957,6 +1145,13 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<(State, bool, u64)> {
                             return Err(corrupt(offset, "outputs out of order".into()));
                         }
                         records.push(record);
+                    }
+                    Record::FailLog { .. } => group.get_or_insert_with(Vec::new).push(record),
+                    Record::Failures(_) if group.is_none() => {
+                        return Err(corrupt(
+                            offset,
+                            "failure log marks without a failure log".into(),
+                        ));
                     }
                     record => match group.as_mut() {
                         Some(records) => records.push(record),
@@ -979,5 +1174,6 @@ pub(crate) fn parse(path: &Path, bytes: &[u8]) -> Result<(State, bool, u64)> {
         }
         offset += len + 1;
     }
+    state.loaded();
     Ok((state, has_header, valid_len))
 }

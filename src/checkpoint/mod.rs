@@ -5,6 +5,8 @@
 mod attach;
 mod builder;
 mod durability;
+mod faillog;
+mod failures;
 mod file;
 mod format;
 mod fs;
@@ -27,6 +29,7 @@ use std::time::{Duration, Instant};
 pub(crate) use builder::BeforeWrite;
 pub use builder::CheckpointBuilder;
 pub use durability::Durability;
+pub use faillog::FailedLines;
 pub use output::Output;
 pub(crate) use output::{Identity, identity};
 
@@ -34,7 +37,6 @@ use crate::error::{Error, Result};
 use crate::failed::FailedLine;
 use crate::line::Line;
 use crate::position::Position;
-use format::Record;
 use format::load;
 use fs::RealFs;
 use output::OutputShared;
@@ -240,7 +242,7 @@ pub struct Checkpoint {
 /// // A missing checkpoint reads as a fresh start.
 /// let snapshot = Checkpoint::inspect(dir.path().join("none.checkpoint"))?;
 /// assert!(snapshot.position.is_start());
-/// assert!(snapshot.done_beyond.is_empty() && snapshot.failed.is_empty());
+/// assert!(snapshot.done_beyond.is_empty() && snapshot.failed == 0);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -250,8 +252,9 @@ pub struct Snapshot {
     pub position: Position,
     /// Lines after `position` that are finished too.
     pub done_beyond: Vec<u64>,
-    /// Lines that failed for good, by line number.
-    pub failed: Vec<FailedLine>,
+    /// How many lines failed for good (listed by
+    /// [`Checkpoint::inspect_failed`]).
+    pub failed: u64,
     /// The shard whose lines the checkpoint holds (see
     /// [`Checkpoint::shard`]).
     pub shard: Option<(u64, u64)>,
@@ -408,15 +411,16 @@ impl Checkpoint {
     /// checkpoint.sync()?;
     /// let snapshot = Checkpoint::inspect(&path)?;
     /// assert_eq!(snapshot.position.line(), 1);
-    /// assert!(snapshot.failed.is_empty());
+    /// assert_eq!(snapshot.failed, 0);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn inspect(path: impl AsRef<Path>) -> Result<Snapshot> {
         let loaded = load(&RealFs, path.as_ref())?;
+        let failed = loaded.state.failed_count();
         Ok(Snapshot {
             position: loaded.state.position,
             done_beyond: loaded.state.done.into_keys().collect(),
-            failed: loaded.state.failed.into_values().collect(),
+            failed,
             shard: loaded.state.shard,
             outputs: loaded
                 .state
@@ -479,12 +483,21 @@ impl Checkpoint {
 
     /// Whether the line with this 1-based number is finished (before the
     /// position, or recorded as done beyond it). Failed lines are not
-    /// "finished" here; see [`is_failed`](Checkpoint::is_failed).
-    #[must_use]
-    pub fn is_done(&self, line: u64) -> bool {
-        let core = self.core();
-        (line <= core.state.position.line() && !core.state.failed.contains_key(&line))
-            || core.state.done.contains_key(&line)
+    /// "finished" here; see [`is_failed`](Checkpoint::is_failed), which
+    /// this asks for a line before the position.
+    ///
+    /// # Errors
+    ///
+    /// As [`is_failed`](Checkpoint::is_failed).
+    pub fn is_done(&self, line: u64) -> Result<bool> {
+        let behind = {
+            let core = self.core();
+            if core.state.done.contains_key(&line) {
+                return Ok(true);
+            }
+            line <= core.state.position.line()
+        };
+        Ok(behind && !self.is_failed(line)?)
     }
 
     /// What the checkpoint knows of the whole finished part of its input.
@@ -540,32 +553,6 @@ impl Checkpoint {
             }
         }
         self.note_commit()
-    }
-
-    /// Whether the line is recorded as failed.
-    #[must_use]
-    pub fn is_failed(&self, line: u64) -> bool {
-        self.inner.lock_core().state.failed.contains_key(&line)
-    }
-
-    /// The lines that failed for good, by line number (a copy: the
-    /// checkpoint's writer thread may be writing meanwhile).
-    pub fn failed(&self) -> impl ExactSizeIterator<Item = FailedLine> + use<> {
-        let failed: Vec<FailedLine> = self
-            .inner
-            .lock_core()
-            .state
-            .failed
-            .values()
-            .cloned()
-            .collect();
-        failed.into_iter()
-    }
-
-    /// The number of lines recorded as failed.
-    #[must_use]
-    pub fn failed_count(&self) -> u64 {
-        self.inner.lock_core().state.failed.len() as u64
     }
 
     /// Records that everything before `position` is finished.
@@ -736,57 +723,6 @@ impl Checkpoint {
         if added { self.note_commit() } else { Ok(()) }
     }
 
-    /// Records a line as failed for good, replacing an earlier record of the
-    /// same line: what a hand-written loop does with a line it gives up on,
-    /// before it commits past it, so that `failed` lists it and a retry can
-    /// find it.
-    ///
-    /// # Durability
-    ///
-    /// As [`commit`](Checkpoint::commit).
-    ///
-    /// # Errors
-    ///
-    /// As [`commit`](Checkpoint::commit).
-    pub fn commit_failed(&mut self, failed: FailedLine) -> Result<()> {
-        if failed.line() == 0 || failed.len() == 0 {
-            return Err(Error::InvalidPosition {
-                line: failed.line(),
-                offset: failed.offset(),
-            });
-        }
-        {
-            let mut core = self.core_for_commit()?;
-            core.state.failed.insert(failed.line(), failed.clone());
-            core.state.raise_outputs(lens(&self.outputs));
-            core.pending.failed.push(Record::Failed(failed));
-        }
-        self.note_commit()
-    }
-
-    /// Records that a line recorded as failed is now finished: what a
-    /// hand-written loop that retries the [`failed`](Checkpoint::failed)
-    /// lines does with each that succeeds.
-    ///
-    /// # Durability
-    ///
-    /// As [`commit`](Checkpoint::commit).
-    ///
-    /// # Errors
-    ///
-    /// As [`commit`](Checkpoint::commit).
-    pub fn commit_resolved(&mut self, line: u64) -> Result<()> {
-        {
-            let mut core = self.core_for_commit()?;
-            if core.state.failed.remove(&line).is_none() {
-                return Ok(());
-            }
-            core.state.raise_outputs(lens(&self.outputs));
-            core.pending.failed.push(Record::Resolved { line });
-        }
-        self.note_commit()
-    }
-
     /// Forgets the digest of the finished part of the input (a resume by
     /// content, which accepts edits before the last finished line, makes it
     /// stale).
@@ -816,6 +752,7 @@ impl Checkpoint {
     ///
     /// As [`commit`](Checkpoint::commit).
     pub fn rebase(&mut self, position: Position) -> Result<()> {
+        let old = self.core().state.position;
         {
             let mut io = self.inner.lock_io();
             let mut core = self.inner.lock_core();
@@ -826,6 +763,7 @@ impl Checkpoint {
             core.pending.position = true;
             io.needs_rewrite = true;
         }
+        self.rebase_log(old, position)?;
         self.note_commit()
     }
 

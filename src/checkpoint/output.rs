@@ -200,6 +200,29 @@ impl OutputShared {
         result
     }
 
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `bytes` to the buffer alone, whatever its size: no I/O, so
+    /// a caller holding the checkpoint's state lock may (the failure log;
+    /// its buffer is written out at the next seal).
+    pub(crate) fn buffer(&self, bytes: &[u8]) {
+        self.lock_buffer().extend_from_slice(bytes);
+        self.appended
+            .store(self.appended() + bytes.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Reads `len` bytes at `offset`, the buffer written out first if they
+    /// reach into it.
+    pub(crate) fn read_at(&self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+        let mut io = self.lock();
+        if offset.saturating_add(len) > io.written {
+            self.write_out(&mut io).map_err(io::Error::other)?;
+        }
+        io.file.read_at(offset, len)
+    }
+
     pub(crate) fn identity(&self) -> Option<&Identity> {
         self.identity.as_ref()
     }

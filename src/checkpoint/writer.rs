@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use super::BeforeWrite;
 use super::file::{parent_dir, temp_prefix};
-use super::format::{OutputMark, Pending, Record, State};
+use super::format::{LogMark, Marks, OutputMark, Pending, Record, State};
 use super::fs::{Fs, FsFile};
 use super::output::OutputShared;
 use super::prefix::{Catch, PrefixReader};
@@ -84,6 +84,11 @@ pub(crate) struct Inner {
     pub(crate) lock_lost: AtomicBool,
     /// The outputs attached, by index.
     pub(crate) outputs: Mutex<Vec<Arc<OutputShared>>>,
+    /// The failure log, once the checkpoint has one.
+    pub(crate) faillog: Mutex<Option<Arc<OutputShared>>>,
+    /// Whether the failure log is synced before the records that record
+    /// its length (unless the durability is `NoSync`).
+    pub(crate) sync_logs: bool,
     /// Set at every look of the writer thread: a loop that keeps finished
     /// lines waiting (see `Deferred` in the runner) records them when it
     /// sees it, so none waits much longer than a look.
@@ -170,7 +175,11 @@ pub(crate) struct Io {
 impl Io {
     /// Whether a write has something to do.
     pub(crate) fn has_unwritten(&self, core: &Core) -> bool {
-        !core.pending.is_empty() || !self.carried.is_empty() || self.needs_rewrite
+        !core.pending.is_empty()
+            || !self.carried.is_empty()
+            || self.needs_rewrite
+            || !core.state.passed.is_empty()
+            || !core.state.unsettled.is_empty()
     }
 }
 
@@ -375,8 +384,11 @@ impl Inner {
     pub(crate) fn write(&self, io: &mut Io, seen: Instant, prefix: Catch) -> Result<()> {
         self.check_lock()?;
         self.record_prefix(io, prefix);
-        let (plan, position, lens, closed) = {
+        self.settle_behind()?;
+        self.ensure_log(io)?;
+        let (plan, position, marks) = {
             let mut core = self.lock_core();
+            self.move_passed(&mut core)?;
             let plan = if io.needs_rewrite {
                 Plan::Rewrite(core.state.snapshot())
             } else if io.file.is_none() {
@@ -396,18 +408,13 @@ impl Inner {
             if !matches!(plan, Plan::Nothing) {
                 core.pending = Pending::default();
             }
-            (
-                plan,
-                core.state.position,
-                core.state.output_lens(),
-                core.state.closed,
-            )
+            (plan, core.state.position, core.state.marks())
         };
         let out = match plan {
             Plan::Nothing => return Ok(()),
             Plan::Rewrite(mut snapshot) => {
                 // `needs_rewrite` stays set until the rewrite is done.
-                snapshot.push_str(&self.seal(&lens, closed)?);
+                snapshot.push_str(&self.seal(&marks)?);
                 return self.rewrite(io, snapshot, position, RewriteStep::Done);
             }
             Plan::Create(out) | Plan::Append(out) => out,
@@ -415,7 +422,7 @@ impl Inner {
         // The outputs' bytes the records cover reach the file (and the
         // disk) before the records, as the hook's effects do.
         let sealed = self
-            .seal(&lens, closed)
+            .seal(&marks)
             .and_then(|seal| self.run_before_write().map(|()| seal));
         let out = match sealed {
             Ok(seal) => out + &seal,
@@ -426,6 +433,12 @@ impl Inner {
                 if io.file.is_some() {
                     io.carried = out;
                 }
+                // The marks are the state's, written by the next write even
+                // with no record to carry (a cursor moved, a `resolved`
+                // record appended to the failure log, a clean end).
+                let mut core = self.lock_core();
+                core.pending.log |= core.state.log.is_some();
+                core.pending.outputs |= !core.state.outputs.is_empty();
                 return Err(error);
             }
         };
@@ -458,29 +471,124 @@ impl Inner {
         Ok(())
     }
 
-    /// The `out` record that closes a group of records written with the
-    /// outputs at `lens`: each output's bytes up to its length are written
-    /// to its file (and synced) first. Empty without outputs.
-    pub(crate) fn seal(&self, lens: &[u64], closed: bool) -> Result<String> {
-        if lens.is_empty() {
+    /// The records that close a group of records written with the outputs
+    /// and the failure log at `marks`: the failure log's `failures` record
+    /// and the `out` record. Each file's bytes up to its length are written
+    /// (and synced) first. Empty without outputs and failure log.
+    pub(crate) fn seal(&self, marks: &Marks) -> Result<String> {
+        if marks.lens.is_empty() && marks.log.is_none() {
             return Ok(String::new());
+        }
+        let mut out = String::new();
+        if let Some(log) = marks.log {
+            let faillog = self
+                .faillog
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let Some(faillog) = faillog else {
+                return Err(self.io_error(
+                    "recording the failure log",
+                    io::Error::other("the failure log is not open"),
+                ));
+            };
+            let mark = faillog.seal(log.mark.len)?;
+            Record::Failures(LogMark { mark, ..log }).encode(&mut out);
         }
         let outputs = self
             .outputs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
-        if outputs.len() < lens.len() {
+        if outputs.len() < marks.lens.len() {
             return Err(self.unattached());
         }
-        let marks = outputs
+        let lens = outputs
             .iter()
-            .zip(lens)
+            .zip(&marks.lens)
             .map(|(output, &len)| output.seal(len))
             .collect::<Result<Vec<OutputMark>>>()?;
-        let mut out = String::new();
-        Record::Out { marks, closed }.encode(&mut out);
+        Record::Out {
+            marks: lens,
+            closed: marks.closed,
+        }
+        .encode(&mut out);
         Ok(out)
+    }
+
+    /// Applies the commits behind the position that could not look in the
+    /// failure log when they were made (see `Checkpoint::commit_behind`).
+    fn settle_behind(&self) -> Result<()> {
+        loop {
+            let (line, mark) = {
+                let core = self.lock_core();
+                let Some(&(line, _)) = core.state.unsettled.first() else {
+                    return Ok(());
+                };
+                (line, core.state.log.as_ref().map(|&(_, mark)| mark))
+            };
+            let faillog = self
+                .faillog
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let found = match (&faillog, mark) {
+                (Some(faillog), Some(mark)) => super::failures::find_behind(faillog, mark, line)?,
+                _ => super::failures::Behind::Absent,
+            };
+            let mut core = self.lock_core();
+            let (line, failed) = core.state.unsettled.remove(0);
+            super::failures::apply_behind(&mut core.state, faillog.as_ref(), line, failed, found);
+        }
+    }
+
+    /// Creates the failure log when failed lines are to go to it and there
+    /// is none yet. The file's name is synced before a record names it;
+    /// the declaration goes in a snapshot (the file is rewritten in the
+    /// current format version).
+    pub(crate) fn ensure_log(&self, io: &mut Io) -> Result<()> {
+        {
+            let core = self.lock_core();
+            if core.state.passed.is_empty() || core.state.log.is_some() {
+                return Ok(());
+            }
+        }
+        let name = super::faillog::log_name(&self.path);
+        let path = super::faillog::log_path(&self.path, &name);
+        let file = super::faillog::create(self.fs.as_ref(), &path)?;
+        let log = super::output::attach(&path, file, OutputMark::default(), self.sync_logs);
+        *self.faillog.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(Arc::clone(log.shared()));
+        self.lock_core().state.log = Some((name, LogMark::default()));
+        io.needs_rewrite = true;
+        Ok(())
+    }
+
+    /// Moves the failed lines the position passed to the failure log's
+    /// buffer; the group being written records the log's new length.
+    pub(crate) fn move_passed(&self, core: &mut Core) -> Result<()> {
+        if core.state.passed.is_empty() {
+            return Ok(());
+        }
+        let faillog = self
+            .faillog
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let (Some(faillog), Some((_, mark))) = (faillog, core.state.log.as_mut()) else {
+            // Not created yet (a commit after `ensure_log` looked): they
+            // wait for the next write.
+            return Ok(());
+        };
+        let mut text = String::new();
+        let passed = std::mem::take(&mut core.state.passed);
+        mark.count += passed.len() as u64;
+        for failed in passed {
+            Record::Failed(failed).encode(&mut text);
+        }
+        faillog.buffer(text.as_bytes());
+        mark.mark.len = faillog.appended();
+        Ok(())
     }
 
     /// The error for a write while an output the checkpoint records is not
@@ -556,17 +664,18 @@ impl Inner {
                 // whole, synced. (A file that only needs a rewrite because
                 // an append failed still holds its earlier records intact,
                 // and syncing them is right.)
-                let (mut snapshot, position, lens, closed) = {
+                self.ensure_log(&mut io)?;
+                let (mut snapshot, position, marks) = {
                     let mut core = self.lock_core();
+                    self.move_passed(&mut core)?;
                     core.pending = Pending::default();
                     (
                         core.state.snapshot(),
                         core.state.position,
-                        core.state.output_lens(),
-                        core.state.closed,
+                        core.state.marks(),
                     )
                 };
-                snapshot.push_str(&self.seal(&lens, closed)?);
+                snapshot.push_str(&self.seal(&marks)?);
                 return self.rewrite(&mut io, snapshot, position, RewriteStep::Done);
             }
             if io.unsynced.is_empty() && !io.dir_unsynced {
@@ -660,20 +769,23 @@ impl Inner {
                 return Ok(());
             }
             let core = self.lock_core();
+            if !core.state.passed.is_empty() {
+                // The next write moves them (and may create the log).
+                return Ok(());
+            }
             let taken = (
                 core.state.snapshot(),
                 core.state.position,
                 io.appended,
                 io.generation,
-                core.state.output_lens(),
-                core.state.closed,
+                core.state.marks(),
             );
             drop(core);
             io.compacting = Some(Vec::new());
             taken
         };
-        let (mut snapshot, position, upto, generation, lens, closed) = taken;
-        let result = self.seal(&lens, closed).and_then(|seal| {
+        let (mut snapshot, position, upto, generation, marks) = taken;
+        let result = self.seal(&marks).and_then(|seal| {
             snapshot.push_str(&seal);
             self.write_snapshot(&snapshot)
         });

@@ -1,13 +1,13 @@
 //! Driving a run: the lines in order or through the window, retry-failed
 //! runs, and the counters of one run.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{BufRead, Seek};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, FailedLines};
 use crate::error::Result;
 use crate::failed::FailedLine;
 use crate::line::{Line, LineReader, LongLine, Next, Paused};
@@ -225,9 +225,9 @@ impl Runner {
             resumed_at: run.checkpoint.position(),
             failed_before: run.checkpoint.failed_count(),
         });
-        let mut source = FailedLines {
+        let mut source = Retry {
             source,
-            in_flight: HashMap::new(),
+            in_flight: VecDeque::new(),
             abandoned: false,
         };
         work.pump(self, &mut run, &mut source)?;
@@ -614,14 +614,51 @@ impl<R: BufRead> Feed for WindowedLines<'_, R> {
 }
 
 /// The lines recorded as failed, for a retry-failed run: each its own
-/// batch, as they are seldom next to each other.
-pub(super) struct FailedLines<'a, S, R> {
+/// batch, as they are seldom next to each other. Their records are made in
+/// the order the checkpoint lists them (the failure log's), so that each
+/// is at the head of the log's live part: a line finished before the
+/// lines listed before it waits for them (at most a window of lines).
+pub(super) struct Retry<'a, S, R> {
     pub(super) source: FailedSource<'a, S, R>,
-    pub(super) in_flight: HashMap<u64, FailedLine>,
+    /// The lines fed and not yet recorded, in order, each with its outcome
+    /// once known.
+    pub(super) in_flight: VecDeque<(FailedLine, Option<Retried>)>,
     pub(super) abandoned: bool,
 }
 
-impl<S: BufRead + Seek, R: BufRead> Feed for FailedLines<'_, S, R> {
+/// How a retried line ended.
+pub(super) enum Retried {
+    /// Finished: its results, to append before its record.
+    Done(Batch),
+    Failed(FailedLine),
+}
+
+impl<S: BufRead + Seek, R: BufRead> Retry<'_, S, R> {
+    /// Records the lines at the front whose outcome is known.
+    fn record_ready(&mut self, run: &mut RunState<'_, '_>) -> Result<()> {
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|(_, retried)| retried.is_some())
+        {
+            let Some((before, Some(retried))) = self.in_flight.pop_front() else {
+                break;
+            };
+            match retried {
+                Retried::Done(batch) => {
+                    let line = before.line();
+                    run.note_done(line, before.offset().saturating_add(before.len()));
+                    run.checkpoint.append_results(batch.results())?;
+                    run.checkpoint.commit_resolved(line)?;
+                }
+                Retried::Failed(failed) => run.record_failure(failed)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<S: BufRead + Seek, R: BufRead> Feed for Retry<'_, S, R> {
     fn feed<E: Exec>(&mut self, run: &mut RunState<'_, '_>, exec: &mut E) -> Result<bool> {
         while exec.can_submit() {
             let next = match self.source.next_line() {
@@ -637,11 +674,14 @@ impl<S: BufRead + Seek, R: BufRead> Feed for FailedLines<'_, S, R> {
                     let mut batch = Batch::single(&line);
                     batch.set_outputs(run.runner.outputs.len());
                     exec.submit(batch);
-                    self.in_flight.insert(failed.line(), failed);
+                    self.in_flight.push_back((failed, None));
                 }
                 Some((failed, Found::TooLong(long))) => {
                     // Still over the limit: failed again, without a run.
-                    run.record_failure(failed.failed_again(0, long.message()))?;
+                    let again = failed.failed_again(0, long.message());
+                    self.in_flight
+                        .push_back((failed, Some(Retried::Failed(again))));
+                    self.record_ready(run)?;
                     if run.stopping() {
                         return Ok(false);
                     }
@@ -652,25 +692,28 @@ impl<S: BufRead + Seek, R: BufRead> Feed for FailedLines<'_, S, R> {
     }
 
     fn settle(&mut self, run: &mut RunState<'_, '_>, result: Batch) -> Result<()> {
-        let Some(before) = self.in_flight.remove(&result.first()) else {
+        let first = result.first();
+        let Some((before, retried)) = self
+            .in_flight
+            .iter_mut()
+            .find(|(failed, retried)| failed.line() == first && retried.is_none())
+        else {
             return Ok(());
         };
         let mut result = result;
-        match result.outcome() {
-            Outcome::Done => {
-                let line = before.line();
-                run.note_done(line, before.offset().saturating_add(before.len()));
-                run.checkpoint.append_results(result.results())?;
-                run.checkpoint.commit_resolved(line)
-            }
+        *retried = match result.outcome() {
+            Outcome::Done => Some(Retried::Done(result)),
             Outcome::Failed { attempts, error } => {
-                run.record_failure(before.failed_again(attempts, error))
+                Some(Retried::Failed(before.failed_again(attempts, error)))
             }
             Outcome::Abandoned => {
+                // The lines after it are not recorded either: they are
+                // redone by the next retry.
                 self.abandoned = true;
-                Ok(())
+                return Ok(());
             }
-        }
+        };
+        self.record_ready(run)
     }
 
     fn all_settled(&self) -> bool {
@@ -683,15 +726,17 @@ pub(super) enum FailedSource<'a, S, R> {
     /// A seekable input: each failed line is read at its offset.
     Seek {
         reader: &'a mut S,
-        lines: VecDeque<FailedLine>,
+        lines: FailedLines,
         buf: Vec<u8>,
         /// Longer lines are checked by streaming over them, not read.
         limit: usize,
     },
     /// A stream: scanned for the failed lines' numbers.
+    /// The failed lines are listed in line order (see
+    /// `Checkpoint::prepare_retry`).
     Scan {
         lines: LineReader<R>,
-        failed: VecDeque<FailedLine>,
+        failed: FailedLines,
     },
 }
 
@@ -704,7 +749,7 @@ impl<S: BufRead + Seek, R: BufRead> FailedSource<'_, S, R> {
                 buf,
                 limit,
             } => {
-                let Some(failed) = lines.pop_front() else {
+                let Some(failed) = lines.next().transpose()? else {
                     return Ok(None);
                 };
                 if failed.len() > *limit as u64 {
@@ -715,7 +760,7 @@ impl<S: BufRead + Seek, R: BufRead> FailedSource<'_, S, R> {
                 Ok(Some((failed, Found::Line(line))))
             }
             FailedSource::Scan { lines, failed } => {
-                let Some(wanted) = failed.pop_front() else {
+                let Some(wanted) = failed.next().transpose()? else {
                     return Ok(None);
                 };
                 while lines.lines_before() + 1 < wanted.line() {

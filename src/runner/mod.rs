@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use crate::checkpoint::{Checkpoint, CheckpointBuilder, Durability};
 use crate::error::{Error, Result};
-use crate::failed::FailedLine;
 use crate::line::{Line, LineReader};
 use crate::out::Out;
 use crate::position::{Position, check_prefix};
@@ -675,10 +674,10 @@ impl Runner {
         checkpoint.read_back_from(input, self.verify_prefix)?;
         let mut reader = BufReader::with_capacity(64 * 1024, file);
         if self.retry_failed {
-            let failed: Vec<FailedLine> = checkpoint.failed().collect();
+            checkpoint.prepare_retry(false)?;
             let source: FailedSource<'_, _, std::io::Empty> = FailedSource::Seek {
                 reader: &mut reader,
-                lines: failed.into(),
+                lines: checkpoint.failed()?,
                 buf: Vec::new(),
                 limit: self.max_line_len,
             };
@@ -785,10 +784,10 @@ impl Runner {
         self.check_outputs_supported::<W>()?;
         let mut checkpoint = self.open_checkpoint(checkpoint.to_path_buf())?;
         if self.retry_failed {
-            let failed: Vec<FailedLine> = checkpoint.failed().collect();
+            checkpoint.prepare_retry(true)?;
             let source: FailedSource<'_, std::io::Empty, R> = FailedSource::Scan {
                 lines: self.line_reader(reader, Position::start()),
-                failed: failed.into(),
+                failed: checkpoint.failed()?,
             };
             return self.drive_failed(&mut checkpoint, source, None, work);
         }

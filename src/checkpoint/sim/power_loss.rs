@@ -306,6 +306,8 @@ fn check(job: &Job, recovered: &Checkpoint, bounds: &Bounds) -> Result<(), Strin
     }
     let failed: BTreeMap<u64, FailedLine> = recovered
         .failed()
+        .unwrap()
+        .map(Result::unwrap)
         .map(|failed| (failed.line(), failed))
         .collect();
     // A line up to the durable position that is failed nowhere is done
@@ -323,7 +325,7 @@ fn check(job: &Job, recovered: &Checkpoint, bounds: &Bounds) -> Result<(), Strin
     for n in lines {
         let found = if failed.contains_key(&n) {
             Status::Failed
-        } else if recovered.is_done(n) {
+        } else if recovered.is_done(n).unwrap() {
             Status::Done
         } else {
             Status::Pending
@@ -383,9 +385,13 @@ fn check_recovery(image: &SimFs, path: &Path, job: &Job, bounds: &Bounds) -> Res
         let text = String::from_utf8_lossy(&text);
         let tail: Vec<&str> = text.lines().rev().take(6).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
+        let mut log = path.as_os_str().to_owned();
+        log.push(".failures");
+        let log = image.contents(Path::new(&log)).unwrap_or_default();
         format!(
-            "{err}\nthe end of the file recovered from:\n{}",
-            tail.join("\n")
+            "{err}\nthe end of the file recovered from:\n{}\nits failure log:\n{}",
+            tail.join("\n"),
+            String::from_utf8_lossy(&log)
         )
     })?;
     let dir = path.parent().unwrap_or(Path::new("."));
@@ -393,11 +399,14 @@ fn check_recovery(image: &SimFs, path: &Path, job: &Job, bounds: &Bounds) -> Res
         .names(dir)
         .into_iter()
         .filter(|name| Some(name.as_os_str()) != path.file_name())
+        // The failure log: recorded, or left by a crash before the write
+        // that would have recorded it (emptied when it is made again).
+        .filter(|name| !name.to_string_lossy().ends_with(".failures"))
         .collect();
     if !leftovers.is_empty() {
         return Err(format!("files left after reopening: {leftovers:?}"));
     }
-    let failed: Vec<FailedLine> = recovered.failed().collect();
+    let failed: Vec<FailedLine> = recovered.failed().unwrap().map(Result::unwrap).collect();
     let next = job.ends[(recovered.position().line() + 1).min(job.count()) as usize];
     let done: Vec<u64> = recovered
         .done_beyond()
@@ -412,7 +421,11 @@ fn check_recovery(image: &SimFs, path: &Path, job: &Job, bounds: &Bounds) -> Res
     let found = (
         again.position(),
         again.done_beyond().collect::<Vec<_>>(),
-        again.failed().collect::<Vec<_>>(),
+        again
+            .failed()
+            .unwrap()
+            .map(Result::unwrap)
+            .collect::<Vec<_>>(),
     );
     if found != (next, done.clone(), failed.clone()) {
         return Err(format!(
