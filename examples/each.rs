@@ -939,7 +939,7 @@ fn print_status(input: &Input, checkpoint: &Path) -> Result<(), Box<dyn std::err
     }
     let complete = input_len == Some(position.offset())
         && snapshot.done_beyond.is_empty()
-        && snapshot.failed.is_empty();
+        && snapshot.failed == 0;
     if complete {
         writeln!(out, "complete")?;
     }
@@ -960,13 +960,16 @@ fn print_status(input: &Input, checkpoint: &Path) -> Result<(), Box<dyn std::err
         };
         writeln!(out, "output: {}, {len} bytes recorded{now}", path.display())?;
     }
-    writeln!(out, "failed: {} line(s)", snapshot.failed.len())?;
+    writeln!(out, "failed: {} line(s)", snapshot.failed)?;
     let mut reader = match input.kind {
         InputKind::File => File::open(&input.path).ok().map(BufReader::new),
         InputKind::Stream => None,
     };
     let mut buf = Vec::new();
-    for failed in &snapshot.failed {
+    // Streamed from the failure log, one line at a time: a job with a
+    // million failed lines lists them without holding them.
+    for failed in Checkpoint::inspect_failed(checkpoint)? {
+        let failed = failed?;
         let content = match reader.as_mut().map(|r| failed.read_from(r, &mut buf)) {
             None if stream => String::new(),
             Some(Ok(line)) => {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use linemark::{Checkpoint, Durability, RetryPolicy, Runner, permanent};
+use linemark::{Checkpoint, Durability, FailedLine, RetryPolicy, Runner, permanent};
 
 fn input(lines: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -80,7 +80,8 @@ fn a_closure_marks_an_error_permanent() -> Result<(), Box<dyn std::error::Error>
         })?;
     assert_eq!((report.done, report.failed, report.retried), (1, 1, 0));
     assert_eq!(attempts.into_inner(), 2, "the bad line was tried once");
-    let failed = Checkpoint::inspect(&report.checkpoint)?.failed;
+    let failed: Vec<FailedLine> =
+        Checkpoint::inspect_failed(&report.checkpoint)?.collect::<Result<_, _>>()?;
     assert_eq!(failed[0].attempts(), 1);
     assert_eq!(failed[0].error(), "invalid digit found in string");
     Ok(())
@@ -114,7 +115,8 @@ fn a_failed_line_records_the_cause_chain() -> Result<(), Box<dyn std::error::Err
         Err(error.into())
     })?;
     assert_eq!(report.failed, 1);
-    let failed = Checkpoint::inspect(&report.checkpoint)?.failed;
+    let failed: Vec<FailedLine> =
+        Checkpoint::inspect_failed(&report.checkpoint)?.collect::<Result<_, _>>()?;
     assert_eq!(failed[0].error(), "importing the record: db refused");
     Ok(())
 }

@@ -347,7 +347,7 @@ fn recorded_as_str_error(input: &Input, runner: &linemark::Runner) -> String {
         })
         .unwrap();
     let checkpoint = Checkpoint::open(&report.checkpoint).unwrap();
-    let failed: Vec<FailedLine> = checkpoint.failed().collect();
+    let failed: Vec<FailedLine> = checkpoint.failed().unwrap().map(Result::unwrap).collect();
     assert_eq!(failed.len(), 1);
     failed[0].error().to_string()
 }

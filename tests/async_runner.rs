@@ -12,9 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::Input;
-use linemark::{
-    AsyncTask, Checkpoint, Error, Event, OwnedLine, RetryPolicy, Runner, StopToken, permanent,
-};
+use linemark::{AsyncTask, Error, Event, OwnedLine, RetryPolicy, Runner, StopToken, permanent};
 
 /// How many times each line ran, by line number.
 #[derive(Clone, Default)]
@@ -295,9 +293,7 @@ fn an_async_task_type_gets_the_same_error_model_and_retry_failed_reruns_exactly_
     // A 404 is not retried.
     assert_eq!((task.attempts.count(2), task.attempts.count(5)), (1, 1));
     assert_eq!(task.attempts.count(3), 2);
-    let failed: Vec<_> = Checkpoint::inspect(input.sibling("input.txt.checkpoint"))
-        .unwrap()
-        .failed
+    let failed: Vec<_> = common::failed_lines(&input.sibling("input.txt.checkpoint"))
         .iter()
         .map(|failed| (failed.line(), failed.error().to_string()))
         .collect();
@@ -350,9 +346,7 @@ fn a_panic_in_the_task_fails_its_line_only() {
         ))
         .unwrap();
     assert_eq!((report.done, report.failed), (48, 2));
-    let failed = Checkpoint::inspect(input.sibling("input.txt.checkpoint"))
-        .unwrap()
-        .failed;
+    let failed = common::failed_lines(&input.sibling("input.txt.checkpoint"));
     assert!(failed[0].error().contains("boom on seven"), "{failed:?}");
     assert!(failed[1].error().contains("boom on nine"), "{failed:?}");
 }

@@ -4,7 +4,7 @@
 //! bounds what is in flight, and a stream never holds read lines back
 //! waiting for the next one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, BufRead, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -138,8 +138,16 @@ fn failed_lines_in_batches_are_recorded_as_their_own_and_retried_alone() {
     );
     assert_eq!(report.position.line(), LINES as u64);
     let snapshot = Checkpoint::inspect(&report.checkpoint).unwrap();
-    assert_eq!(snapshot.failed.len() as u64, failures);
-    for failed in &snapshot.failed {
+    assert_eq!(snapshot.failed, failures);
+    // Listed one at a time; each line once.
+    let mut listed = BTreeSet::new();
+    for failed in Checkpoint::inspect_failed(&report.checkpoint).unwrap() {
+        let failed = failed.unwrap();
+        assert!(
+            listed.insert(failed.line()),
+            "line {} listed twice",
+            failed.line()
+        );
         assert!(
             fails(failed.line()),
             "line {} recorded as failed",
@@ -147,6 +155,7 @@ fn failed_lines_in_batches_are_recorded_as_their_own_and_retried_alone() {
         );
         assert!(failed.error().ends_with(&format!("bad {}", failed.line())));
     }
+    assert_eq!(listed.len() as u64, failures);
     // A retry runs exactly the failed lines.
     let tally = Tally::default();
     let report = tally.run(Runner::new().workers(4).retry_failed(true), &input);

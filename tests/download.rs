@@ -354,7 +354,7 @@ fn a_short_body_keeps_its_partial_data_for_the_next_run() {
     job.server.add_faults("/f.bin", [Fault::ShortBody(1000)]);
     let ran = job.run(&["--retries", "0"]);
     assert_eq!(ran.code, Some(1), "{ran:?}");
-    let failed = Checkpoint::inspect(job.checkpoint()).unwrap().failed;
+    let failed = common::failed_lines(&job.checkpoint());
     assert_eq!(failed.len(), 1);
     assert!(failed[0].error().contains("cut short"), "{failed:?}");
     let part = std::fs::metadata(job.out().join("f.bin.part")).unwrap();
@@ -368,12 +368,7 @@ fn a_short_body_keeps_its_partial_data_for_the_next_run() {
     );
     assert_eq!(job.read("f.bin"), content);
     assert!(job.leftovers().is_empty());
-    assert!(
-        Checkpoint::inspect(job.checkpoint())
-            .unwrap()
-            .failed
-            .is_empty()
-    );
+    assert!(common::failed_lines(&job.checkpoint()).is_empty());
 }
 
 #[test]
@@ -544,7 +539,7 @@ fn a_404_and_bad_lines_are_failed_lines_with_their_reasons() {
     let ran = job.run(&["--retries", "1"]);
     assert_eq!(ran.code, Some(1), "{ran:?}");
     assert_eq!(job.read("ok.bin"), content);
-    let failed = Checkpoint::inspect(job.checkpoint()).unwrap().failed;
+    let failed = common::failed_lines(&job.checkpoint());
     let failed: Vec<_> = failed
         .iter()
         .map(|f| (f.line(), f.attempts(), f.error().to_string()))
@@ -571,9 +566,7 @@ fn a_404_and_bad_lines_are_failed_lines_with_their_reasons() {
     assert_eq!(ran.code, Some(1), "{ran:?}");
     assert_eq!(job.read("missing.bin"), content);
     assert_eq!(job.server.requests_for("/ok.bin").len(), 1);
-    let still: Vec<u64> = Checkpoint::inspect(job.checkpoint())
-        .unwrap()
-        .failed
+    let still: Vec<u64> = common::failed_lines(&job.checkpoint())
         .iter()
         .map(|f| f.line())
         .collect();
@@ -588,7 +581,7 @@ fn a_hanging_server_hits_the_timeout() {
     let ran = job.run(&["--timeout", "0.5", "--retries", "0"]);
     assert_eq!(ran.code, Some(1), "{ran:?}");
     assert!(ran.elapsed < Duration::from_secs(20), "{ran:?}");
-    let failed = Checkpoint::inspect(job.checkpoint()).unwrap().failed;
+    let failed = common::failed_lines(&job.checkpoint());
     assert!(failed[0].error().contains("timed out"), "{failed:?}");
 }
 
@@ -886,7 +879,7 @@ fn an_untrusted_certificate_is_a_permanent_failure_not_retried() {
     // CA is not one of them.
     let ran = job.run(&["--retries", "3"]);
     assert_eq!(ran.code, Some(1), "{ran:?}");
-    let failed = Checkpoint::inspect(job.checkpoint()).unwrap().failed;
+    let failed = common::failed_lines(&job.checkpoint());
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert_eq!(failed[0].attempts(), 1, "{failed:?}");
     let error = failed[0].error();

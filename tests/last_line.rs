@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use linemark::{Checkpoint, Line, RetryPolicy, Runner, StopToken};
+use linemark::{Checkpoint, FailedLine, Line, RetryPolicy, Runner, StopToken};
 
 fn append(input: &Path, bytes: &[u8]) {
     let mut file = std::fs::OpenOptions::new()
@@ -32,7 +32,10 @@ fn completing_the_last_line_leaves_earlier_failed_records_where_they_are() {
     append(&input, b"\nmore\n");
     let report = runner.run_task(&input, &task).unwrap();
     assert_eq!(report.done, 1, "only the new line: {report:?}");
-    let failed = Checkpoint::inspect(&report.checkpoint).unwrap().failed;
+    let failed: Vec<FailedLine> = Checkpoint::inspect_failed(&report.checkpoint)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     assert_eq!((failed[0].line(), failed[0].offset()), (2, 2));
     // The failed line is still at byte 2, and a retry finds it there.
     let report = Runner::new()

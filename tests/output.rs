@@ -997,7 +997,7 @@ fn a_version_3_checkpoint_with_no_progress_takes_an_output() {
     fs::write(&job.checkpoint, record("linemark-checkpoint version=3")).unwrap();
     run(&job, Durability::EveryCommit, Some(4), End::Drop).unwrap();
     let text = fs::read_to_string(&job.checkpoint).unwrap();
-    assert!(text.starts_with("linemark-checkpoint version=4 "), "{text}");
+    assert!(text.starts_with("linemark-checkpoint version=5 "), "{text}");
     run(&job, Durability::EveryCommit, None, End::Close).unwrap();
     assert_eq!(fs::read(&job.output).unwrap(), expected(&input.lines, 10));
 }

@@ -288,7 +288,7 @@ fn a_version_2_checkpoint_still_has_its_lines_counted_and_gains_a_prefix() {
     assert_eq!(report.done, 20);
     let written = std::fs::read_to_string(&checkpoint).unwrap();
     assert!(
-        written.starts_with("linemark-checkpoint version=4 ") && written.contains("\nprefix "),
+        written.starts_with("linemark-checkpoint version=5 ") && written.contains("\nprefix "),
         "{written}"
     );
     std::fs::write(&input, original.replacen("item-1\n", "item-X\n", 1)).unwrap();

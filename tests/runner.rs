@@ -8,7 +8,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use linemark::{Checkpoint, Durability, Event, Line, Report, RetryPolicy, Runner, StopToken, Task};
+use linemark::{
+    Checkpoint, Durability, Event, FailedLine, Line, Report, RetryPolicy, Runner, StopToken, Task,
+};
 
 fn input_with(dir: &Path, lines: usize) -> PathBuf {
     let path = dir.join("input.txt");
@@ -95,12 +97,17 @@ impl Task for Permanent<'_> {
 
 /// The failed lines recorded for `input`: number, attempts, error.
 fn failed_lines(input: &Path) -> Vec<(u64, u32, String)> {
-    let snapshot = Checkpoint::inspect(Runner::new().checkpoint_for(input)).unwrap();
-    snapshot
-        .failed
-        .iter()
+    let checkpoint = Runner::new().checkpoint_for(input);
+    let mut failed: Vec<(u64, u32, String)> = Checkpoint::inspect_failed(&checkpoint)
+        .unwrap()
+        .map(Result::unwrap)
         .map(|f| (f.line(), f.attempts(), f.error().to_string()))
-        .collect()
+        .collect();
+    // By line number, as `Snapshot::failed` listed them.
+    failed.sort_by_key(|f| f.0);
+    let snapshot = Checkpoint::inspect(&checkpoint).unwrap();
+    assert_eq!(snapshot.failed, failed.len() as u64, "{failed:?}");
+    failed
 }
 
 #[test]
@@ -373,8 +380,11 @@ fn a_panicking_task_fails_its_line_not_the_run() {
             .run_task(&input, &task)
             .unwrap();
         assert_eq!((report.done, report.failed), (3, 1));
-        let snapshot = Checkpoint::inspect(&checkpoint).unwrap();
-        assert_eq!(snapshot.failed[0].error(), "task panicked: bad line 2");
+        let failed: Vec<FailedLine> = Checkpoint::inspect_failed(&checkpoint)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(failed[0].error(), "task panicked: bad line 2");
     }
 }
 

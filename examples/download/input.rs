@@ -29,7 +29,7 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
 
-use linemark::{LineReader, Snapshot};
+use linemark::{Checkpoint, LineReader, Snapshot};
 
 /// A line's request: the URL (as written) and the optional name.
 #[derive(Debug, PartialEq, Eq)]
@@ -187,19 +187,31 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Reads the whole list once. `snapshot` is the checkpoint's state;
-    /// `retry_failed` says which lines this run will go through.
+    /// Reads the whole list once. `snapshot` is the state of the
+    /// checkpoint at `checkpoint`, whose failed lines are read from its
+    /// failure log; `retry_failed` says which lines this run will go
+    /// through.
     pub fn scan(
         list: &Path,
         base: Option<&str>,
+        checkpoint: &Path,
         snapshot: &Snapshot,
         retry_failed: bool,
     ) -> Result<Plan, Box<dyn std::error::Error>> {
         let file = File::open(list).map_err(|err| format!("opening {}: {err}", list.display()))?;
         let mut lines = LineReader::new(BufReader::with_capacity(64 * 1024, file)).path(list);
         let done_beyond: HashSet<u64> = snapshot.done_beyond.iter().copied().collect();
-        let failed: HashSet<u64> = snapshot.failed.iter().map(|f| f.line()).collect();
         let finished_up_to = snapshot.position.line();
+        let failed = if snapshot.failed > 0 {
+            FailedSet::read(checkpoint, finished_up_to).map_err(|err| {
+                format!(
+                    "reading the failed lines of {}: {err}",
+                    checkpoint.display()
+                )
+            })?
+        } else {
+            FailedSet::default()
+        };
         // Names are compared by a 64-bit hash, so that a list of millions
         // of lines costs little memory; a false clash (vanishingly rare)
         // only gives a line the suffixed name, still distinct and stable.
@@ -207,7 +219,7 @@ impl Plan {
         let mut plan = Plan::default();
         while let Some(line) = lines.next_line()? {
             let number = line.number();
-            let is_failed = failed.contains(&number);
+            let is_failed = failed.contains(number);
             let finished = number <= finished_up_to || done_beyond.contains(&number);
             let goes = if retry_failed {
                 is_failed
@@ -248,6 +260,54 @@ impl Plan {
         match self.renamed.get(&number) {
             Some(name) => name.clone(),
             None => base_name(url, explicit),
+        }
+    }
+}
+
+/// The lines a checkpoint records as failed, for the pre-pass to look up by
+/// number. Read from the failure log one at a time and never held as
+/// records: those the position passed are a bit each (a bit per line of the
+/// list up to the last of them, however many failed), the few beyond it
+/// (failed out of order in a run that stopped) are in a set.
+#[derive(Debug, Default)]
+struct FailedSet {
+    /// Bit `n % 64` of word `n / 64` is set for a failed line `n` at or
+    /// before `up_to`.
+    passed: Vec<u64>,
+    beyond: HashSet<u64>,
+    up_to: u64,
+}
+
+impl FailedSet {
+    /// The failed lines of the checkpoint at `checkpoint`, whose position
+    /// is at line `up_to`.
+    fn read(checkpoint: &Path, up_to: u64) -> linemark::Result<FailedSet> {
+        let mut set = FailedSet {
+            up_to,
+            ..FailedSet::default()
+        };
+        for failed in Checkpoint::inspect_failed(checkpoint)? {
+            let number = failed?.line();
+            if number <= up_to {
+                let word = (number / 64) as usize;
+                if set.passed.len() <= word {
+                    set.passed.resize(word + 1, 0);
+                }
+                set.passed[word] |= 1 << (number % 64);
+            } else {
+                set.beyond.insert(number);
+            }
+        }
+        Ok(set)
+    }
+
+    fn contains(&self, number: u64) -> bool {
+        if number <= self.up_to {
+            self.passed
+                .get((number / 64) as usize)
+                .is_some_and(|word| word >> (number % 64) & 1 == 1)
+        } else {
+            self.beyond.contains(&number)
         }
     }
 }

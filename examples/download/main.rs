@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use linemark::{Checkpoint, Event, FailedLine, Report, RetryPolicy, Runner, StopToken};
+use linemark::{Checkpoint, Event, Report, RetryPolicy, Runner, StopToken};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
@@ -212,7 +212,13 @@ fn download(
     }
     let checkpoint = runner.checkpoint_for(list);
     let snapshot = Checkpoint::inspect(&checkpoint)?;
-    let plan = Plan::scan(list, base_url.as_deref(), &snapshot, args.retry_failed)?;
+    let plan = Plan::scan(
+        list,
+        base_url.as_deref(),
+        &checkpoint,
+        &snapshot,
+        args.retry_failed,
+    )?;
     let jobs = args.jobs.max(1);
     let timeout = Duration::from_secs_f64(args.timeout.max(0.001));
     let roots = args.cacert.as_deref().map(read_roots).transpose()?;
@@ -257,14 +263,23 @@ fn download(
     published?;
     let plan = task.task.into_plan();
     if !args.quiet {
-        let failed: Vec<FailedLine> = Checkpoint::inspect(&report.checkpoint)?.failed;
-        eprint!("{}", progress::summary(&report, &plan, &stats, &failed));
+        // The failed lines are streamed from the failure log, never all
+        // held: a run may leave millions of them.
+        let failed = Checkpoint::inspect(&report.checkpoint)?.failed;
+        let lines = if failed > 0 {
+            Some(Checkpoint::inspect_failed(&report.checkpoint)?)
+        } else {
+            None
+        };
+        let summary =
+            progress::summary(&report, &plan, &stats, failed, lines.into_iter().flatten())?;
+        eprint!("{summary}");
         if report.stopped {
             eprintln!(
                 "stopped. To resume, run the same command again:\n  {}",
                 command_line(&[])
             );
-        } else if !failed.is_empty() {
+        } else if failed > 0 {
             let again = if args.retry_failed {
                 command_line(&[])
             } else {

@@ -192,8 +192,19 @@ impl<T: Task> Task for Tracked<'_, T> {
     }
 }
 
-/// The end-of-run summary, for stderr.
-pub fn summary(report: &Report, plan: &Plan, stats: &Stats, failed: &[FailedLine]) -> String {
+/// The end-of-run summary, for stderr. `failed` is how many lines the
+/// checkpoint records as failed and `lines` lists them
+/// ([`Checkpoint::inspect_failed`](linemark::Checkpoint::inspect_failed)):
+/// they are read one at a time and only the few shown are kept, so that a
+/// run that leaves a million failed lines prints its summary without
+/// holding them.
+pub fn summary(
+    report: &Report,
+    plan: &Plan,
+    stats: &Stats,
+    failed: u64,
+    lines: impl IntoIterator<Item = linemark::Result<FailedLine>>,
+) -> linemark::Result<String> {
     let mut out = String::new();
     let downloaded = stats.downloaded.load(Ordering::Relaxed);
     let present = stats.present.load(Ordering::Relaxed);
@@ -206,12 +217,7 @@ pub fn summary(report: &Report, plan: &Plan, stats: &Stats, failed: &[FailedLine
     if present > 0 {
         let _ = write!(out, " ({present} found on disk)");
     }
-    let _ = writeln!(
-        out,
-        ", {} failed, of {} files",
-        failed.len(),
-        plan.url_lines
-    );
+    let _ = writeln!(out, ", {failed} failed, of {} files", plan.url_lines);
     let resumed = stats.resumed.load(Ordering::Relaxed);
     let restarted = stats.restarted.load(Ordering::Relaxed);
     let seconds = report.elapsed.as_secs_f64().max(0.001);
@@ -225,9 +231,9 @@ pub fn summary(report: &Report, plan: &Plan, stats: &Stats, failed: &[FailedLine
         counted(report.retried, "retry", "retries"),
     );
     const SHOWN: usize = 20;
-    if !failed.is_empty() {
+    if failed > 0 {
         let _ = writeln!(out, "failed lines:");
-        for line in failed.iter().take(SHOWN) {
+        for line in lowest(lines, SHOWN)? {
             let _ = writeln!(
                 out,
                 "  line {}: {} (after {})",
@@ -236,16 +242,36 @@ pub fn summary(report: &Report, plan: &Plan, stats: &Stats, failed: &[FailedLine
                 counted(line.attempts().into(), "attempt", "attempts")
             );
         }
-        if failed.len() > SHOWN {
+        if failed > SHOWN as u64 {
             let _ = writeln!(
                 out,
                 "  ... and {} more (all are in {})",
-                failed.len() - SHOWN,
+                failed - SHOWN as u64,
                 report.checkpoint.display()
             );
         }
     }
-    out
+    Ok(out)
+}
+
+/// The `count` lines of `lines` with the lowest line numbers, in increasing
+/// order: the first ones of the list, whatever order the failure log holds
+/// them in. Reads `lines` to the end, holding at most `count` of them.
+fn lowest(
+    lines: impl IntoIterator<Item = linemark::Result<FailedLine>>,
+    count: usize,
+) -> linemark::Result<Vec<FailedLine>> {
+    let mut kept: Vec<FailedLine> = Vec::with_capacity(count + 1);
+    for line in lines {
+        let line = line?;
+        if kept.len() == count && kept.last().is_some_and(|last| last.line() <= line.line()) {
+            continue;
+        }
+        let at = kept.partition_point(|kept| kept.line() <= line.line());
+        kept.insert(at, line);
+        kept.truncate(count);
+    }
+    Ok(kept)
 }
 
 /// `count` and the noun in the right number: "1 retry", "3 retries".

@@ -201,9 +201,15 @@ impl Checkpoint {
     /// ended cleanly, so that bytes a later open finds after that length
     /// are known not to be linemark's. Called after a sync.
     pub(crate) fn close_outputs(&mut self) -> Result<()> {
+        let emptied = self.forget_empty_log();
         let log = self.core().state.log.as_ref().map(|&(_, mark)| mark);
         let log = self.faillog().zip(log);
         if self.outputs.is_empty() && log.is_none() {
+            if let Some(path) = emptied {
+                // The checkpoint no longer names it.
+                self.write_now(true, Catch::All)?;
+                let _ = self.inner.fs.remove(&path);
+            }
             return Ok(());
         }
         let lens = self.core().state.output_lens();
@@ -218,7 +224,34 @@ impl Checkpoint {
             core.state.closed = true;
             core.pending.outputs = true;
         }
-        self.write_now(true, Catch::All)
+        self.write_now(true, Catch::All)?;
+        if let Some(path) = emptied {
+            let _ = self.inner.fs.remove(&path);
+        }
+        Ok(())
+    }
+
+    /// At a clean end, a failure log that records no failed line any more
+    /// (every one resolved) is let go: the checkpoint is rewritten without
+    /// it, and the file is removed after that. Returns its path.
+    fn forget_empty_log(&mut self) -> Option<std::path::PathBuf> {
+        let mut io = self.inner.lock_io();
+        let mut core = self.inner.lock_core();
+        let state = &mut core.state;
+        let (_, mark) = state.log.as_ref()?;
+        let empty = mark.from == mark.mark.len && mark.count == 0;
+        if !empty || !state.passed.is_empty() || !state.unsettled.is_empty() {
+            return None;
+        }
+        state.log = None;
+        io.needs_rewrite = true;
+        let log = self
+            .inner
+            .faillog
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()?;
+        Some(log.path().to_path_buf())
     }
 }
 

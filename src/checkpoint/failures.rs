@@ -16,6 +16,10 @@ use crate::error::{Error, Result};
 use crate::failed::FailedLine;
 use crate::position::Position;
 
+/// How many failed lines may wait in memory for a write: beyond it, the
+/// committing thread writes them itself.
+const IN_MEMORY: usize = 4096;
+
 /// Where the record of a failed line behind the position was found.
 pub(super) enum Behind {
     /// At the head of the log's live part; the offset after it.
@@ -147,6 +151,7 @@ impl Checkpoint {
                 offset: failed.offset(),
             });
         }
+        let mut crowded = false;
         let behind = {
             let mut core = self.core_for_commit()?;
             let line = failed.line();
@@ -154,6 +159,7 @@ impl Checkpoint {
                 core.state.failed.insert(line, failed.clone());
                 core.state.raise_outputs(lens(&self.outputs));
                 core.pending.failed.push(Record::Failed(failed));
+                crowded = core.state.failed.len() + core.state.passed.len() >= IN_MEMORY;
                 None
             } else if let Some(at) = core.state.passed.iter().position(|f| f.line() == line) {
                 core.state.passed[at] = failed;
@@ -167,7 +173,14 @@ impl Checkpoint {
         if let Some((failed, log)) = behind {
             self.commit_behind(failed.line(), Some(failed), log)?;
         }
-        self.note_commit()
+        self.note_commit()?;
+        if crowded {
+            // Lines fail faster than the writer thread takes them: this
+            // thread writes them (to the file or the failure log), so that
+            // memory holds a bounded number of them.
+            self.write_now(false, Catch::Up)?;
+        }
+        Ok(())
     }
 
     /// Records that a line recorded as failed is now finished: what a

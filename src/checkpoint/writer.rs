@@ -31,7 +31,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -108,6 +108,41 @@ pub(crate) fn file_id(meta: &std::fs::Metadata) -> Option<(u64, u64)> {
         let _ = meta;
         None
     }
+}
+
+/// Reads up to `len` bytes at `offset` (fewer at the end of the file): one
+/// positioned read where the platform has them, not a seek and reads.
+fn read_back(file: &mut File, offset: u64, len: u64) -> io::Result<Vec<u8>> {
+    let len = usize::try_from(len).map_err(io::Error::other)?;
+    let mut raw = vec![0; len];
+    let mut filled = 0;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileExt;
+        while filled < len {
+            match FileExt::read_at(file, &mut raw[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(read) => filled += read,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        use std::io::{Read, Seek, SeekFrom};
+        file.seek(SeekFrom::Start(offset))?;
+        while filled < len {
+            match file.read(&mut raw[filled..]) {
+                Ok(0) => break,
+                Ok(read) => filled += read,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+    raw.truncate(filled);
+    Ok(raw)
 }
 
 /// A second handle on the input, to read a committed line back by its place.
@@ -309,16 +344,7 @@ impl Inner {
             });
         };
         let read_err = |err| Error::io(Some(&input.path), "reading a committed line back", err);
-        let mut raw = Vec::new();
-        input
-            .file
-            .seek(SeekFrom::Start(offset))
-            .and_then(|_| {
-                Read::by_ref(&mut input.file)
-                    .take(len)
-                    .read_to_end(&mut raw)
-            })
-            .map_err(read_err)?;
+        let raw = read_back(&mut input.file, offset, len).map_err(read_err)?;
         if raw.len() as u64 != len || fingerprint(&raw) != expected {
             return Err(Error::InputChanged {
                 path: Some(input.path.clone()),

@@ -313,7 +313,12 @@ impl Batch {
                     self.troubled = true;
                     // Before the lines before it go back with the results.
                     self.out.discard();
-                    if index > 0 {
+                    // A line that will be tried again after a backoff: the
+                    // lines before it go back now rather than wait with it.
+                    // One that fails for good at once (a permanent error,
+                    // no retries) keeps the batch whole: splitting at every
+                    // such line would copy the rest of the batch each time.
+                    if index > 0 && shared.may_retry(task, &first) {
                         if let Some(hand_back) = hand_back.as_deref_mut() {
                             self = self.hand_back_before(index, ran, started, hand_back);
                             (index, passed, ran, started) = (0, 0, 0, Instant::now());
@@ -372,9 +377,14 @@ impl Batch {
             out: self.out.fresh(),
             ..Batch::default()
         };
+        // The part handed back keeps no room for the lines it gave up: a
+        // window of such parts would each hold a whole batch's capacity.
         self.bytes.truncate(cut);
+        self.bytes.shrink_to_fit();
         self.ends.truncate(at);
+        self.ends.shrink_to_fit();
         self.pass.truncate(split);
+        self.pass.shrink_to_fit();
         self.ran = ran;
         self.busy = started.elapsed();
         self.continues = true;

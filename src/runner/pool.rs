@@ -126,6 +126,14 @@ impl Shared {
         }
     }
 
+    /// Whether a failed first attempt may be tried again, after a backoff.
+    pub(super) fn may_retry<L: LineTask>(&self, task: &L, first: &Attempted<L::Error>) -> bool {
+        match first {
+            Ok(Err(err)) => self.retry.attempts() > 1 && task.is_retryable(err),
+            _ => false,
+        }
+    }
+
     /// The retries after a failed first attempt: the one set of rules for
     /// sync and async tasks alike. What a failed attempt wrote to `out` is
     /// discarded (`out.begin()` was called before the first).

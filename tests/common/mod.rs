@@ -14,7 +14,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use linemark::Position;
+use linemark::{Checkpoint, FailedLine, Position};
 use tempfile::TempDir;
 
 /// The environment variable that makes a test act as a child process; its
@@ -245,6 +245,33 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
         thread::sleep(Duration::from_micros(200));
     }
+}
+
+/// The lines the checkpoint at `checkpoint` records as failed, read from
+/// its failure log with `Checkpoint::inspect_failed`, by line number (the
+/// order `Snapshot::failed` listed them in before it became a count; the
+/// log lists them in the order they were recorded). Checks that no line is
+/// listed twice and that the listing agrees with the count
+/// `Checkpoint::inspect` reports.
+pub fn failed_lines(checkpoint: &Path) -> Vec<FailedLine> {
+    let mut failed: Vec<FailedLine> = Checkpoint::inspect_failed(checkpoint)
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    failed.sort_by_key(FailedLine::line);
+    assert!(
+        failed
+            .windows(2)
+            .all(|pair| pair[0].line() < pair[1].line()),
+        "a failed line listed twice: {failed:?}"
+    );
+    let count = Checkpoint::inspect(checkpoint).unwrap().failed;
+    assert_eq!(
+        count,
+        failed.len() as u64,
+        "count against listing: {failed:?}"
+    );
+    failed
 }
 
 /// The length of the file at `path`, 0 when it does not exist yet.
