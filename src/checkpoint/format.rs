@@ -453,6 +453,24 @@ mod tests {
             ],
             closed: true,
         });
+        round_trip(Record::FailLog {
+            path: "job \"1\".checkpoint.failures".into(),
+        });
+        round_trip(Record::Failures(LogMark {
+            mark: OutputMark {
+                len: 9_000_000_000,
+                digest: 0x0102_0304,
+            },
+            from: 77,
+            count: 5,
+            resolved: 2,
+        }));
+        // A checkpoint with a failure log and no outputs closes its groups
+        // with an `out` record of no lengths.
+        round_trip(Record::Out {
+            marks: Vec::new(),
+            closed: false,
+        });
         round_trip(Record::Failed(FailedLine::from_parts(
             3,
             10,
@@ -524,6 +542,12 @@ mod tests {
             "what line=1",
             "failed line=1 offset=0 len=1 digest=00000000 attempts=1 error=\"a\"b\"",
             "failed line=1 offset=0 len=1 digest=00000000 attempts=1 error=\"\\q\"",
+            // A cursor past the log's end, a missing field, a list item
+            // missing.
+            "failures len=10 digest=00000000 from=11 count=0 resolved=0",
+            "failures len=10 digest=00000000 from=1 count=0",
+            "out len=,5 digest=00000000,00000000 closed=0",
+            "out len= digest=00000000 closed=0",
         ] {
             let line = format!("{body} crc={:08x}", crc32fast::hash(body.as_bytes()));
             assert!(Record::decode(line.as_bytes()).is_err(), "{body}");
@@ -588,6 +612,89 @@ mod group_tests {
                 1 => assert_eq!(len, 2, "cut {cut}"),
                 _ => assert_eq!(len, 5, "cut {cut}"),
             }
+        }
+    }
+
+    fn failures(len: u64, count: u64) -> Record {
+        Record::Failures(LogMark {
+            mark: OutputMark { len, digest: 3 },
+            from: 0,
+            count,
+            resolved: 0,
+        })
+    }
+
+    #[test]
+    fn a_failure_log_mark_counts_only_with_its_group_and_moves_the_passed_lines() {
+        let failed = FailedLine::from_parts(2, 2, 3, 9, 1, "boom".into());
+        let first = Position::start().after(b"a\n");
+        let third = first.after(b"bb\n").after(b"ccc\n");
+        let head = encode(&[
+            Record::Header { version: VERSION },
+            Record::Position(first),
+            Record::Failed(failed.clone()),
+        ]);
+        // The line beyond the position is in the checkpoint.
+        let (state, _, _) = parse(Path::new("c"), head.as_bytes()).unwrap();
+        assert_eq!(state.failed.len(), 1);
+        assert_eq!(state.failed_count(), 1);
+        // The group that passes it records the log that holds it.
+        let group = encode(&[
+            Record::FailLog {
+                path: "c.failures".into(),
+            },
+            Record::Position(third),
+            failures(80, 1),
+        ]);
+        let torn = format!("{head}{group}");
+        let (state, _, valid_len) = parse(Path::new("c"), torn.as_bytes()).unwrap();
+        assert_eq!(
+            valid_len,
+            head.len() as u64,
+            "a group without its out record"
+        );
+        assert_eq!((state.position, state.failed.len()), (first, 1));
+        assert!(state.log.is_none());
+        let whole = format!("{torn}{}", encode(&[out_none()]));
+        let (state, _, _) = parse(Path::new("c"), whole.as_bytes()).unwrap();
+        assert_eq!(state.position, third);
+        assert!(state.failed.is_empty() && state.passed.is_empty());
+        assert_eq!(state.log.as_ref().map(|(_, mark)| mark.count), Some(1));
+        assert_eq!(state.failed_count(), 1);
+        // Marks of a log no record declares are corrupt, in a group or not.
+        let alone = format!("{head}{}", encode(&[failures(1, 1), out_none()]));
+        assert!(matches!(
+            parse(Path::new("c"), alone.as_bytes()),
+            Err(Error::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn a_version_4_file_keeps_its_failed_lines_for_the_log() {
+        let failed = |line| FailedLine::from_parts(line, line * 2, 2, 9, 1, "x".into());
+        let mut position = Position::start();
+        for _ in 0..5 {
+            position = position.after(b"x\n");
+        }
+        let text = encode(&[
+            Record::Header { version: 4 },
+            Record::Failed(failed(2)),
+            Record::Failed(failed(3)),
+            Record::Position(position),
+            Record::Failed(failed(7)),
+            Record::Resolved { line: 3 },
+        ]);
+        let (state, _, _) = parse(Path::new("c"), text.as_bytes()).unwrap();
+        // Line 2, behind the position, waits for the log; 7 stays beyond.
+        assert_eq!(state.passed, vec![failed(2)]);
+        assert_eq!(state.failed.keys().copied().collect::<Vec<_>>(), vec![7]);
+        assert_eq!(state.failed_count(), 2);
+    }
+
+    fn out_none() -> Record {
+        Record::Out {
+            marks: Vec::new(),
+            closed: false,
         }
     }
 
