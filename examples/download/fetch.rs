@@ -398,8 +398,13 @@ impl Task for Fetcher {
         let url = resolve_url(entry.url, self.base_url.as_deref()).map_err(FetchError::Line)?;
         let name = self.plan.name_for(line.number(), &url, entry.name);
         let result = self.fetch(&url, &name);
-        if result.is_err() {
-            self.listing.attempt_failed(&name);
+        if let Err(error) = &result {
+            // Only a line tried again in this run looks for what its
+            // failed attempt left; one that failed for good is not, so a
+            // list of dead links remembers nothing per line.
+            if self.is_retryable(error) {
+                self.listing.attempt_failed(&name);
+            }
         }
         result
     }

@@ -30,8 +30,9 @@ pub struct Listing {
     /// file on a file system that ignores case. (Names that differ only
     /// in their Unicode normalisation are not matched.)
     stems: Vec<u64>,
-    /// Names whose attempt failed in this run.
-    failed: Mutex<HashSet<String>>,
+    /// Hashes of the names whose attempt failed in this run and will be
+    /// tried again (a false match only costs a lookup).
+    failed: Mutex<HashSet<u64>>,
     any_failed: AtomicBool,
 }
 
@@ -65,18 +66,20 @@ impl Listing {
     /// Whether `name`, its part or its meta may be on disk.
     pub fn may_exist(&self, name: &str) -> bool {
         self.stems.binary_search(&stem_hash(name)).is_ok()
-            || (self.any_failed.load(Ordering::Acquire) && self.lock_failed().contains(name))
+            || (self.any_failed.load(Ordering::Acquire)
+                && self.lock_failed().contains(&stem_hash(name)))
     }
 
-    /// Notes that an attempt at `name` failed: from now on it may exist.
+    /// Notes that an attempt at `name` failed and will be tried again:
+    /// from now on it may exist.
     pub fn attempt_failed(&self, name: &str) {
         let mut failed = self.lock_failed();
-        if failed.insert(name.to_string()) {
+        if failed.insert(stem_hash(name)) {
             self.any_failed.store(true, Ordering::Release);
         }
     }
 
-    fn lock_failed(&self) -> MutexGuard<'_, HashSet<String>> {
+    fn lock_failed(&self) -> MutexGuard<'_, HashSet<u64>> {
         self.failed.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
