@@ -169,7 +169,9 @@ pub enum Error {
     /// the checkpoint recorded: missing, shorter than recorded, replaced or
     /// edited, or longer by bytes another program appended after a run
     /// that ended cleanly; or the outputs asked for are not the ones the
-    /// checkpoint records. Nothing was cut or written.
+    /// checkpoint records. Also the checkpoint's own failure log
+    /// (`CHECKPOINT.failures`, see [`Checkpoint`](crate::Checkpoint)), the
+    /// same way. Nothing was cut or written.
     #[error(
         "{}: output does not match its checkpoint {}: {reason}",
         path.display(),

@@ -145,7 +145,8 @@ use crate::window::{Finished, Window, finish_line};
 ///
 /// assert_eq!(sum.into_inner(), 32);
 /// assert_eq!(checkpoint.position().line(), 8);
-/// assert_eq!(checkpoint.failed().next().map(|failed| failed.line()), Some(4));
+/// let first = checkpoint.failed()?.next().transpose()?;
+/// assert_eq!(first.map(|failed| failed.line()), Some(4));
 /// checkpoint.close()?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```

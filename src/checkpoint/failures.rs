@@ -55,7 +55,7 @@ impl Checkpoint {
     /// checkpoint.commit_line(&line)?;
     /// let failed: Vec<FailedLine> = checkpoint.failed()?.collect::<Result<_, _>>()?;
     /// assert_eq!(failed[0].error(), "no such host");
-    /// # Ok::<(), linemark::Error>(())
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn failed(&self) -> Result<FailedLines> {
         let (log, rest) = {

@@ -109,7 +109,7 @@ use writer::{Background, Core, Inner, ReadBack, Request, Schedule};
 /// lowercase hex digits, line numbers 1-based.
 ///
 /// ```text
-/// linemark-checkpoint version=4 crc=…                    header, always first
+/// linemark-checkpoint version=5 crc=…                    header, always first
 /// shard index=I count=C crc=…                            the lines it owns: 0-based index I modulo C
 ///                                                        (0 of 1: every line); recorded by the runner
 /// pos offset=O line=N len=L digest=D crc=…               lines 1..=N are finished; the next starts at byte O;
@@ -126,22 +126,53 @@ use writer::{Background, Core, Inner, ReadBack, Request, Schedule};
 /// out len=L0,L1 digest=D0,D1 closed=C crc=…              the outputs are L0, L1 … bytes long, the CRC-32 of
 ///                                                        the up to 64 bytes before each length D0, D1 …;
 ///                                                        C=1: the run ended cleanly, outputs cut to these lengths
+///                                                        (no lengths, `out len= digest= closed=C`: a
+///                                                        checkpoint with a failure log and no outputs)
+/// faillog path="…" crc=…                                 the failure log is the file of that name in the
+///                                                        checkpoint's directory (`CHECKPOINT.failures`)
+/// failures len=L digest=D from=F count=N resolved=K crc=…
+///                                                        the failure log is L bytes long, D the CRC-32 of the
+///                                                        up to 64 bytes before L; its live part starts at byte
+///                                                        F and records N failed lines and K `resolved` records
 /// ```
 ///
 /// The digest is [`digest`](crate::digest). Error texts are double-quoted
 /// with `\\`, `\"`, `\n`, `\r`, `\t` and `\u{…}` escapes. The state is the
-/// result of applying the records in order; a `pos` drops the `done` lines it
-/// covers; a `prefix` past the last `pos` is ignored. Compaction rewrites
-/// the file as the header, one `pos`, one `prefix`, and the `done` and
-/// `failed` records still in force. `done` and `failed` records
+/// result of applying the records in order; a `pos` drops the `done` and
+/// `failed` lines it covers; a `prefix` past the last `pos` is ignored.
+/// Compaction rewrites the file as the header, one `pos`, one `prefix`, and
+/// the `done` and `failed` records still in force (lines beyond the
+/// position: at most a window of them). `done` and `failed` records
 /// carry the line's offset, length and digest so that a later run checks the
 /// line is still the same before skipping or retrying it
 /// ([`Checkpoint::is_recorded`]).
 ///
-/// Outputs: from the first `output` record on, records take effect in
-/// groups: each write appends its records and then one `out` record with
-/// the outputs' lengths as of those records, and the records of a group
-/// apply only once its `out` record is read. A group without its `out`
+/// Failed lines: a line that fails for good beyond the position is a
+/// `failed` record here. Once the position passes it, its record moves to
+/// the failure log, `CHECKPOINT.failures`, an append-only file of `failed`
+/// and `resolved` records (the same records, one a line), in the write
+/// whose group records the position: so neither this file, nor its
+/// compaction, nor memory grows with the number of failed lines, and each
+/// failed line's record is written once. The log is kept like an output
+/// (below): its bytes up to the recorded length are written, and unless
+/// [`Durability::NoSync`] synced, before the group that records that
+/// length; bytes after it are cut on reopen (refused after a clean end),
+/// and a log that is missing, shorter or edited is
+/// [`Error::OutputChanged`]. Every record of the log before `from` is
+/// superseded. A line failed again or resolved at the head of the live part
+/// (the order [`failed`](Checkpoint::failed) lists them in, which a retry
+/// follows) moves `from` past its record, appending the new record of a
+/// line that failed again; one out of that order appends a `resolved`
+/// record, which supersedes the line's records before it (a listing first
+/// collects them: memory for those only, and the runner's retry writes the
+/// live part again, once, to get rid of them). A log whose lines are all
+/// resolved is removed at a clean end.
+///
+/// Outputs: from the first `output` (or `faillog`) record on, records take
+/// effect in groups: each write appends its records, the `failures` record
+/// if there is a failure log, and then one `out` record with the outputs'
+/// lengths as of those records, and the records of a group apply only once
+/// its `out` record is read. A group without its `out`
 /// record is the torn end of a write, like an incomplete record. So a
 /// position, a `done` line or a `resolved` line is never recovered
 /// without the output length that holds its results, nor a length
@@ -157,14 +188,17 @@ use writer::{Background, Core, Inner, ReadBack, Request, Schedule};
 /// `linemark-checkpoint` is [`Error::NotACheckpoint`] and is never
 /// overwritten; an empty file, or a torn header alone, is a fresh start.
 ///
-/// Compatibility: files written in versions 1 to 4 of the format will be
+/// Compatibility: files written in versions 1 to 5 of the format will be
 /// read by every later linemark 0.x and 1.x release. Version 2 added the
 /// `shard` record, version 3 the `prefix` record (which the runner keeps
 /// and checks on resume: see
 /// [`Runner::verify_prefix`](crate::Runner::verify_prefix)), version 4
-/// the `output` and `out` records; an older file is rewritten in the
-/// current version when such a record is first written in it (a file
-/// without outputs reads the same in every version). A file of a newer version is refused with
+/// the `output` and `out` records, version 5 the failure log (in versions 1
+/// to 4 every `failed` record stays in the checkpoint file, before or
+/// after the position); an older file is rewritten in the current version
+/// when such a record is first written in it (a file of version 4 or
+/// older with failed lines behind its position: at its first write, which
+/// moves them to a failure log). A file of a newer version is refused with
 /// [`Error::UnsupportedVersion`], never misread. A run over other lines than
 /// the recorded shard is refused with [`Error::ShardMismatch`].
 ///
