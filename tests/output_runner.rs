@@ -392,6 +392,12 @@ fn every_state_of_the_checkpoint_holds_exactly_the_results_it_records() {
                 std::fs::create_dir(&copy)?;
                 std::fs::write(copy.join("cp"), bytes)?;
                 std::fs::write(copy.join("out.txt"), std::fs::read(&output)?)?;
+                // The failure log, which the checkpoint names.
+                let mut log = checkpoint.file_name().unwrap().to_os_string();
+                log.push(".failures");
+                if let Ok(bytes) = std::fs::read(checkpoint.with_file_name(&log)) {
+                    std::fs::write(copy.join(&log), bytes)?;
+                }
             }
             Ok(())
         }
