@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark 9, memory: peak memory (maximum resident set size, from GNU time)
-# of the runs of benches/failures.rs (issue 15): `Runner::run` over N lines
+# of the runs of benches/failures.rs: `Runner::run` over N lines
 # of 60 bytes that ALL fail permanently (`Err(permanent(..))`, under
 # `RetryPolicy::never()`), with one worker (`fail`) and with `workers(4)`
 # (`fail4`), and for comparison the same run where every line succeeds
@@ -57,8 +57,8 @@ joined() {
     echo "$*"
 }
 
-printf '%-8s %9s %14s %10s %16s %16s %12s %12s\n' workload lines \
-    "max RSS (KiB)" "run (ms)" "last/first" "worst/first" "checkpoint" "wchar"
+printf '%-8s %9s %14s %10s %16s %16s %12s %12s %12s\n' workload lines \
+    "max RSS (KiB)" "run (ms)" "last/first" "worst/first" "checkpoint" "log" "wchar"
 for lines in "$@"; do
     input="$work/links.txt"
     awk -v n="$lines" 'BEGIN {
@@ -85,12 +85,13 @@ for lines in "$@"; do
                 peak=$rss
                 peak_ms=$ms
                 peak_checkpoint=$(field checkpoint_bytes)
+                peak_log=$(field log_bytes)
                 peak_wchar=$(field wchar)
             fi
         done
-        printf '%-8s %9s %14s %10s %16s %16s %12s %12s\n' "$workload" "$lines" "$peak" \
+        printf '%-8s %9s %14s %10s %16s %16s %12s %12s %12s\n' "$workload" "$lines" "$peak" \
             "$peak_ms" "$(joined "${ratios[@]}")" "$(joined "${worsts[@]}")" \
-            "$peak_checkpoint" "$peak_wchar"
+            "$peak_checkpoint" "$peak_log" "$peak_wchar"
         if [[ $workload == fail* ]]; then
             if ((peak >= limit_kib)); then
                 echo "failures_memory: $workload over $lines lines took $peak KiB," \
