@@ -202,7 +202,7 @@ impl Checkpoint {
     /// are known not to be linemark's. Called after a sync.
     pub(crate) fn close_outputs(&mut self) -> Result<()> {
         let emptied = self.forget_empty_log();
-        let log = self.core().state.log.as_ref().map(|&(_, mark)| mark);
+        let log = self.core().state.log_mark();
         let log = self.faillog().zip(log);
         if self.outputs.is_empty() && log.is_none() {
             if let Some(path) = emptied {

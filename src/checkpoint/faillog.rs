@@ -202,6 +202,11 @@ impl Records {
     }
 }
 
+/// The failed lines of the live part of an attached log at `mark`.
+pub(crate) fn live_lines(log: &Arc<OutputShared>, mark: LogMark) -> Result<FailedLines> {
+    FailedLines::new(Some(Records::live(log, &mark)), mark.resolved, Vec::new())
+}
+
 /// The record at `offset` of an attached log (the head of its live part):
 /// its line and the offset after it; `None` at the end.
 pub(crate) fn record_at(

@@ -67,7 +67,7 @@ impl Checkpoint {
                 .chain(core.state.failed.values())
                 .cloned()
                 .collect();
-            (core.state.log.as_ref().map(|&(_, mark)| mark), rest)
+            (core.state.log_mark(), rest)
         };
         let records = self.log_records(log);
         FailedLines::new(records, log.map_or(0, |mark| mark.resolved), rest)
@@ -112,7 +112,7 @@ impl Checkpoint {
             if core.state.passed.iter().any(|failed| failed.line() == line) {
                 return Ok(true);
             }
-            core.state.log.as_ref().map(|&(_, mark)| mark)
+            core.state.log_mark()
         };
         self.is_logged(line, log)
     }
@@ -167,7 +167,7 @@ impl Checkpoint {
                 core.pending.log = true;
                 None
             } else {
-                Some((failed, core.state.log.as_ref().map(|&(_, mark)| mark)))
+                Some((failed, core.state.log_mark()))
             }
         };
         if let Some((failed, log)) = behind {
@@ -215,7 +215,7 @@ impl Checkpoint {
                 core.pending.log = true;
                 None
             } else {
-                Some(core.state.log.as_ref().map(|&(_, mark)| mark))
+                Some(core.state.log_mark())
             }
         };
         if let Some(log) = log {
@@ -265,13 +265,10 @@ impl Checkpoint {
 
     /// Whether the live part of the failure log records `line` as failed.
     fn is_logged(&self, line: u64, log: Option<LogMark>) -> Result<bool> {
-        let records = self.log_records(log);
-        for failed in FailedLines::new(records, log.map_or(0, |mark| mark.resolved), Vec::new())? {
-            if failed?.line() == line {
-                return Ok(true);
-            }
+        match (self.faillog(), log) {
+            (Some(faillog), Some(mark)) => logs(&faillog, mark, line),
+            _ => Ok(false),
         }
-        Ok(false)
     }
 
     pub(super) fn faillog(&self) -> Option<Arc<OutputShared>> {
@@ -299,14 +296,7 @@ impl Checkpoint {
         if !self.inner.lock_core().state.passed.is_empty() {
             self.write_now(false, Catch::All)?;
         }
-        let Some(log) = self
-            .inner
-            .lock_core()
-            .state
-            .log
-            .as_ref()
-            .map(|&(_, mark)| mark)
-        else {
+        let Some(log) = self.inner.lock_core().state.log_mark() else {
             return Ok(());
         };
         let renew = log.resolved > 0 || (sorted && !self.log_in_order(log)?);
@@ -319,7 +309,10 @@ impl Checkpoint {
     /// Whether the live part of the log lists its lines in increasing order.
     fn log_in_order(&self, log: LogMark) -> Result<bool> {
         let mut last = 0;
-        for failed in FailedLines::new(self.log_records(Some(log)), log.resolved, Vec::new())? {
+        let Some(faillog) = self.faillog() else {
+            return Ok(true);
+        };
+        for failed in faillog::live_lines(&faillog, log)? {
             let line = failed?.line();
             if line <= last {
                 return Ok(false);
@@ -339,21 +332,14 @@ impl Checkpoint {
         let Some(faillog) = self.faillog() else {
             return Ok(());
         };
-        let Some(log) = self
-            .inner
-            .lock_core()
-            .state
-            .log
-            .as_ref()
-            .map(|&(_, mark)| mark)
-        else {
+        let Some(log) = self.inner.lock_core().state.log_mark() else {
             return Ok(());
         };
-        let lines = FailedLines::new(self.log_records(Some(log)), log.resolved, Vec::new())?;
-        let lines = lines.filter_map(|failed| match (failed, shift) {
-            (Ok(failed), Some(shift)) => shift.failed(&failed).map(Ok),
-            (failed, _) => Some(failed),
-        });
+        let lines =
+            faillog::live_lines(&faillog, log)?.filter_map(|failed| match (failed, shift) {
+                (Ok(failed), Some(shift)) => shift.failed(&failed).map(Ok),
+                (failed, _) => Some(failed),
+            });
         let lines: Box<dyn Iterator<Item = Result<FailedLine>>> = if sorted {
             let mut all = lines.collect::<Result<Vec<_>>>()?;
             all.sort_by_key(FailedLine::line);
@@ -409,13 +395,22 @@ pub(super) fn find_behind(faillog: &Arc<OutputShared>, mark: LogMark, line: u64)
             }
         }
     }
-    let records = Some(Records::live(faillog, &mark));
-    for failed in FailedLines::new(records, mark.resolved, Vec::new())? {
+    if logs(faillog, mark, line)? {
+        Ok(Behind::Logged)
+    } else {
+        Ok(Behind::Absent)
+    }
+}
+
+/// Whether the live part of the log at `mark` records `line` as failed (a
+/// pass over it).
+fn logs(faillog: &Arc<OutputShared>, mark: LogMark, line: u64) -> Result<bool> {
+    for failed in faillog::live_lines(faillog, mark)? {
         if failed?.line() == line {
-            return Ok(Behind::Logged);
+            return Ok(true);
         }
     }
-    Ok(Behind::Absent)
+    Ok(false)
 }
 
 /// Applies a commit of `failed` (or, with `None`, of the resolution) of

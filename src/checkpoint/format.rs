@@ -922,9 +922,14 @@ impl State {
     pub(crate) fn marks(&self) -> Marks {
         Marks {
             lens: self.output_lens(),
-            log: self.log.as_ref().map(|&(_, mark)| mark),
+            log: self.log_mark(),
             closed: self.closed,
         }
+    }
+
+    /// The failure log's mark, if there is a log.
+    pub(crate) fn log_mark(&self) -> Option<LogMark> {
+        self.log.as_ref().map(|&(_, mark)| mark)
     }
 
     /// The number of lines recorded as failed.

@@ -551,7 +551,7 @@ impl Inner {
                 let Some(&(line, _)) = core.state.unsettled.first() else {
                     return Ok(());
                 };
-                (line, core.state.log.as_ref().map(|&(_, mark)| mark))
+                (line, core.state.log_mark())
             };
             let faillog = self
                 .faillog
