@@ -377,14 +377,19 @@ impl Batch {
             out: self.out.fresh(),
             ..Batch::default()
         };
-        // The part handed back keeps no room for the lines it gave up: a
-        // window of such parts would each hold a whole batch's capacity.
         self.bytes.truncate(cut);
-        self.bytes.shrink_to_fit();
         self.ends.truncate(at);
-        self.ends.shrink_to_fit();
         self.pass.truncate(split);
-        self.pass.shrink_to_fit();
+        // A part much smaller than its batch (handed back before a line
+        // that waits for a retry) keeps no room for the lines it gave up:
+        // a window of such parts would each hold a whole batch's capacity.
+        // A part cut by time holds most of its batch and keeps its room for
+        // its next use.
+        if self.bytes.capacity() > 4 * cut.max(4096) {
+            self.bytes.shrink_to_fit();
+            self.ends.shrink_to_fit();
+            self.pass.shrink_to_fit();
+        }
         self.ran = ran;
         self.busy = started.elapsed();
         self.continues = true;
