@@ -629,15 +629,24 @@ fn a_failure_log_cut_at_every_byte_is_refused_or_recovered_never_misread() {
     assert!(listing(Checkpoint::inspect_failed(&checkpoint)).is_err());
 
     // Bytes after the recorded length of a log whose run ended cleanly
-    // were not written by linemark: refused, not cut.
+    // (a later session's appends, killed before its first record): never
+    // read, and cut on open.
     let mut longer = full.clone();
     longer.extend_from_slice(record("resolved line=3").as_bytes());
     restore(Some(&longer));
-    refused("a record after a clean end", Some(&longer));
     assert_eq!(
         listing(Checkpoint::inspect_failed(&checkpoint)).unwrap(),
         expected
     );
+    let opened = Checkpoint::open(&checkpoint).unwrap();
+    assert_eq!(
+        fs::read(&log).unwrap(),
+        full,
+        "the tail after a clean end is cut"
+    );
+    assert_eq!(listing(opened.failed()).unwrap(), expected);
+    drop(opened);
+    restore(Some(&full));
 
     // One byte changed: refused when the tail digest sees it, else every
     // listing fails. Every third byte (the records' lengths vary, so every

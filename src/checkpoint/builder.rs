@@ -215,13 +215,7 @@ impl CheckpointBuilder {
         let faillog = match &loaded.state.log {
             Some((name, mark)) => {
                 let log_path = faillog::log_path(&path, name);
-                let file = faillog::open(
-                    fs.as_ref(),
-                    &log_path,
-                    &given,
-                    mark.mark,
-                    loaded.state.closed,
-                )?;
+                let file = faillog::open(fs.as_ref(), &log_path, &given, mark.mark)?;
                 let log = output::attach(&log_path, file, mark.mark, self.durability.syncs());
                 Some(Arc::clone(log.shared()))
             }

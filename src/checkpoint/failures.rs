@@ -11,6 +11,7 @@ use super::format::{LogMark, Record, Shift, State, load};
 use super::fs::RealFs;
 use super::output::OutputShared;
 use super::prefix::Catch;
+use super::writer::Core;
 use super::{Checkpoint, lens};
 use crate::error::{Error, Result};
 use crate::failed::FailedLine;
@@ -261,6 +262,46 @@ impl Checkpoint {
                 error.map_or(Ok(true), Err)
             }
         }
+    }
+
+    /// The failed lines of the log's live part at `mark` beyond `line`.
+    pub(super) fn logged_beyond(&self, mark: LogMark, line: u64) -> Result<Vec<FailedLine>> {
+        let Some(faillog) = self.faillog() else {
+            return Ok(Vec::new());
+        };
+        let mut beyond = Vec::new();
+        for failed in faillog::live_lines(&faillog, mark)? {
+            let failed = failed?;
+            if failed.line() > line {
+                beyond.push(failed);
+            }
+        }
+        Ok(beyond)
+    }
+
+    /// Makes `logged` (lines of the log beyond a position moved back) the
+    /// checkpoint's again: `failed` records here, `resolved` records in
+    /// the log, in the same group.
+    pub(super) fn take_back_from_log(&self, core: &mut Core, logged: Vec<FailedLine>) {
+        let Some(faillog) = self.faillog() else {
+            return;
+        };
+        let mut text = String::new();
+        for failed in logged {
+            let line = failed.line();
+            Record::Resolved { line }.encode(&mut text);
+            if let Some((_, mark)) = core.state.log.as_mut() {
+                mark.resolved += 1;
+                mark.count = mark.count.saturating_sub(1);
+            }
+            core.state.failed.insert(line, failed.clone());
+            core.pending.failed.push(Record::Failed(failed));
+        }
+        faillog.buffer(text.as_bytes());
+        if let Some((_, mark)) = core.state.log.as_mut() {
+            mark.mark.len = faillog.appended();
+        }
+        core.pending.log = true;
     }
 
     /// Whether the live part of the failure log records `line` as failed.

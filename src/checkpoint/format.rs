@@ -848,7 +848,7 @@ impl State {
                 } else {
                     Passed::Keep
                 };
-                self.advance_to(position, passed);
+                let _ = self.advance_to(position, passed);
             }
             Record::Done(id) => {
                 if id.line > self.position.line() {
@@ -856,11 +856,10 @@ impl State {
                 }
             }
             Record::Failed(failed) => {
-                // From version 5 on, a failed line the position passed is
-                // in the failure log; a record of it here is stale.
-                if self.version < 5 || failed.line() > self.position.line() {
-                    self.failed.insert(failed.line(), failed);
-                }
+                // Written beyond the position of its group (which may be
+                // behind the one in force until the group applies: a
+                // position moved back); a later `pos` drops it.
+                self.failed.insert(failed.line(), failed);
             }
             Record::Resolved { line } => {
                 self.failed.remove(&line);
@@ -947,12 +946,16 @@ impl State {
     }
 
     /// Moves the position (a run's commit): failed lines it passes wait in
-    /// `passed` for the failure log.
-    pub(crate) fn advance(&mut self, position: Position) {
-        self.advance_to(position, Passed::Move);
+    /// `passed` for the failure log. Returns the failed lines that waited
+    /// there and are beyond a position moved back: their records go to the
+    /// checkpoint file again (the caller makes them pending).
+    #[must_use]
+    pub(crate) fn advance(&mut self, position: Position) -> Vec<FailedLine> {
+        self.advance_to(position, Passed::Move)
     }
 
-    fn advance_to(&mut self, position: Position, passed: Passed) {
+    fn advance_to(&mut self, position: Position, passed: Passed) -> Vec<FailedLine> {
+        let mut back = Vec::new();
         self.position = position;
         // A position moved back (a hand-written loop may) drops a prefix
         // that reaches past it.
@@ -964,6 +967,19 @@ impl State {
         }
         let next = position.line().saturating_add(1);
         self.done = self.done.split_off(&next);
+        if passed == Passed::Move && self.passed.iter().any(|f| f.line() >= next) {
+            // Moved back: failed lines beyond it again are the checkpoint's
+            // again (their records are in the file; no write took them to
+            // the log yet).
+            let (beyond, behind) = std::mem::take(&mut self.passed)
+                .into_iter()
+                .partition(|f| f.line() >= next);
+            self.passed = behind;
+            for failed in beyond {
+                self.failed.insert(failed.line(), failed.clone());
+                back.push(failed);
+            }
+        }
         if passed != Passed::Keep
             && self
                 .failed
@@ -976,6 +992,7 @@ impl State {
                 self.passed.extend(behind.into_values());
             }
         }
+        back
     }
 
     pub(crate) fn rebase(&mut self, position: Position) {

@@ -37,7 +37,7 @@ use crate::error::{Error, Result};
 use crate::failed::FailedLine;
 use crate::line::Line;
 use crate::position::Position;
-use format::load;
+use format::{Record, load};
 use fs::RealFs;
 use output::OutputShared;
 use prefix::{Catch, PrefixReader};
@@ -156,8 +156,9 @@ use writer::{Background, Core, Inner, ReadBack, Request, Schedule};
 /// failed line's record is written once. The log is kept like an output
 /// (below): its bytes up to the recorded length are written, and unless
 /// [`Durability::NoSync`] synced, before the group that records that
-/// length; bytes after it are cut on reopen (refused after a clean end),
-/// and a log that is missing, shorter or edited is
+/// length; bytes after it are cut on reopen (even after a clean end: the
+/// log is linemark's own file), and a log that is missing, shorter or
+/// edited is
 /// [`Error::OutputChanged`]. Every record of the log before `from` is
 /// superseded. A line failed again or resolved at the head of the live part
 /// (the order [`failed`](Checkpoint::failed) lists them in, which a retry
@@ -631,12 +632,47 @@ impl Checkpoint {
         check_position(position)?;
         {
             let mut core = self.inner.lock_core();
+            if core.state.log.is_none() || position.line() >= core.state.position.line() {
+                self.slot.clear(&self.inner.slot);
+                core.folded = self.slot.seq();
+                for failed in core.state.advance(position) {
+                    core.pending.failed.push(Record::Failed(failed));
+                }
+                core.state.raise_outputs(lens(&self.outputs));
+                core.pending.position = true;
+                drop(core);
+                return self.note_commit();
+            }
+        }
+        self.commit_back(position)
+    }
+
+    /// [`commit`](Checkpoint::commit) of a position moved back behind lines
+    /// the failure log may hold as failed: they are beyond it again, the
+    /// checkpoint's, in the same group as the position. The `io` lock held
+    /// throughout keeps any write from moving more lines to the log.
+    #[cold]
+    fn commit_back(&mut self, position: Position) -> Result<()> {
+        let io = self.inner.lock_io();
+        let mark = self.inner.lock_core().state.log_mark();
+        let logged = match mark {
+            Some(mark) => self.logged_beyond(mark, position.line())?,
+            None => Vec::new(),
+        };
+        {
+            let mut core = self.inner.lock_core();
             self.slot.clear(&self.inner.slot);
             core.folded = self.slot.seq();
-            core.state.advance(position);
+            for failed in core.state.advance(position) {
+                core.pending.failed.push(Record::Failed(failed));
+            }
+            if !logged.is_empty() {
+                self.take_back_from_log(&mut core, logged);
+            }
             core.state.raise_outputs(lens(&self.outputs));
             core.pending.position = true;
         }
+        drop(io);
         self.note_commit()
     }
 

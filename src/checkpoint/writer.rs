@@ -314,7 +314,9 @@ impl Inner {
         if published.seq > core.folded {
             if let Some(mark) = published.mark {
                 let end = self.resolve(mark)?;
-                core.state.advance(end);
+                for failed in core.state.advance(end) {
+                    core.pending.failed.push(Record::Failed(failed));
+                }
                 core.state.raise_outputs(published.lens.into_iter());
                 core.pending.position = true;
             }
