@@ -228,6 +228,7 @@ impl CheckpointBuilder {
             snapshot_len: 0,
             truncate_to: (loaded.valid_len < loaded.file_len).then_some(loaded.valid_len),
             needs_rewrite: loaded.exists && !loaded.has_header,
+            migrate: loaded.state.version < 5 && !loaded.state.passed.is_empty(),
             written: position,
             ..Io::default()
         };

@@ -15,7 +15,6 @@ use super::writer::Core;
 use super::{Checkpoint, lens};
 use crate::error::{Error, Result};
 use crate::failed::FailedLine;
-use crate::position::Position;
 
 /// How many failed lines may wait in memory for a write: beyond it, the
 /// committing thread writes them itself.
@@ -160,7 +159,9 @@ impl Checkpoint {
                 core.state.failed.insert(line, failed.clone());
                 core.state.raise_outputs(lens(&self.outputs));
                 core.pending.failed.push(Record::Failed(failed));
-                crowded = core.state.failed.len() + core.state.passed.len() >= IN_MEMORY;
+                // What a write empties: the records waiting for it (the
+                // failed lines beyond the position stay, a window of them).
+                crowded = core.pending.failed.len() + core.state.passed.len() >= IN_MEMORY;
                 None
             } else if let Some(at) = core.state.passed.iter().position(|f| f.line() == line) {
                 core.state.passed[at] = failed;
@@ -342,7 +343,7 @@ impl Checkpoint {
         };
         let renew = log.resolved > 0 || (sorted && !self.log_in_order(log)?);
         if renew {
-            self.renew_log(sorted, None)?;
+            self.renew_log(sorted)?;
         }
         Ok(())
     }
@@ -363,62 +364,84 @@ impl Checkpoint {
         Ok(true)
     }
 
-    /// Appends the failed lines of the log's live part again (in line
-    /// order if `sorted`, moved by `shift` if given) and makes the copy the
-    /// live part: one record per line, no `resolved` records. The group
-    /// that records the new mark takes effect whole, or not at all.
-    pub(crate) fn renew_log(&mut self, sorted: bool, shift: Option<Shift>) -> Result<()> {
+    /// Writes the failed lines of the log's live part again (in line order
+    /// if `sorted`): the copy becomes the live part, one record per line,
+    /// no `resolved` records. The new mark is recorded in one group.
+    pub(crate) fn renew_log(&mut self, sorted: bool) -> Result<()> {
         // No write moves failed lines to the log meanwhile.
         let _io = self.inner.lock_io();
-        let Some(faillog) = self.faillog() else {
+        let Some(mark) = self.copy_live(sorted, None)? else {
             return Ok(());
         };
-        let Some(log) = self.inner.lock_core().state.log_mark() else {
-            return Ok(());
-        };
-        let lines =
-            faillog::live_lines(&faillog, log)?.filter_map(|failed| match (failed, shift) {
-                (Ok(failed), Some(shift)) => shift.failed(&failed).map(Ok),
-                (failed, _) => Some(failed),
-            });
-        let lines: Box<dyn Iterator<Item = Result<FailedLine>>> = if sorted {
-            let mut all = lines.collect::<Result<Vec<_>>>()?;
-            all.sort_by_key(FailedLine::line);
-            Box::new(all.into_iter().map(Ok))
-        } else {
-            Box::new(lines)
-        };
-        let from = faillog.appended();
-        let mut count = 0u64;
-        let mut text = String::new();
-        for failed in lines {
-            Record::Failed(failed?).encode(&mut text);
-            count += 1;
-            if text.len() >= 64 << 10 {
-                faillog.append(text.as_bytes())?;
-                text.clear();
-            }
-        }
-        faillog.append(text.as_bytes())?;
         let mut core = self.inner.lock_core();
-        if let Some((_, mark)) = core.state.log.as_mut() {
-            mark.from = from;
-            mark.count = count;
-            mark.resolved = 0;
-            mark.mark.len = faillog.appended();
+        if let Some((_, log)) = core.state.log.as_mut() {
+            *log = mark;
         }
         core.pending.log = true;
         Ok(())
     }
 
-    /// Moves the failed lines in the log for a rebase from `from` to `to`
-    /// (the lines in memory are moved with the state).
-    pub(crate) fn rebase_log(&mut self, from: Position, to: Position) -> Result<()> {
-        if from == to {
-            return Ok(());
+    /// Appends the failed lines of the log's live part again, in line
+    /// order if `sorted`, moved by `shift` if given, and returns the mark
+    /// that makes the copy the live part; `None` without a log. The caller
+    /// holds the `io` lock (no write moves lines to the log meanwhile) and
+    /// records the mark with the rest of its change, under one `core`
+    /// lock. On an error the log is cut back to its recorded length: no
+    /// byte of a partial copy stays to be counted later.
+    pub(super) fn copy_live(&self, sorted: bool, shift: Option<Shift>) -> Result<Option<LogMark>> {
+        let Some(faillog) = self.faillog() else {
+            return Ok(None);
+        };
+        let Some(log) = self.inner.lock_core().state.log_mark() else {
+            return Ok(None);
+        };
+        let copied = append_live(&faillog, log, sorted, shift);
+        if copied.is_err() {
+            let _ = faillog.cut_to(log.mark.len);
         }
-        self.renew_log(false, Some(Shift { from, to }))
+        copied.map(Some)
     }
+}
+
+/// See [`Checkpoint::copy_live`].
+fn append_live(
+    faillog: &Arc<OutputShared>,
+    log: LogMark,
+    sorted: bool,
+    shift: Option<Shift>,
+) -> Result<LogMark> {
+    let lines = faillog::live_lines(faillog, log)?.filter_map(|failed| match (failed, shift) {
+        (Ok(failed), Some(shift)) => shift.failed(&failed).map(Ok),
+        (failed, _) => Some(failed),
+    });
+    let lines: Box<dyn Iterator<Item = Result<FailedLine>>> = if sorted {
+        let mut all = lines.collect::<Result<Vec<_>>>()?;
+        all.sort_by_key(FailedLine::line);
+        Box::new(all.into_iter().map(Ok))
+    } else {
+        Box::new(lines)
+    };
+    let from = faillog.appended();
+    let mut count = 0u64;
+    let mut text = String::new();
+    for failed in lines {
+        Record::Failed(failed?).encode(&mut text);
+        count += 1;
+        if text.len() >= 64 << 10 {
+            faillog.append(text.as_bytes())?;
+            text.clear();
+        }
+    }
+    faillog.append(text.as_bytes())?;
+    Ok(LogMark {
+        mark: super::format::OutputMark {
+            len: faillog.appended(),
+            ..log.mark
+        },
+        from,
+        count,
+        resolved: 0,
+    })
 }
 
 /// Where line `line`, behind the position, stands in the live part of the

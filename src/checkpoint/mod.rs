@@ -822,18 +822,39 @@ impl Checkpoint {
     ///
     /// As [`commit`](Checkpoint::commit).
     pub fn rebase(&mut self, position: Position) -> Result<()> {
-        let old = self.core().state.position;
         {
+            // The failure log's lines are copied, moved, before the state
+            // moves, and both are recorded together: a failed copy changes
+            // nothing.
             let mut io = self.inner.lock_io();
+            let old = {
+                let mut core = self.inner.lock_core();
+                self.inner.fold_own(&mut core, &self.slot)?;
+                core.state.position
+            };
+            let copied = if old == position {
+                None
+            } else {
+                self.copy_live(
+                    false,
+                    Some(format::Shift {
+                        from: old,
+                        to: position,
+                    }),
+                )?
+            };
             let mut core = self.inner.lock_core();
             self.inner.fold_own(&mut core, &self.slot)?;
             self.slot.clear(&self.inner.slot);
             core.folded = self.slot.seq();
             core.state.rebase(position);
+            if let (Some(mark), Some((_, log))) = (copied, core.state.log.as_mut()) {
+                *log = mark;
+                core.pending.log = true;
+            }
             core.pending.position = true;
             io.needs_rewrite = true;
         }
-        self.rebase_log(old, position)?;
         self.note_commit()
     }
 

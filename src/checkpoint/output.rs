@@ -306,6 +306,28 @@ impl OutputShared {
         Ok(mark)
     }
 
+    /// Syncs what was written to the file and not synced yet, whether the
+    /// output syncs at every seal or not: an explicit sync of the
+    /// checkpoint makes what it records durable, whatever the durability.
+    pub(crate) fn sync_written(&self) -> Result<()> {
+        let io = self.lock();
+        if io.synced >= io.written {
+            return Ok(());
+        }
+        let upto = io.written;
+        let mut handle = io
+            .file
+            .try_clone()
+            .map_err(|err| self.error("syncing the output", err))?;
+        drop(io);
+        handle
+            .sync_data()
+            .map_err(|err| self.error("syncing the output", err))?;
+        let mut io = self.lock();
+        io.synced = io.synced.max(upto);
+        Ok(())
+    }
+
     /// Cuts the output to `len`, dropping what was appended after it
     /// (results no commit covers), and syncs the cut.
     pub(crate) fn cut_to(&self, len: u64) -> Result<()> {

@@ -201,6 +201,11 @@ pub(crate) struct Io {
     /// the file (its before-write hook failed): the next append writes them
     /// first.
     pub(crate) carried: String,
+    /// The file is of a format version before the failure log and records
+    /// failed lines behind its position: the first write replaces it
+    /// whole, in the current version (its `failed` records cannot be
+    /// undone by appending).
+    pub(crate) migrate: bool,
     /// The prefix grew since its last record.
     pub(crate) prefix_unrecorded: bool,
     /// When the last `prefix` record was taken into a write.
@@ -413,16 +418,17 @@ impl Inner {
         self.check_lock()?;
         self.record_prefix(io, prefix);
         self.settle_behind()?;
-        self.ensure_log(io)?;
         let (plan, position, marks) = {
-            let mut core = self.lock_core();
+            let mut core = self.core_with_log(io)?;
             self.move_passed(&mut core)?;
-            let plan = if io.needs_rewrite {
+            let appends =
+                !core.pending.is_empty() || !io.carried.is_empty() || io.truncate_to.is_some();
+            let plan = if io.needs_rewrite || (io.migrate && appends) {
+                io.needs_rewrite = true;
                 Plan::Rewrite(core.state.snapshot())
             } else if io.file.is_none() {
                 Plan::Create(core.state.snapshot())
-            } else if !core.pending.is_empty() || !io.carried.is_empty() || io.truncate_to.is_some()
-            {
+            } else if appends {
                 let mut out = std::mem::take(&mut io.carried);
                 out.push_str(&core.pending.encode(&core.state));
                 Plan::Append(out)
@@ -570,6 +576,20 @@ impl Inner {
         }
     }
 
+    /// The state, with a failure log if failed lines wait for one: a line
+    /// the position passes between the log's creation and this lock is
+    /// taken to the log by the same write, never left behind a position
+    /// that the write records.
+    fn core_with_log(&self, io: &mut Io) -> Result<MutexGuard<'_, Core>> {
+        loop {
+            self.ensure_log(io)?;
+            let core = self.lock_core();
+            if core.state.passed.is_empty() || core.state.log.is_some() {
+                return Ok(core);
+            }
+        }
+    }
+
     /// Creates the failure log when failed lines are to go to it and there
     /// is none yet. The file's name is synced before a record names it;
     /// the declaration goes in a snapshot (the file is rewritten in the
@@ -692,9 +712,8 @@ impl Inner {
                 // whole, synced. (A file that only needs a rewrite because
                 // an append failed still holds its earlier records intact,
                 // and syncing them is right.)
-                self.ensure_log(&mut io)?;
                 let (mut snapshot, position, marks) = {
-                    let mut core = self.lock_core();
+                    let mut core = self.core_with_log(&mut io)?;
                     self.move_passed(&mut core)?;
                     core.pending = Pending::default();
                     (
@@ -729,9 +748,14 @@ impl Inner {
             )
         };
         let mut handle = handle;
-        let mut result = handle
-            .sync_data()
-            .map_err(|err| self.io_error("syncing the checkpoint", err));
+        // The files whose lengths the records hold first (with `NoSync`,
+        // not synced when sealed).
+        let mut result = self.sync_attached();
+        if result.is_ok() {
+            result = handle
+                .sync_data()
+                .map_err(|err| self.io_error("syncing the checkpoint", err));
+        }
         if result.is_ok() && dir {
             result = self
                 .fs
@@ -752,6 +776,24 @@ impl Inner {
                 io.dir_unsynced = false;
             }
             self.synced(&mut io, upto, position);
+        }
+        Ok(())
+    }
+
+    /// Syncs the outputs' and the failure log's written bytes.
+    fn sync_attached(&self) -> Result<()> {
+        let outputs = self
+            .outputs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let faillog = self
+            .faillog
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for file in outputs.iter().chain(&faillog) {
+            file.sync_written()?;
         }
         Ok(())
     }
@@ -916,6 +958,7 @@ impl Inner {
         io.snapshot_len = io.file_len;
         io.truncate_to = None;
         io.needs_rewrite = false;
+        io.migrate = false;
         io.sync_failed = false;
         io.dir_unsynced = false;
         io.generation += 1;

@@ -660,7 +660,10 @@ impl<S: BufRead + Seek, R: BufRead> Retry<'_, S, R> {
 
 impl<S: BufRead + Seek, R: BufRead> Feed for Retry<'_, S, R> {
     fn feed<E: Exec>(&mut self, run: &mut RunState<'_, '_>, exec: &mut E) -> Result<bool> {
-        while exec.can_submit() {
+        // The lines waiting for one listed before them stay within the
+        // window: a slow line holds back at most that many.
+        let window = run.runner.window.unwrap_or(Runner::DEFAULT_WINDOW);
+        while exec.can_submit() && self.in_flight.len() < window {
             let next = match self.source.next_line() {
                 Err(err) if is_read_stopped(&err) => {
                     run.check_stop();
