@@ -361,3 +361,60 @@ fn a_missing_or_edited_failure_log_is_refused_and_left_alone() {
     let checkpoint = Checkpoint::open(&path).unwrap();
     assert_eq!(checkpoint.failed_count(), 13);
 }
+
+#[test]
+fn retries_that_fail_again_keep_the_log_the_size_of_its_live_part() {
+    let input = Input::generated(3000);
+    let path = input.sibling("job.checkpoint");
+    let dir = path.parent().unwrap().to_path_buf();
+    let logs = || -> Vec<(String, u64)> {
+        let mut logs: Vec<(String, u64)> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|entry| entry.unwrap())
+            .filter(|entry| entry.file_name().to_string_lossy().contains(".failures"))
+            .map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                (name, entry.metadata().unwrap().len())
+            })
+            .collect();
+        logs.sort();
+        logs
+    };
+    let runner = || {
+        Runner::new()
+            .checkpoint_path(&path)
+            .retry(RetryPolicy::never())
+    };
+    runner()
+        .run(&input.path, |_: &Line<'_>| Err(permanent("down")))
+        .unwrap();
+    let first = logs();
+    assert_eq!(first.len(), 1, "{first:?}");
+    let one_pass = first[0].1;
+    for pass in 1..=5u32 {
+        let report = runner()
+            .retry_failed(true)
+            .run(&input.path, |_: &Line<'_>| Err(permanent("still down")))
+            .unwrap();
+        assert_eq!(report.failed, 3000);
+        // One log, whichever of its two names it has now, at most twice
+        // its live part (a record is at most 16 bytes longer than in the
+        // first pass: a longer error, more attempts) and the 64 KiB of dead
+        // records a log keeps: a clean end copies the live part once the
+        // dead part is as long. Without that, 5 passes make it 6 times.
+        let now = logs();
+        assert_eq!(now.len(), 1, "pass {pass}: {now:?}");
+        let live = one_pass + 3000 * 16;
+        assert!(
+            now[0].1 <= 2 * live + (64 << 10),
+            "pass {pass}: {now:?}, one pass {one_pass}"
+        );
+        let failed = failed_lines(&path);
+        assert_eq!(failed.len(), 3000);
+        assert!(
+            failed
+                .iter()
+                .all(|f| f.attempts() == 1 + pass && f.error() == "still down")
+        );
+    }
+}

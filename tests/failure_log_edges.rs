@@ -495,3 +495,57 @@ fn a_line_failed_after_the_position_moved_back_survives_a_reopen() {
         std::fs::read_to_string(&path).unwrap()
     );
 }
+
+/// A clean end copies a failure log whose dead part outgrew its live part
+/// to the log's other name, rewrites the checkpoint to name the copy, then
+/// removes the old file. A crash before the rewrite is in place (the
+/// before-write hook fails it) leaves the old log named and whole: the
+/// next open lists every failed line, and its clean end compacts.
+#[test]
+fn a_crash_while_the_log_is_compacted_keeps_the_old_log() {
+    let input = Input::generated(2000);
+    let positions = input.positions();
+    let path = input.sibling("job.checkpoint");
+    let fail_all = |checkpoint: &mut Checkpoint, attempts: u32| {
+        for n in 1..=2000 {
+            let line = line_of(&input, &positions, n);
+            checkpoint
+                .commit_failed(FailedLine::new(&line, attempts, "down"))
+                .unwrap();
+            if attempts == 1 {
+                checkpoint.commit_line(&line).unwrap();
+            }
+        }
+    };
+    {
+        let mut checkpoint = Checkpoint::open(&path).unwrap();
+        fail_all(&mut checkpoint, 1);
+        checkpoint.close().unwrap();
+    }
+    let armed = Arc::new(AtomicBool::new(false));
+    {
+        let mut checkpoint = Checkpoint::builder()
+            .before_write(failing_hook(&armed))
+            .open(&path)
+            .unwrap();
+        // Every line fails again, in list order: the first records die.
+        fail_all(&mut checkpoint, 2);
+        checkpoint.sync().unwrap();
+        armed.store(true, Ordering::SeqCst);
+        assert!(checkpoint.close().is_err());
+    }
+    let mut copy = log_of(&path).into_os_string();
+    copy.push(".1");
+    let expected: Vec<(u64, u32)> = (1..=2000).map(|n| (n, 2)).collect();
+    {
+        let checkpoint = Checkpoint::open(&path).unwrap();
+        assert_eq!(listed(&checkpoint), expected);
+        checkpoint.close().unwrap();
+    }
+    // Compacted at that clean end: the copy is the log, the old file gone.
+    assert!(Path::new(&copy).exists());
+    assert!(!log_of(&path).exists());
+    let checkpoint = Checkpoint::open(&path).unwrap();
+    assert_eq!(listed(&checkpoint), expected);
+    assert_eq!(checkpoint.failed_count(), 2000);
+}

@@ -201,7 +201,10 @@ impl Checkpoint {
     /// ended cleanly, so that bytes a later open finds after that length
     /// are known not to be linemark's. Called after a sync.
     pub(crate) fn close_outputs(&mut self) -> Result<()> {
-        let emptied = self.forget_empty_log();
+        let emptied = match self.forget_empty_log() {
+            Some(path) => Some(path),
+            None => self.compact_log()?,
+        };
         let log = self.core().state.log_mark();
         let log = self.faillog().zip(log);
         if self.outputs.is_empty() && log.is_none() {

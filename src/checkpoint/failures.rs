@@ -3,7 +3,7 @@
 //! checkpoint file; those the position passed are in the failure log
 //! (`faillog.rs`), read as needed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError};
 
 use super::faillog::{self, FailedLines, Records};
@@ -15,6 +15,10 @@ use super::writer::Core;
 use super::{Checkpoint, lens};
 use crate::error::{Error, Result};
 use crate::failed::FailedLine;
+
+/// How many superseded bytes a failure log keeps before a clean end copies
+/// its live part to a new one.
+const DEAD_KEPT: u64 = 64 << 10;
 
 /// How many failed lines may wait in memory for a write: beyond it, the
 /// committing thread writes them itself.
@@ -362,6 +366,78 @@ impl Checkpoint {
             last = line;
         }
         Ok(true)
+    }
+
+    /// At a clean end: a failure log whose dead part (the records before
+    /// `from`, superseded) is over 64 KiB and at least as long as its live
+    /// part is replaced by a copy of its live part, under the other of its
+    /// two names (`CHECKPOINT.failures`, `CHECKPOINT.failures.1`), synced
+    /// with its name before the checkpoint, rewritten next, names it.
+    /// Returns the old file's path, for the caller to remove once that
+    /// rewrite is in place: a crash before leaves the old log named, after
+    /// the new one; the other file is a leftover, emptied when its name is
+    /// used again.
+    pub(super) fn compact_log(&mut self) -> Result<Option<PathBuf>> {
+        let mut io = self.inner.lock_io();
+        let (name, mark) = {
+            let core = self.inner.lock_core();
+            let Some((name, mark)) = core.state.log.clone() else {
+                return Ok(None);
+            };
+            if !core.state.passed.is_empty() || !core.state.unsettled.is_empty() {
+                return Ok(None);
+            }
+            (name, mark)
+        };
+        let (dead, live) = (mark.from, mark.mark.len - mark.from);
+        let Some(old) = self.faillog() else {
+            return Ok(None);
+        };
+        if dead < DEAD_KEPT || dead < live {
+            return Ok(None);
+        }
+        let base = faillog::log_name(&self.inner.path);
+        let name = if name == base {
+            format!("{base}.1")
+        } else {
+            base
+        };
+        let path = faillog::log_path(&self.inner.path, &name);
+        let mut file = faillog::create(self.inner.fs.as_ref(), &path)?;
+        let write_err = |err| Error::io(Some(&path), "writing the failure log", err);
+        let mut text = String::new();
+        let mut count = 0u64;
+        for failed in faillog::live_lines(&old, mark)? {
+            Record::Failed(failed?).encode(&mut text);
+            count += 1;
+            if text.len() >= 64 << 10 {
+                file.write_all(text.as_bytes()).map_err(write_err)?;
+                text.clear();
+            }
+        }
+        file.write_all(text.as_bytes()).map_err(write_err)?;
+        file.sync_data().map_err(write_err)?;
+        let len = file.len().map_err(write_err)?;
+        let digest = super::output::tail_digest(file.as_mut(), len).map_err(write_err)?;
+        let copy = super::format::OutputMark { len, digest };
+        let log = super::output::attach(&path, file, copy, self.inner.sync_logs);
+        *self
+            .inner
+            .faillog
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(log.shared()));
+        let mut core = self.inner.lock_core();
+        core.state.log = Some((
+            name,
+            LogMark {
+                mark: copy,
+                from: 0,
+                count,
+                resolved: 0,
+            },
+        ));
+        io.needs_rewrite = true;
+        Ok(Some(old.path().to_path_buf()))
     }
 
     /// Writes the failed lines of the log's live part again (in line order

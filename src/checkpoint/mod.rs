@@ -129,7 +129,8 @@ use writer::{Background, Core, Inner, ReadBack, Request, Schedule};
 ///                                                        (no lengths, `out len= digest= closed=C`: a
 ///                                                        checkpoint with a failure log and no outputs)
 /// faillog path="…" crc=…                                 the failure log is the file of that name in the
-///                                                        checkpoint's directory (`CHECKPOINT.failures`)
+///                                                        checkpoint's directory (`CHECKPOINT.failures`
+///                                                        or `CHECKPOINT.failures.1`)
 /// failures len=L digest=D from=F count=N resolved=K crc=…
 ///                                                        the failure log is L bytes long, D the CRC-32 of the
 ///                                                        up to 64 bytes before L; its live part starts at byte
@@ -167,7 +168,11 @@ use writer::{Background, Core, Inner, ReadBack, Request, Schedule};
 /// record, which supersedes the line's records before it (a listing first
 /// collects them: memory for those only, and the runner's retry writes the
 /// live part again, once, to get rid of them). A log whose lines are all
-/// resolved is removed at a clean end.
+/// resolved is removed at a clean end; one whose superseded part is over
+/// 64 KiB and at least as long as its live part is copied, its live part
+/// only, to its other name (`CHECKPOINT.failures.1`, and back), synced
+/// before the checkpoint is rewritten to name the copy, and the old file is
+/// removed after: the `faillog` record names the file in force.
 ///
 /// Outputs: from the first `output` (or `faillog`) record on, records take
 /// effect in groups: each write appends its records, the `failures` record

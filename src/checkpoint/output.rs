@@ -374,7 +374,7 @@ impl OutputIo {
 }
 
 /// The CRC-32 of the up to [`TAIL`] bytes before `len`.
-fn tail_digest(file: &mut dyn FsFile, len: u64) -> io::Result<u32> {
+pub(crate) fn tail_digest(file: &mut dyn FsFile, len: u64) -> io::Result<u32> {
     let start = len.saturating_sub(TAIL);
     let tail = file.read_at(start, len - start)?;
     if (tail.len() as u64) < len - start {
