@@ -430,6 +430,16 @@ impl Runner {
     /// Reruns exactly the lines recorded as failed, and nothing else, when
     /// set. A line that succeeds is no longer failed; one that fails again
     /// keeps its record with the new error.
+    ///
+    /// The lines are read from the checkpoint's failure log as they are
+    /// retried, and recorded in the order it lists them (so that each is at
+    /// the head of the log: see [`Checkpoint`](crate::Checkpoint)'s
+    /// failed lines): a line that finishes before the ones listed before it
+    /// waits for them, at most a [`window`](Runner::window) of lines, so a
+    /// million failed lines take no more memory than a window of them. A
+    /// retry over a stream reads them in line order, and sorts them first
+    /// in memory (16 bytes and a record a line) only when the log is out of
+    /// order, after a retry that was interrupted.
     #[must_use = "a builder method returns the changed builder"]
     pub fn retry_failed(mut self, yes: bool) -> Runner {
         self.retry_failed = yes;
