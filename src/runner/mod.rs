@@ -438,7 +438,7 @@ impl Runner {
     /// waits for them, at most a [`window`](Runner::window) of lines, so a
     /// million failed lines take no more memory than a window of them. A
     /// retry over a stream reads them in line order, and sorts them first
-    /// in memory (16 bytes and a record a line) only when the log is out of
+    /// in memory (every failed line's record) only when the log is out of
     /// order, after a retry that was interrupted.
     #[must_use = "a builder method returns the changed builder"]
     pub fn retry_failed(mut self, yes: bool) -> Runner {
