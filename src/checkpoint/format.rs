@@ -768,8 +768,9 @@ pub(crate) struct State {
     /// version 4 or older: every failed line.)
     pub(crate) failed: BTreeMap<u64, FailedLine>,
     /// Failed lines the position passed since the last write, in line
-    /// order: the next write moves them to the failure log, in the group
-    /// that records the position.
+    /// order (appended as the position passes them, inserted in order by
+    /// `apply_behind`): the next write moves them to the failure log, in
+    /// the group that records the position.
     pub(crate) passed: Vec<FailedLine>,
     /// Commits of failed (or, `None`, resolved) lines behind the position
     /// that could not look in the failure log (it could not be read): the
@@ -967,7 +968,8 @@ impl State {
         }
         let next = position.line().saturating_add(1);
         self.done = self.done.split_off(&next);
-        if passed == Passed::Move && self.passed.iter().any(|f| f.line() >= next) {
+        // `passed` is in line order (see its field): its last line tells.
+        if passed == Passed::Move && self.passed.last().is_some_and(|f| f.line() >= next) {
             // Moved back: failed lines beyond it again are the checkpoint's
             // again (their records are in the file; no write took them to
             // the log yet).
