@@ -283,18 +283,7 @@ impl OutputShared {
             ));
         }
         if self.sync && io.synced < len {
-            let upto = io.written;
-            let mut handle = io
-                .file
-                .try_clone()
-                .map_err(|err| self.error("syncing the output", err))?;
-            // Appends go on while the disk works.
-            drop(io);
-            handle
-                .sync_data()
-                .map_err(|err| self.error("syncing the output", err))?;
-            io = self.lock();
-            io.synced = io.synced.max(upto);
+            io = self.sync_locked(io)?;
         }
         if let Some(mark) = io.sealed.filter(|mark| mark.len == len) {
             return Ok(mark);
@@ -311,9 +300,16 @@ impl OutputShared {
     /// checkpoint makes what it records durable, whatever the durability.
     pub(crate) fn sync_written(&self) -> Result<()> {
         let io = self.lock();
-        if io.synced >= io.written {
-            return Ok(());
+        if io.synced < io.written {
+            drop(self.sync_locked(io)?);
         }
+        Ok(())
+    }
+
+    /// Syncs what was written when `io` was taken, on a second handle and
+    /// without the lock (appends go on while the disk works); returns the
+    /// lock taken again.
+    fn sync_locked<'a>(&'a self, io: MutexGuard<'a, OutputIo>) -> Result<MutexGuard<'a, OutputIo>> {
         let upto = io.written;
         let mut handle = io
             .file
@@ -325,7 +321,7 @@ impl OutputShared {
             .map_err(|err| self.error("syncing the output", err))?;
         let mut io = self.lock();
         io.synced = io.synced.max(upto);
-        Ok(())
+        Ok(io)
     }
 
     /// Cuts the output to `len`, dropping what was appended after it
