@@ -33,6 +33,7 @@ use std::time::Duration;
 
 use linemark::{Checkpoint, Durability, Error, Line, LineReader, Position, Runner};
 
+use common::lateness::{LatenessProbe, recorded_worst};
 use common::{
     DEADLINE, Finished, Input, SEED_VAR, SmallDisk, SplitMix64, child_role, env_path,
     generated_lines, positions_after, serial, spawn_self, test_seed, wait_until,
@@ -49,6 +50,7 @@ const SCHEDULING_MARGIN: Duration = Duration::from_millis(50);
 /// Environment variables that hand paths and settings to a child.
 const INPUT_VAR: &str = "LINEMARK_TEST_INPUT";
 const OUTPUT_VAR: &str = "LINEMARK_TEST_OUTPUT";
+const LATENESS_VAR: &str = "LINEMARK_TEST_LATENESS";
 const CHECKPOINT_VAR: &str = "LINEMARK_TEST_CHECKPOINT";
 
 /// Children print their results after this marker.
@@ -84,9 +86,16 @@ fn stuck_forever() -> ! {
 /// How many times each line of `input` occurs in `output`, by line number
 /// (index 0 is line 1).
 ///
+/// A SIGKILL can cut an append short: Linux checks for a fatal signal
+/// between the pages a `write` copies, so a line that crosses a page
+/// boundary of the output may be left half written. Its task never
+/// finished, so the part is not a done line, and the next append lands
+/// right after it: such bytes before a whole input line are skipped.
+///
 /// # Panics
 ///
-/// When the output holds a line that is not in the input.
+/// When the output holds a line that is not an input line, with or without
+/// cut-short bytes before it.
 fn counts_by_line(input: &Input, output: &Path) -> Vec<u32> {
     let numbers: HashMap<&[u8], usize> = input
         .lines
@@ -97,12 +106,57 @@ fn counts_by_line(input: &Input, output: &Path) -> Vec<u32> {
     let mut counts = vec![0u32; input.lines.len()];
     let bytes = fs::read(output).unwrap_or_default();
     for line in bytes.split_inclusive(|&b| b == b'\n') {
-        let index = *numbers
-            .get(line)
+        let index = numbers.get(line).copied().or_else(|| {
+            // A whole line after bytes cut short: each cut piece is the
+            // start of an input line (generated lines hold one `l`, their
+            // first byte, so a piece begins at each `l`).
+            let starts: Vec<usize> = (1..line.len()).filter(|&at| line[at] == b'l').collect();
+            let whole = *starts.last()?;
+            let index = numbers.get(&line[whole..]).copied()?;
+            let is_cut_piece = |piece: &[u8]| input.lines.iter().any(|l| l.starts_with(piece));
+            let bounds: Vec<usize> = [0].into_iter().chain(starts).collect();
+            bounds
+                .windows(2)
+                .all(|piece| is_cut_piece(&line[piece[0]..piece[1]]))
+                .then_some(index)
+        });
+        let index = index
             .unwrap_or_else(|| panic!("not an input line: {:?}", String::from_utf8_lossy(line)));
         counts[index] += 1;
     }
     counts
+}
+
+#[test]
+fn an_append_cut_short_by_a_kill_is_not_a_done_line_and_nothing_else_passes() {
+    let input = Input::generated(20);
+    let output = input.sibling("output.txt");
+    let [one, two, three] = [&input.lines[0], &input.lines[1], &input.lines[2]];
+    // Line 1 whole, a kill cutting line 2 short twice, then line 3 whole.
+    let cut = |line: &[u8], len: usize| line[..len].to_vec();
+    let mut bytes = one.clone();
+    bytes.extend(cut(two, 9));
+    bytes.extend(cut(two, 3));
+    bytes.extend(three);
+    fs::write(&output, &bytes).unwrap();
+    let mut expected = vec![0; 20];
+    expected[0] = 1;
+    expected[2] = 1;
+    assert_eq!(counts_by_line(&input, &output), expected);
+
+    // Bytes that are no input line's start, before a whole line, are not
+    // taken for a cut append.
+    for bad in [&b"lime 000002"[..], b"line 000002 y", b"x"] {
+        let mut bytes = bad.to_vec();
+        bytes.extend(three);
+        fs::write(&output, &bytes).unwrap();
+        let counted = std::panic::catch_unwind(|| counts_by_line(&input, &output));
+        assert!(
+            counted.is_err(),
+            "{:?} was taken",
+            String::from_utf8_lossy(bad)
+        );
+    }
 }
 
 fn ms(duration: Duration) -> String {
@@ -380,6 +434,9 @@ const ASYNC_TORTURE: Torture = Torture {
 };
 
 fn torture_child(torture: &Torture) {
+    // The writer thread is one among the busy workers: the probe tells how
+    // late the scheduler woke a thread meanwhile.
+    let _probe = LatenessProbe::start_recording(open_output(&env_path(LATENESS_VAR)));
     let output = open_output(&env_path(OUTPUT_VAR));
     let task = |line: &Line<'_>| -> io::Result<()> {
         if torture.sleeps {
@@ -421,17 +478,21 @@ fn kill_torture(torture: &Torture) {
     let input = Input::generated(line_count);
     let output = input.sibling("output.txt");
     let checkpoint = input.sibling("input.txt.checkpoint");
+    let lateness = input.sibling("lateness.txt");
     let env = [
         (INPUT_VAR, input.path.as_os_str()),
         (OUTPUT_VAR, output.as_os_str()),
+        (LATENESS_VAR, lateness.as_os_str()),
     ];
 
     // For each kill, the lines its run did that the checkpoint file had not
     // recorded when it died: exactly the work the kill threw away, each of
     // them done again later.
     let mut thrown_away = Vec::new();
+    let mut late = Vec::new();
     let mut before = vec![0u32; line_count];
     for (kill, &after_ms) in kill_after.iter().enumerate() {
+        let _ = fs::remove_file(&lateness);
         let mut child = spawn_self(torture.test_name, "torture", &env);
         thread::sleep(Duration::from_millis(after_ms));
         assert!(
@@ -440,6 +501,7 @@ fn kill_torture(torture: &Torture) {
             child.kill_and_wait()
         );
         assert_killed(&child.kill_and_wait());
+        late.push(recorded_worst(&lateness));
         let recorded = Checkpoint::inspect(&checkpoint)
             .unwrap_or_else(|err| panic!("checkpoint after kill {kill}: {err}"));
         let done_beyond: HashSet<u64> = recorded.done_beyond.iter().copied().collect();
@@ -468,10 +530,15 @@ fn kill_torture(torture: &Torture) {
     let counts = counts_by_line(&input, &output);
     let duplicates: u64 = counts.iter().map(|&n| u64::from(n.saturating_sub(1))).sum();
     // A kill throws away at most the lines in progress and the commits of
-    // the last `write_delay`, at the rate the final, uninterrupted run kept.
+    // the last `write_delay`, at the rate the final, uninterrupted run kept,
+    // and of as much longer as the scheduler kept the child's threads
+    // waiting (its probe's worst lateness in that run).
     let lines_per_s = done as f64 * 1e6 / micros as f64;
-    let one_write_delay = (lines_per_s * (WRITE_DELAY + WRITER_WAKE_SLACK).as_secs_f64()).ceil();
-    let bound = torture.in_progress + one_write_delay as usize;
+    let lines_in = |span: Duration| (lines_per_s * span.as_secs_f64()).ceil() as usize;
+    let bounds: Vec<usize> = late
+        .iter()
+        .map(|&late| torture.in_progress + lines_in(WRITE_DELAY + WRITER_WAKE_SLACK + late))
+        .collect();
     eprintln!(
         "kill torture: {line_count} lines, {} lanes{}, a task of {} us ({}), \
          {} kills {}..={} ms after the start; final run: {done} lines in {} ms = \
@@ -491,14 +558,21 @@ fn kill_torture(torture: &Torture) {
     );
     eprintln!(
         "kill torture: {duplicates} lines done twice in all, {:.1} per kill, at most {} by one \
-         kill; bound per kill: {} lines in progress + {one_write_delay} commits of {} = {bound}",
+         kill; bound per kill: {} lines in progress + the commits of {} ({}) and of the \
+         scheduler's lateness",
         duplicates as f64 / torture.kills as f64,
         thrown_away.iter().max().unwrap(),
         torture.in_progress,
         ms(WRITE_DELAY + WRITER_WAKE_SLACK),
+        lines_in(WRITE_DELAY + WRITER_WAKE_SLACK),
     );
     eprintln!("kill torture: kill moments (ms): {kill_after:?}");
+    eprintln!(
+        "kill torture: worst lateness of a thread in each run (us): {:?}",
+        late.iter().map(Duration::as_micros).collect::<Vec<_>>()
+    );
     eprintln!("kill torture: lines thrown away by each kill: {thrown_away:?}");
+    eprintln!("kill torture: bound of each kill: {bounds:?}");
 
     // At least once: nothing is lost.
     let missing: Vec<usize> = (1..=line_count).filter(|n| counts[n - 1] == 0).collect();
@@ -510,7 +584,9 @@ fn kill_torture(torture: &Torture) {
         thrown_away.iter().sum::<u64>(),
         "the repeats are not the lines the kills threw away"
     );
-    for (kill, (&lost, &after_ms)) in thrown_away.iter().zip(&kill_after).enumerate() {
+    for (kill, ((&lost, &bound), &after_ms)) in
+        thrown_away.iter().zip(&bounds).zip(&kill_after).enumerate()
+    {
         assert!(
             lost as usize <= bound,
             "kill {kill}, {after_ms} ms after the start, threw away {lost} lines (bound {bound})"

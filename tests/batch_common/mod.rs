@@ -2,6 +2,9 @@
 
 #![allow(dead_code)]
 
+#[path = "../common/lateness.rs"]
+pub mod lateness;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -5,6 +5,8 @@
 // Each test binary compiles its own copy of this module and uses a part of it.
 #![allow(dead_code)]
 
+pub mod lateness;
+
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Read;
