@@ -21,7 +21,7 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, ErrorKind, Write};
@@ -35,8 +35,8 @@ use linemark::{Checkpoint, Durability, Error, Line, LineReader, Position, Runner
 
 use common::lateness::{LatenessProbe, recorded_worst};
 use common::{
-    DEADLINE, Finished, Input, SEED_VAR, SmallDisk, SplitMix64, child_role, env_path,
-    generated_lines, positions_after, serial, spawn_self, test_seed, wait_until,
+    DEADLINE, Finished, Input, SEED_VAR, SmallDisk, SplitMix64, child_role, counts_by_line,
+    env_path, generated_lines, positions_after, serial, spawn_self, test_seed, wait_until,
 };
 
 /// The default `write_delay`: the longest a commit may stay in memory only.
@@ -80,82 +80,6 @@ fn append(output: &File, line: &Line<'_>) -> io::Result<()> {
 fn stuck_forever() -> ! {
     loop {
         thread::sleep(Duration::from_secs(3600));
-    }
-}
-
-/// How many times each line of `input` occurs in `output`, by line number
-/// (index 0 is line 1).
-///
-/// A SIGKILL can cut an append short: Linux checks for a fatal signal
-/// between the pages a `write` copies, so a line that crosses a page
-/// boundary of the output may be left half written. Its task never
-/// finished, so the part is not a done line, and the next append lands
-/// right after it: such bytes before a whole input line are skipped.
-///
-/// # Panics
-///
-/// When the output holds a line that is not an input line, with or without
-/// cut-short bytes before it.
-fn counts_by_line(input: &Input, output: &Path) -> Vec<u32> {
-    let numbers: HashMap<&[u8], usize> = input
-        .lines
-        .iter()
-        .enumerate()
-        .map(|(index, line)| (&line[..], index))
-        .collect();
-    let mut counts = vec![0u32; input.lines.len()];
-    let bytes = fs::read(output).unwrap_or_default();
-    for line in bytes.split_inclusive(|&b| b == b'\n') {
-        let index = numbers.get(line).copied().or_else(|| {
-            // A whole line after bytes cut short: each cut piece is the
-            // start of an input line (generated lines hold one `l`, their
-            // first byte, so a piece begins at each `l`).
-            let starts: Vec<usize> = (1..line.len()).filter(|&at| line[at] == b'l').collect();
-            let whole = *starts.last()?;
-            let index = numbers.get(&line[whole..]).copied()?;
-            let is_cut_piece = |piece: &[u8]| input.lines.iter().any(|l| l.starts_with(piece));
-            let bounds: Vec<usize> = [0].into_iter().chain(starts).collect();
-            bounds
-                .windows(2)
-                .all(|piece| is_cut_piece(&line[piece[0]..piece[1]]))
-                .then_some(index)
-        });
-        let index = index
-            .unwrap_or_else(|| panic!("not an input line: {:?}", String::from_utf8_lossy(line)));
-        counts[index] += 1;
-    }
-    counts
-}
-
-#[test]
-fn an_append_cut_short_by_a_kill_is_not_a_done_line_and_nothing_else_passes() {
-    let input = Input::generated(20);
-    let output = input.sibling("output.txt");
-    let [one, two, three] = [&input.lines[0], &input.lines[1], &input.lines[2]];
-    // Line 1 whole, a kill cutting line 2 short twice, then line 3 whole.
-    let cut = |line: &[u8], len: usize| line[..len].to_vec();
-    let mut bytes = one.clone();
-    bytes.extend(cut(two, 9));
-    bytes.extend(cut(two, 3));
-    bytes.extend(three);
-    fs::write(&output, &bytes).unwrap();
-    let mut expected = vec![0; 20];
-    expected[0] = 1;
-    expected[2] = 1;
-    assert_eq!(counts_by_line(&input, &output), expected);
-
-    // Bytes that are no input line's start, before a whole line, are not
-    // taken for a cut append.
-    for bad in [&b"lime 000002"[..], b"line 000002 y", b"x"] {
-        let mut bytes = bad.to_vec();
-        bytes.extend(three);
-        fs::write(&output, &bytes).unwrap();
-        let counted = std::panic::catch_unwind(|| counts_by_line(&input, &output));
-        assert!(
-            counted.is_err(),
-            "{:?} was taken",
-            String::from_utf8_lossy(bad)
-        );
     }
 }
 
@@ -844,4 +768,36 @@ fn after_a_sigkill_an_edit_of_the_finished_lines_is_refused_and_without_it_the_j
     assert!(report.is_complete(), "{report:?}");
     let counts = counts_by_line(&input, &output);
     assert!(counts.iter().all(|&n| n >= 1), "a line was never done");
+}
+
+#[test]
+fn an_append_cut_short_by_a_kill_is_not_a_done_line_and_nothing_else_passes() {
+    let input = Input::generated(20);
+    let output = input.sibling("output.txt");
+    let [one, two, three] = [&input.lines[0], &input.lines[1], &input.lines[2]];
+    // Line 1 whole, a kill cutting line 2 short twice, then line 3 whole.
+    let cut = |line: &[u8], len: usize| line[..len].to_vec();
+    let mut bytes = one.clone();
+    bytes.extend(cut(two, 9));
+    bytes.extend(cut(two, 3));
+    bytes.extend(three);
+    fs::write(&output, &bytes).unwrap();
+    let mut expected = vec![0; 20];
+    expected[0] = 1;
+    expected[2] = 1;
+    assert_eq!(counts_by_line(&input, &output), expected);
+
+    // Bytes that are no input line's start, before a whole line, are not
+    // taken for a cut append.
+    for bad in [&b"lime 000002"[..], b"line 000002 y", b"x"] {
+        let mut bytes = bad.to_vec();
+        bytes.extend(three);
+        fs::write(&output, &bytes).unwrap();
+        let counted = std::panic::catch_unwind(|| counts_by_line(&input, &output));
+        assert!(
+            counted.is_err(),
+            "{:?} was taken",
+            String::from_utf8_lossy(bad)
+        );
+    }
 }

@@ -24,7 +24,9 @@ use std::time::Duration;
 
 use linemark::{Checkpoint, Durability, Error, Line, LineReader, Position, Ticket, Tracker};
 
-use common::{DEADLINE, Input, child_role, env_path, file_len, serial, spawn_self, wait_until};
+use common::{
+    DEADLINE, Input, child_role, counts_by_line, env_path, file_len, serial, spawn_self, wait_until,
+};
 
 const INPUT_VAR: &str = "LINEMARK_TEST_INPUT";
 const OUTPUT_VAR: &str = "LINEMARK_TEST_OUTPUT";
@@ -358,25 +360,6 @@ fn open_output(path: &Path) -> File {
         .create(true)
         .open(path)
         .unwrap()
-}
-
-/// How many times each line of `input` occurs in `output` (index 0 is
-/// line 1).
-fn counts_by_line(input: &Input, output: &Path) -> Vec<u32> {
-    let index: HashMap<&[u8], usize> = input
-        .lines
-        .iter()
-        .enumerate()
-        .map(|(i, line)| (&line[..], i))
-        .collect();
-    let mut counts = vec![0; input.lines.len()];
-    for line in fs::read(output)
-        .unwrap_or_default()
-        .split_inclusive(|&b| b == b'\n')
-    {
-        counts[index[line]] += 1;
-    }
-    counts
 }
 
 #[test]

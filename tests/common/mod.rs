@@ -7,6 +7,7 @@
 
 pub mod lateness;
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Read;
@@ -65,6 +66,50 @@ pub fn generated_lines(count: usize) -> Vec<Vec<u8>> {
     (1..=count)
         .map(|n| format!("line {n:06} {}\n", "x".repeat(n * 7 % 23)).into_bytes())
         .collect()
+}
+
+/// How many times each line of `input` occurs in `output`, by line number
+/// (index 0 is line 1).
+///
+/// A SIGKILL can cut an append short: Linux checks for a fatal signal
+/// between the pages a `write` copies, so a line that crosses a page
+/// boundary of the output may be left half written. Its task never
+/// finished, so the part is not a done line, and the next append lands
+/// right after it: such bytes before a whole input line are skipped.
+///
+/// # Panics
+///
+/// When the output holds a line that is not an input line, with or without
+/// cut-short bytes before it.
+pub fn counts_by_line(input: &Input, output: &Path) -> Vec<u32> {
+    let numbers: HashMap<&[u8], usize> = input
+        .lines
+        .iter()
+        .enumerate()
+        .map(|(index, line)| (&line[..], index))
+        .collect();
+    let mut counts = vec![0u32; input.lines.len()];
+    let bytes = fs::read(output).unwrap_or_default();
+    for line in bytes.split_inclusive(|&b| b == b'\n') {
+        let index = numbers.get(line).copied().or_else(|| {
+            // A whole line after bytes cut short: each cut piece is the
+            // start of an input line (generated lines hold one `l`, their
+            // first byte, so a piece begins at each `l`).
+            let starts: Vec<usize> = (1..line.len()).filter(|&at| line[at] == b'l').collect();
+            let whole = *starts.last()?;
+            let index = numbers.get(&line[whole..]).copied()?;
+            let is_cut_piece = |piece: &[u8]| input.lines.iter().any(|l| l.starts_with(piece));
+            let bounds: Vec<usize> = [0].into_iter().chain(starts).collect();
+            bounds
+                .windows(2)
+                .all(|piece| is_cut_piece(&line[piece[0]..piece[1]]))
+                .then_some(index)
+        });
+        let index = index
+            .unwrap_or_else(|| panic!("not an input line: {:?}", String::from_utf8_lossy(line)));
+        counts[index] += 1;
+    }
+    counts
 }
 
 /// The position after each prefix of `lines`, computed from the format's
