@@ -446,6 +446,12 @@ fn a_failed_log_copy_never_becomes_part_of_the_live_failure_log() {
     let error = checkpoint
         .rebase(moved)
         .expect_err("the disk did not fill up");
+    // The error names the file and what it is.
+    let message = error.to_string();
+    assert!(
+        message.contains("writing the failure log") && message.contains("job.checkpoint.failures"),
+        "{message}"
+    );
     std::fs::remove_file(filler).unwrap();
     // Room again: the loop goes on. Line 1 (now 3), at the head of the
     // log, fails again.

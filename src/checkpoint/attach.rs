@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use super::output::Role;
 use super::prefix::Catch;
 use super::{Checkpoint, Identity, Output, format, fs, output};
 use crate::error::{Error, Result};
@@ -45,8 +46,8 @@ impl Checkpoint {
         let sync = self.durability.syncs();
         let (output, new) = match probe {
             Probe::Recorded { mut file, mark } => {
-                output::cut_back(path, file.as_mut(), mark.len)?;
-                (output::attach(path, file, mark, sync), false)
+                output::cut_back(path, Role::Output, file.as_mut(), mark.len)?;
+                (output::attach(path, Role::Output, file, mark, sync), false)
             }
             Probe::New => {
                 let (file, mark) = output::create(self.inner.fs.as_ref(), path)?;
@@ -57,7 +58,7 @@ impl Checkpoint {
                     .push((path.to_string_lossy().into_owned(), mark));
                 // The declaration goes in a snapshot.
                 io.needs_rewrite |= io.file.is_some();
-                (output::attach(path, file, mark, sync), true)
+                (output::attach(path, Role::Output, file, mark, sync), true)
             }
         };
         self.outputs.push(Arc::clone(output.shared()));
@@ -148,7 +149,7 @@ impl Checkpoint {
                         index + 1
                     )));
                 }
-                match output::check(self.inner.fs.as_ref(), path, mark, closed)? {
+                match output::check(self.inner.fs.as_ref(), path, Role::Output, mark, closed)? {
                     output::Found::Changed(reason) => Err(changed(reason)),
                     output::Found::Ours(file) => Ok(Probe::Recorded { file, mark }),
                 }

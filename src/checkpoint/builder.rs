@@ -216,7 +216,13 @@ impl CheckpointBuilder {
             Some((name, mark)) => {
                 let log_path = faillog::log_path(&path, name);
                 let file = faillog::open(fs.as_ref(), &log_path, &given, mark.mark)?;
-                let log = output::attach(&log_path, file, mark.mark, self.durability.syncs());
+                let log = output::attach(
+                    &log_path,
+                    output::Role::FailureLog,
+                    file,
+                    mark.mark,
+                    self.durability.syncs(),
+                );
                 Some(Arc::clone(log.shared()))
             }
             None => None,

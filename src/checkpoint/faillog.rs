@@ -25,7 +25,7 @@ use std::sync::Arc;
 use super::file::parent_dir;
 use super::format::{LogMark, OutputMark, Record};
 use super::fs::{Fs, FsFile};
-use super::output::{self, OutputShared};
+use super::output::{self, OutputShared, Role};
 use crate::error::{Error, Result};
 use crate::failed::FailedLine;
 
@@ -84,9 +84,9 @@ pub(crate) fn open(
     checkpoint: &Path,
     mark: OutputMark,
 ) -> Result<Box<dyn FsFile>> {
-    match output::check(fs, path, mark, false)? {
+    match output::check(fs, path, Role::FailureLog, mark, false)? {
         output::Found::Ours(mut file) => {
-            output::cut_back(path, file.as_mut(), mark.len)?;
+            output::cut_back(path, Role::FailureLog, file.as_mut(), mark.len)?;
             Ok(file)
         }
         output::Found::Changed(reason) => Err(Error::OutputChanged {

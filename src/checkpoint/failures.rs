@@ -420,7 +420,13 @@ impl Checkpoint {
         let len = file.len().map_err(write_err)?;
         let digest = super::output::tail_digest(file.as_mut(), len).map_err(write_err)?;
         let copy = super::format::OutputMark { len, digest };
-        let log = super::output::attach(&path, file, copy, self.inner.sync_logs);
+        let log = super::output::attach(
+            &path,
+            super::output::Role::FailureLog,
+            file,
+            copy,
+            self.inner.sync_logs,
+        );
         *self
             .inner
             .faillog

@@ -17,6 +17,57 @@ use crate::error::{Error, Result};
 /// Bytes an output gathers before they are written to its file.
 const BUFFER: usize = 64 << 10;
 
+/// What an append-only file kept in step with the checkpoint is for: the
+/// job's results, or the checkpoint's own failure log. Errors name it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    Output,
+    FailureLog,
+}
+
+/// What was being done to such a file when an error came.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Doing {
+    Opening,
+    Reading,
+    ReadingBack,
+    Writing,
+    Recording,
+    Syncing,
+    CuttingBack,
+    SyncingDir,
+}
+
+impl Role {
+    /// The action an error of `doing` to this file reports.
+    pub(crate) fn action(self, doing: Doing) -> &'static str {
+        use Doing::*;
+        match (self, doing) {
+            (Role::Output, Opening) => "opening the output",
+            (Role::Output, Reading) => "reading the output",
+            (Role::Output, ReadingBack) => "reading the output back",
+            (Role::Output, Writing) => "writing the output",
+            (Role::Output, Recording) => "recording the output",
+            (Role::Output, Syncing) => "syncing the output",
+            (Role::Output, CuttingBack) => "cutting the output back",
+            (Role::Output, SyncingDir) => "syncing the output's directory",
+            (Role::FailureLog, Opening) => "opening the failure log",
+            (Role::FailureLog, Reading) => "reading the failure log",
+            (Role::FailureLog, ReadingBack) => "reading the failure log back",
+            (Role::FailureLog, Writing) => "writing the failure log",
+            (Role::FailureLog, Recording) => "recording the failure log",
+            (Role::FailureLog, Syncing) => "syncing the failure log",
+            (Role::FailureLog, CuttingBack) => "cutting the failure log back",
+            (Role::FailureLog, SyncingDir) => "syncing the failure log's directory",
+        }
+    }
+
+    /// An I/O error of `doing` to the file at `path`.
+    pub(crate) fn error(self, path: &Path, doing: Doing, err: io::Error) -> Error {
+        Error::io(Some(path), self.action(doing), err)
+    }
+}
+
 /// An append-only output file attached to a [`Checkpoint`](crate::Checkpoint),
 /// for results written exactly once, even across crashes.
 ///
@@ -89,6 +140,8 @@ pub(crate) struct OutputShared {
     appended: AtomicU64,
     /// Sync the file before a record covers its new bytes.
     sync: bool,
+    /// Results, or the failure log.
+    role: Role,
     /// Bytes appended and not yet written. Held only to append or to swap
     /// the buffer out, never during a write, so the appending thread does
     /// not wait for the writer thread's writes.
@@ -189,7 +242,7 @@ impl OutputShared {
             io.spare = pending;
             return Ok(());
         }
-        let result = io.write_direct(&self.path, &pending);
+        let result = io.write_direct(&self.path, self.role, &pending);
         if result.is_err() {
             let mut buffer = self.lock_buffer();
             pending.extend_from_slice(&buffer);
@@ -259,7 +312,7 @@ impl OutputShared {
         let mut io = self.lock();
         self.write_out(&mut io)?;
         if bytes.len() >= BUFFER {
-            io.write_direct(&self.path, bytes)
+            io.write_direct(&self.path, self.role, bytes)
         } else {
             self.lock_buffer().extend_from_slice(bytes);
             Ok(())
@@ -275,7 +328,7 @@ impl OutputShared {
         }
         if io.written < len {
             return Err(self.error(
-                "recording the output",
+                Doing::Recording,
                 io::Error::other(format!(
                     "a commit covers {len} bytes, but only {} were appended",
                     io.written
@@ -289,7 +342,7 @@ impl OutputShared {
             return Ok(mark);
         }
         let digest = tail_digest(io.file.as_mut(), len)
-            .map_err(|err| self.error("reading the output back", err))?;
+            .map_err(|err| self.error(Doing::ReadingBack, err))?;
         let mark = OutputMark { len, digest };
         io.sealed = Some(mark);
         Ok(mark)
@@ -314,11 +367,11 @@ impl OutputShared {
         let mut handle = io
             .file
             .try_clone()
-            .map_err(|err| self.error("syncing the output", err))?;
+            .map_err(|err| self.error(Doing::Syncing, err))?;
         drop(io);
         handle
             .sync_data()
-            .map_err(|err| self.error("syncing the output", err))?;
+            .map_err(|err| self.error(Doing::Syncing, err))?;
         let mut io = self.lock();
         io.synced = io.synced.max(upto);
         Ok(io)
@@ -333,29 +386,29 @@ impl OutputShared {
         if cut {
             io.file
                 .set_len(len)
-                .map_err(|err| self.error("cutting the output back", err))?;
+                .map_err(|err| self.error(Doing::CuttingBack, err))?;
             io.written = len;
             io.synced = io.synced.min(len);
         }
         if self.sync && (cut || io.synced < len) {
             io.file
                 .sync_data()
-                .map_err(|err| self.error("syncing the output", err))?;
+                .map_err(|err| self.error(Doing::Syncing, err))?;
             io.synced = len;
         }
         self.appended.store(len, Ordering::Relaxed);
         Ok(())
     }
 
-    fn error(&self, action: &'static str, err: io::Error) -> Error {
-        Error::io(Some(&self.path), action, err)
+    fn error(&self, doing: Doing, err: io::Error) -> Error {
+        self.role.error(&self.path, doing, err)
     }
 }
 
 impl OutputIo {
     /// Writes `bytes` to the file; on failure, cuts it back to what it
     /// held before, so a partial write never stays.
-    fn write_direct(&mut self, path: &Path, bytes: &[u8]) -> Result<()> {
+    fn write_direct(&mut self, path: &Path, role: Role, bytes: &[u8]) -> Result<()> {
         match self.file.write_all(bytes) {
             Ok(()) => {
                 self.written += bytes.len() as u64;
@@ -363,7 +416,7 @@ impl OutputIo {
             }
             Err(err) => {
                 let _ = self.file.set_len(self.written);
-                Err(Error::io(Some(path), "writing the output", err))
+                Err(role.error(path, Doing::Writing, err))
             }
         }
     }
@@ -389,13 +442,23 @@ pub(crate) enum Found {
 
 /// Opens the output at `path` and checks it against `recorded` (its length
 /// and the digest of its tail, and whether the last run ended cleanly).
-pub(crate) fn check(fs: &dyn Fs, path: &Path, recorded: OutputMark, closed: bool) -> Result<Found> {
-    let open_err = |err| Error::io(Some(path), "opening the output", err);
+pub(crate) fn check(
+    fs: &dyn Fs,
+    path: &Path,
+    role: Role,
+    recorded: OutputMark,
+    closed: bool,
+) -> Result<Found> {
+    let open_err = |err| role.error(path, Doing::Opening, err);
+    let holds = match role {
+        Role::Output => "results",
+        Role::FailureLog => "failed lines",
+    };
     let mut file = match fs.open_append(path) {
         Ok(file) => file,
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
             return Ok(Found::Changed(format!(
-                "it is missing; the checkpoint records {} bytes of results in it",
+                "it is missing; the checkpoint records {} bytes of {holds} in it",
                 recorded.len
             )));
         }
@@ -409,7 +472,7 @@ pub(crate) fn check(fs: &dyn Fs, path: &Path, recorded: OutputMark, closed: bool
         )));
     }
     let digest = tail_digest(file.as_mut(), recorded.len)
-        .map_err(|err| Error::io(Some(path), "reading the output", err))?;
+        .map_err(|err| role.error(path, Doing::Reading, err))?;
     if digest != recorded.digest {
         return Ok(Found::Changed(format!(
             "its bytes before offset {} are not the ones recorded: the file was replaced or edited",
@@ -464,14 +527,14 @@ pub(crate) fn identity(path: &Path) -> Option<Identity> {
 
 /// Cuts `file` back to `len`, dropping bytes no commit covered (results of
 /// lines that will be done again), and syncs the cut.
-pub(crate) fn cut_back(path: &Path, file: &mut dyn FsFile, len: u64) -> Result<()> {
+pub(crate) fn cut_back(path: &Path, role: Role, file: &mut dyn FsFile, len: u64) -> Result<()> {
     let found = file
         .len()
-        .map_err(|err| Error::io(Some(path), "opening the output", err))?;
+        .map_err(|err| role.error(path, Doing::Opening, err))?;
     if found > len {
         file.set_len(len)
             .and_then(|()| file.sync_data())
-            .map_err(|err| Error::io(Some(path), "cutting the output back", err))?;
+            .map_err(|err| role.error(path, Doing::CuttingBack, err))?;
     }
     Ok(())
 }
@@ -480,7 +543,7 @@ pub(crate) fn cut_back(path: &Path, file: &mut dyn FsFile, len: u64) -> Result<(
 /// present bytes stay, results go after them. Returns the file and its
 /// mark.
 pub(crate) fn create(fs: &dyn Fs, path: &Path) -> Result<(Box<dyn FsFile>, OutputMark)> {
-    let open_err = |err| Error::io(Some(path), "opening the output", err);
+    let open_err = |err| Role::Output.error(path, Doing::Opening, err);
     let (mut file, created) = match fs.open_append(path) {
         Ok(file) => (file, false),
         Err(err) if err.kind() == io::ErrorKind::NotFound => {
@@ -492,24 +555,31 @@ pub(crate) fn create(fs: &dyn Fs, path: &Path) -> Result<(Box<dyn FsFile>, Outpu
     let digest = tail_digest(file.as_mut(), len).map_err(open_err)?;
     // The checkpoint records this length: it must not outlive the bytes.
     file.sync_data()
-        .map_err(|err| Error::io(Some(path), "syncing the output", err))?;
+        .map_err(|err| Role::Output.error(path, Doing::Syncing, err))?;
     if created {
         // Its name is on disk before a record names it.
         fs.sync_dir(parent_dir(path))
-            .map_err(|err| Error::io(Some(path), "syncing the output's directory", err))?;
+            .map_err(|err| Role::Output.error(path, Doing::SyncingDir, err))?;
     }
     Ok((file, OutputMark { len, digest }))
 }
 
 /// The handle and the shared half of an output opened at `mark`, the
 /// file's bytes up to it durable.
-pub(crate) fn attach(path: &Path, file: Box<dyn FsFile>, mark: OutputMark, sync: bool) -> Output {
+pub(crate) fn attach(
+    path: &Path,
+    role: Role,
+    file: Box<dyn FsFile>,
+    mark: OutputMark,
+    sync: bool,
+) -> Output {
     Output {
         shared: Arc::new(OutputShared {
             path: path.to_path_buf(),
             identity: identity(path),
             appended: AtomicU64::new(mark.len),
             sync,
+            role,
             buffer: Mutex::new(Vec::with_capacity(BUFFER)),
             io: Mutex::new(OutputIo {
                 file,

@@ -604,7 +604,13 @@ impl Inner {
         let name = super::faillog::log_name(&self.path);
         let path = super::faillog::log_path(&self.path, &name);
         let file = super::faillog::create(self.fs.as_ref(), &path)?;
-        let log = super::output::attach(&path, file, OutputMark::default(), self.sync_logs);
+        let log = super::output::attach(
+            &path,
+            super::output::Role::FailureLog,
+            file,
+            OutputMark::default(),
+            self.sync_logs,
+        );
         *self.faillog.lock().unwrap_or_else(PoisonError::into_inner) =
             Some(Arc::clone(log.shared()));
         self.lock_core().state.log = Some((name, LogMark::default()));
