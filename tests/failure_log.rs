@@ -418,3 +418,63 @@ fn retries_that_fail_again_keep_the_log_the_size_of_its_live_part() {
         );
     }
 }
+
+/// Where a new failure log goes, a file may already be: the log of a
+/// checkpoint removed since (or of a session killed before it recorded
+/// its log), emptied and used; or a file that is no failure log, which is
+/// left alone, byte for byte, with an error naming it, and the failed
+/// lines stay with the checkpoint until it is moved away.
+#[test]
+fn a_file_in_the_failure_log_s_place_is_emptied_only_when_it_is_a_failure_log() {
+    let input = Input::generated(30);
+    let path = input.sibling("job.checkpoint");
+    let log = log_of(&path);
+
+    // A removed checkpoint's log, its last record cut short: emptied.
+    let mut old = record("failed line=7 offset=0 len=3 digest=00000000 attempts=1 error=\"old\"");
+    old.push_str("fail");
+    fs::write(&log, &old).unwrap();
+    let mut checkpoint = Checkpoint::open(&path).unwrap();
+    hand_written_run(&mut checkpoint, &input, |n| n == 5, 1);
+    checkpoint.close().unwrap();
+    assert_eq!(numbers(&failed_lines(&path)), [5]);
+    assert!(!fs::read_to_string(&log).unwrap().contains("old"));
+
+    // A file that is no failure log: refused, kept, and the failed line
+    // is written once it is moved away.
+    for foreign in [&b"notes I keep\n"[..], b"fail\n", b"failed to say\n"] {
+        fs::remove_file(&path).unwrap();
+        fs::write(&log, foreign).unwrap();
+        let mut checkpoint = Checkpoint::builder()
+            .durability(Durability::EveryCommit)
+            .open(&path)
+            .unwrap();
+        let positions = input.positions();
+        let line = Line::new(&input.lines[0], 1, 0);
+        checkpoint
+            .commit_failed(FailedLine::new(&line, 1, "boom 1"))
+            .unwrap();
+        let second = Line::new(&input.lines[1], 2, positions[1].offset());
+        let error = checkpoint
+            .commit_line(&line)
+            .and_then(|()| checkpoint.commit_line(&second))
+            .and_then(|()| checkpoint.sync())
+            .expect_err(&format!(
+                "{:?} was emptied",
+                String::from_utf8_lossy(foreign)
+            ));
+        let message = error.to_string();
+        assert!(
+            message.contains("job.checkpoint.failures") && message.contains("not a failure log"),
+            "{message}"
+        );
+        assert_eq!(fs::read(&log).unwrap(), foreign);
+        let away = input.sibling("moved-away");
+        fs::rename(&log, &away).unwrap();
+        checkpoint.sync().unwrap();
+        checkpoint.close().unwrap();
+        assert_eq!(numbers(&failed_lines(&path)), [1]);
+        assert_eq!(fs::read(&away).unwrap(), foreign);
+        fs::remove_file(&log).unwrap();
+    }
+}

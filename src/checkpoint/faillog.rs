@@ -52,12 +52,39 @@ pub(crate) fn log_path(checkpoint: &Path, name: &str) -> PathBuf {
     parent_dir(checkpoint).join(name)
 }
 
-/// Creates the failure log at `path`, empty, its name synced: a file there
-/// that no checkpoint records is the log of a checkpoint removed since.
+/// How every record of a failure log starts.
+const RECORD_STARTS: [&[u8]; 2] = [b"failed line=", b"resolved line="];
+
+/// Whether `head`, the first bytes of a file, can be the start of a
+/// failure log: a record's start, or a part of one (a log whose first
+/// append was cut short).
+fn starts_like_a_log(head: &[u8]) -> bool {
+    RECORD_STARTS
+        .iter()
+        .any(|start| start.starts_with(head) || head.starts_with(start))
+}
+
+/// Creates the failure log at `path`, empty, its name synced. A file
+/// there that no checkpoint records is the log of a checkpoint removed
+/// since, or of a session killed before it recorded the log: emptied, if
+/// it starts like a failure log. Any other file is left alone, an error.
 pub(crate) fn create(fs: &dyn Fs, path: &Path) -> Result<Box<dyn FsFile>> {
     let err = |action, err| Error::io(Some(path), action, err);
     let file = match fs.open_append(path) {
         Ok(mut file) => {
+            let head = file
+                .read_at(0, RECORD_STARTS[1].len() as u64)
+                .map_err(|e| err("reading the failure log", e))?;
+            if !starts_like_a_log(&head) {
+                return Err(err(
+                    "creating the failure log",
+                    io::Error::new(
+                        io::ErrorKind::AlreadyExists,
+                        "a file that is not a failure log is where the checkpoint keeps its \
+                         failure log; linemark does not empty it: move it away",
+                    ),
+                ));
+            }
             file.set_len(0)
                 .and_then(|()| file.sync_data())
                 .map_err(|e| err("emptying the failure log", e))?;

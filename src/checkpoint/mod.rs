@@ -172,7 +172,11 @@ use writer::{Background, Core, Inner, ReadBack, Request, Schedule};
 /// 64 KiB and at least as long as its live part is copied, its live part
 /// only, to its other name (`CHECKPOINT.failures.1`, and back), synced
 /// before the checkpoint is rewritten to name the copy, and the old file is
-/// removed after: the `faillog` record names the file in force.
+/// removed after: the `faillog` record names the file in force. A file
+/// already where a new log goes (the log of a checkpoint removed since, or
+/// of a session killed before its first record named it) is emptied only
+/// if it starts like a failure log; any other file is left as it is and the
+/// write fails with an [`Error::Io`] naming it, the failed lines kept.
 ///
 /// Outputs: from the first `output` (or `faillog`) record on, records take
 /// effect in groups: each write appends its records, the `failures` record
