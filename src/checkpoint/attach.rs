@@ -243,7 +243,9 @@ impl Checkpoint {
         let mut core = self.inner.lock_core();
         let state = &mut core.state;
         let (_, mark) = state.log.as_ref()?;
-        let empty = mark.from == mark.mark.len && mark.count == 0;
+        // Every record superseded, whether the live part was moved past
+        // them or `resolved` records came out of the listing's order.
+        let empty = mark.count == 0;
         if !empty || !state.passed.is_empty() || !state.unsettled.is_empty() {
             return None;
         }

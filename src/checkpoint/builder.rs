@@ -278,8 +278,10 @@ impl CheckpointBuilder {
             sync_delay: (self.durability.syncs() && !sync_each).then_some(max_delay),
         };
         let service_at = if write_each { 1 } else { max_records };
+        let line = inner.lock_core().state.position.line();
         Ok(Checkpoint {
             given,
+            line,
             slot: SlotWriter::new(&inner.slot),
             inner,
             durability: self.durability,

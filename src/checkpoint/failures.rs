@@ -214,10 +214,14 @@ impl Checkpoint {
                 core.pending.failed.push(Record::Resolved { line });
                 None
             } else if let Some(at) = core.state.passed.iter().position(|f| f.line() == line) {
-                // Never in the log: the write that moves the position past
-                // it will not take it there.
+                // Not in the log yet: the write that moves the position
+                // past it will not take it there. Its `failed` record may
+                // be in the file, beyond a position written before: a
+                // `resolved` record supersedes it, were the position moved
+                // back before that write.
                 core.state.passed.remove(at);
                 core.state.raise_outputs(lens(&self.outputs));
+                core.pending.failed.push(Record::Resolved { line });
                 core.pending.log = true;
                 None
             } else {

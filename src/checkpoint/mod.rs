@@ -247,6 +247,10 @@ pub struct Checkpoint {
     /// The path as the user gave it (`inner.path` is the resolved one).
     given: PathBuf,
     inner: Arc<Inner>,
+    /// The line of the last position committed through this handle (or
+    /// found on open): a line committed behind it moves the position back,
+    /// which takes the slow path of `commit`.
+    line: u64,
     /// The committing thread's half of the slot its lines are published in.
     slot: SlotWriter,
     durability: Durability,
@@ -650,6 +654,7 @@ impl Checkpoint {
                 core.state.raise_outputs(lens(&self.outputs));
                 core.pending.position = true;
                 drop(core);
+                self.line = position.line();
                 return self.note_commit();
             }
         }
@@ -682,6 +687,7 @@ impl Checkpoint {
             core.pending.position = true;
         }
         drop(io);
+        self.line = position.line();
         self.note_commit()
     }
 
@@ -736,9 +742,22 @@ impl Checkpoint {
     /// [`LineReader`](crate::LineReader), which is valid by construction.
     #[inline(always)]
     pub(crate) fn commit_read_line(&mut self, line: &Line<'_>) -> Result<()> {
+        if line.number() < self.line {
+            return self.commit_line_back(line);
+        }
+        self.line = line.number();
         self.slot
             .publish(&self.inner.slot, line, lens(&self.outputs));
         self.note_commit()
+    }
+
+    /// [`commit_line`](Checkpoint::commit_line) behind the position: moved
+    /// back as [`commit`](Checkpoint::commit) moves it (failed lines the
+    /// failure log holds beyond it are taken back).
+    #[cold]
+    #[inline(never)]
+    fn commit_line_back(&mut self, line: &Line<'_>) -> Result<()> {
+        self.commit(line.end_position())
     }
 
     /// Records that a line beyond the current position is finished (for
@@ -836,6 +855,9 @@ impl Checkpoint {
             // moves, and both are recorded together: a failed copy changes
             // nothing.
             let mut io = self.inner.lock_io();
+            // Commits waiting for the log are numbered as the lines are
+            // now: applied before the lines move (or the rebase fails).
+            self.inner.settle_behind()?;
             let old = {
                 let mut core = self.inner.lock_core();
                 self.inner.fold_own(&mut core, &self.slot)?;
@@ -857,6 +879,7 @@ impl Checkpoint {
             self.slot.clear(&self.inner.slot);
             core.folded = self.slot.seq();
             core.state.rebase(position);
+            self.line = position.line();
             if let (Some(mark), Some((_, log))) = (copied, core.state.log.as_mut()) {
                 *log = mark;
                 core.pending.log = true;

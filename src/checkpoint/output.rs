@@ -378,10 +378,16 @@ impl OutputShared {
     }
 
     /// Cuts the output to `len`, dropping what was appended after it
-    /// (results no commit covers), and syncs the cut.
+    /// (results no commit covers), and syncs the cut. Bytes before `len`
+    /// still in the buffer (a write of them failed) stay there, for the
+    /// next write.
     pub(crate) fn cut_to(&self, len: u64) -> Result<()> {
         let mut io = self.lock();
-        self.lock_buffer().clear();
+        {
+            let mut buffer = self.lock_buffer();
+            let keep = usize::try_from(len.saturating_sub(io.written)).unwrap_or(usize::MAX);
+            buffer.truncate(keep);
+        }
         let cut = io.written > len;
         if cut {
             io.file
@@ -390,11 +396,11 @@ impl OutputShared {
             io.written = len;
             io.synced = io.synced.min(len);
         }
-        if self.sync && (cut || io.synced < len) {
+        if self.sync && (cut || io.synced < io.written) {
             io.file
                 .sync_data()
                 .map_err(|err| self.error(Doing::Syncing, err))?;
-            io.synced = len;
+            io.synced = io.written;
         }
         self.appended.store(len, Ordering::Relaxed);
         Ok(())

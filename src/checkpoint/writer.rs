@@ -552,7 +552,7 @@ impl Inner {
 
     /// Applies the commits behind the position that could not look in the
     /// failure log when they were made (see `Checkpoint::commit_behind`).
-    fn settle_behind(&self) -> Result<()> {
+    pub(crate) fn settle_behind(&self) -> Result<()> {
         loop {
             let (line, mark) = {
                 let core = self.lock_core();

@@ -155,6 +155,9 @@ struct Disk {
     /// The next `sync_data` waits on the first barrier, then the second,
     /// then fails with EIO, losing the unsynced writes.
     gate: Option<(Arc<std::sync::Barrier>, Arc<std::sync::Barrier>)>,
+    /// Reads of open files fail with EIO while set (a disk that cannot
+    /// read a file for a while).
+    failing_reads: bool,
     temp_names: u64,
 }
 
@@ -294,6 +297,11 @@ impl SimFs {
         release: Arc<std::sync::Barrier>,
     ) {
         self.lock().gate = Some((reached, release));
+    }
+
+    /// Makes reads of open files fail with EIO, or read again.
+    pub(crate) fn fail_reads(&self, failing: bool) {
+        self.lock().failing_reads = failing;
     }
 
     pub(crate) fn is_off(&self) -> bool {
@@ -653,6 +661,9 @@ impl FsFile for SimFile {
     fn read_at(&mut self, offset: u64, len: u64) -> io::Result<Vec<u8>> {
         let mut disk = self.lock();
         finish(disk.begin()?)?;
+        if disk.failing_reads {
+            return Err(io::Error::other("EIO (read failed)"));
+        }
         let data = &disk.inodes[self.ino].current;
         let start = usize::try_from(offset).map_or(data.len(), |start| start.min(data.len()));
         let end = usize::try_from(offset.saturating_add(len))
@@ -922,3 +933,4 @@ mod tests {
 mod failed_sync;
 mod outputs;
 mod power_loss;
+mod unsettled;
