@@ -695,7 +695,8 @@ impl Checkpoint {
     /// same as `commit(line.end_position())`, except that the line's digest
     /// is computed only when the position is written (or asked for), so
     /// committing every line of a fast job costs a copy of the line, not a
-    /// digest.
+    /// digest. A line behind the last position committed moves the
+    /// position back, as `commit` does (its digest computed at once).
     ///
     /// "Everything up to": committing a line while an earlier one is still
     /// being worked on (several threads finishing out of order) marks that
