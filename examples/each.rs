@@ -98,8 +98,10 @@
 //!
 //! Exit status: 0 every line is done; 1 some lines are recorded as failed
 //! (in this run or an earlier one); 2 usage error or linemark error (the
-//! checkpoint is locked by another run, the input changed, ...); 130
-//! stopped by a signal.
+//! checkpoint is locked by another run, the input changed, ...); 3 a
+//! `--retry-failed` run left lines that never ran (an earlier run stopped
+//! before the end: run again without `--retry-failed`); 130 stopped by a
+//! signal.
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -125,6 +127,10 @@ const STDERR_TAIL: usize = 500;
 /// Exit status when the run was stopped by a signal (128 + SIGINT).
 const EXIT_STOPPED: u8 = 130;
 
+/// Exit status of a `--retry-failed` run that leaves lines after the
+/// position which never ran.
+const EXIT_INPUT_LEFT: u8 = 3;
+
 /// Run a command for every line of a file, resumably.
 #[derive(Parser, Debug)]
 #[command(
@@ -134,7 +140,8 @@ const EXIT_STOPPED: u8 = 130;
                   last argument.\nWith --output FILE, the commands' stdout goes to FILE, once per \
                   line even after a kill: a rerun cuts FILE back to what the checkpoint \
                   records.\nExit status: 0 all lines done, 1 some lines failed, 2 usage or \
-                  checkpoint error, 130 stopped by a signal."
+                  checkpoint error, 3 --retry-failed left lines never run (run again \
+                  without it), 130 stopped by a signal."
 )]
 struct Args {
     /// The input, one job per line: a file, or `-` for standard input, or a
@@ -360,6 +367,18 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
             shell_words(std::env::args_os()),
         );
         return Ok(ExitCode::from(EXIT_STOPPED));
+    }
+    if report.input_left {
+        // A retry runs only the failed lines; an earlier run stopped
+        // before the end. Even with --quiet: exit 0 would say all is done.
+        eprintln!(
+            "each: lines after line {} never ran (an earlier run stopped); to run them, run the \
+             command again without --retry-failed{}:\n  {}",
+            report.position.line(),
+            input.refeed(),
+            shell_words(without_flag(std::env::args_os(), "--retry-failed")),
+        );
+        return Ok(ExitCode::from(EXIT_INPUT_LEFT));
     }
     if report.failed_total > 0 {
         if !args.quiet {
@@ -997,6 +1016,18 @@ fn print_status(input: &Input, checkpoint: &Path) -> Result<(), Box<dyn std::err
 
 /// `args` with `flag` inserted after the program name, unless it is among
 /// the options already (before `--`).
+/// The command line without `flag` among its options (before `--`).
+fn without_flag(args: impl Iterator<Item = OsString>, flag: &str) -> Vec<OsString> {
+    let mut options = true;
+    args.filter(|arg| {
+        if arg == "--" {
+            options = false;
+        }
+        !(options && arg == flag)
+    })
+    .collect()
+}
+
 fn with_flag(args: impl Iterator<Item = OsString>, flag: &str) -> Vec<OsString> {
     let mut args: Vec<OsString> = args.collect();
     let options_end = args

@@ -20,7 +20,9 @@
 //!
 //! Exit codes: 0 every line done, 1 some lines failed (`--retry-failed`
 //! retries exactly them), 2 a usage error or linemark's own error (the
-//! checkpoint, the list changed, ...), 130 stopped by a signal.
+//! checkpoint, the list changed, ...), 3 a `--retry-failed` run left lines
+//! that never ran (an earlier run stopped: run again without it), 130
+//! stopped by a signal.
 
 mod agents;
 mod demo;
@@ -52,7 +54,8 @@ use crate::progress::{Progress, Tracked, Verbosity};
 /// same command again after an interruption and it resumes.
 ///
 /// Exit codes: 0 all lines done, 1 some lines failed, 2 usage or linemark
-/// error, 130 stopped by Ctrl-C or SIGTERM.
+/// error, 3 --retry-failed left lines never run (run again without it),
+/// 130 stopped by Ctrl-C or SIGTERM.
 #[derive(Parser, Debug)]
 #[command(name = "download", version)]
 struct Args {
@@ -186,6 +189,8 @@ impl Outcome {
     fn exit_code(&self) -> ExitCode {
         if self.report.stopped {
             ExitCode::from(130)
+        } else if self.report.input_left {
+            ExitCode::from(3)
         } else if self.report.failed_total > 0 {
             ExitCode::from(1)
         } else {
@@ -279,6 +284,12 @@ fn download(
                 "stopped. To resume, run the same command again:\n  {}",
                 command_line(&[])
             );
+        } else if report.input_left {
+            eprintln!(
+                "lines after line {} never ran (an earlier run stopped). To run them:\n  {}",
+                report.position.line(),
+                command_line_without("--retry-failed")
+            );
         } else if failed > 0 {
             let again = if args.retry_failed {
                 command_line(&[])
@@ -360,6 +371,15 @@ fn watch_signals(stop: &StopToken, quiet: bool) -> Result<(), Box<dyn Error>> {
 }
 
 /// This process's command line, shell-quoted, with `extra` arguments.
+/// The command line without the option `flag`.
+fn command_line_without(flag: &str) -> String {
+    std::env::args()
+        .filter(|arg| arg != flag)
+        .map(|arg| shell_quote(&arg))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn command_line(extra: &[&str]) -> String {
     std::env::args()
         .chain(extra.iter().map(|arg| arg.to_string()))

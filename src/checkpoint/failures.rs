@@ -192,7 +192,9 @@ impl Checkpoint {
     /// Records that a line recorded as failed is now finished: what a
     /// hand-written loop that retries the [`failed`](Checkpoint::failed)
     /// lines does with each that succeeds. A line not recorded as failed
-    /// is left alone. As with [`commit_failed`](Checkpoint::commit_failed),
+    /// is left alone. A line beyond the position is recorded as done there
+    /// (as [`commit_done`](Checkpoint::commit_done) does), so a later run
+    /// skips it. As with [`commit_failed`](Checkpoint::commit_failed),
     /// the line at the head of the log's live part costs one small read,
     /// another line the position passed a pass over the log.
     ///
@@ -207,11 +209,16 @@ impl Checkpoint {
         let log = {
             let mut core = self.core_for_commit()?;
             if line > core.state.position.line() {
-                if core.state.failed.remove(&line).is_none() {
+                let Some(failed) = core.state.failed.remove(&line) else {
                     return Ok(());
-                }
+                };
+                // Finished beyond the position: done, so that a later run
+                // skips it (as a line the position passed is). The `done`
+                // record alone says it, so no torn write leaves the line
+                // both done and failed.
+                core.state.done.insert(line, *failed.id());
+                core.pending.done.push(line);
                 core.state.raise_outputs(lens(&self.outputs));
-                core.pending.failed.push(Record::Resolved { line });
                 None
             } else if let Some(at) = core.state.passed.iter().position(|f| f.line() == line) {
                 // Not in the log yet: the write that moves the position

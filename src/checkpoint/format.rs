@@ -853,6 +853,8 @@ impl State {
             }
             Record::Done(id) => {
                 if id.line > self.position.line() {
+                    // Finished: no longer failed, if it was.
+                    self.failed.remove(&id.line);
                     self.done.insert(id.line, id);
                 }
             }

@@ -117,7 +117,8 @@ use writer::{Background, Core, Inner, ReadBack, Request, Schedule};
 /// prefix offset=O digest=C crc=…                        the input's first O bytes (O at most the last pos's
 ///                                                        offset) have CRC-32 C
 /// done line=N offset=O len=L digest=D crc=…              line N (after the last pos), starting at byte O,
-///                                                        L bytes long, digest D, is finished too
+///                                                        L bytes long, digest D, is finished too (and no
+///                                                        longer failed, if a `failed` record said so)
 /// failed line=N offset=O len=L digest=D attempts=A error="…" crc=…
 ///                                                        line N failed for good after A attempts
 /// resolved line=N crc=…                                  line N, failed before, is now finished
@@ -788,6 +789,8 @@ impl Checkpoint {
             {
                 return Ok(());
             }
+            // Finished: no longer failed, if it was (as the record reads).
+            core.state.failed.remove(&line);
             core.state.raise_outputs(lens(&self.outputs));
             core.pending.done.push(line);
         }
@@ -811,6 +814,7 @@ impl Checkpoint {
                 {
                     continue;
                 }
+                core.state.failed.remove(&line);
                 core.pending.done.push(line);
                 added = true;
             }

@@ -2,13 +2,13 @@
 //! runs, and the counters of one run.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, Seek};
+use std::io::{BufRead, Seek, SeekFrom};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::checkpoint::{Checkpoint, FailedLines};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::failed::FailedLine;
 use crate::line::{Line, LineReader, LongLine, Next, Paused};
 use crate::out::Out;
@@ -231,6 +231,9 @@ impl Runner {
             abandoned: false,
         };
         work.pump(self, &mut run, &mut source)?;
+        if run.reached_end {
+            run.input_left = source.source.input_after(run.checkpoint.position())?;
+        }
         run.finish_run()
     }
 }
@@ -787,6 +790,31 @@ impl<S: BufRead + Seek, R: BufRead> FailedSource<'_, S, R> {
     }
 }
 
+impl<S: BufRead + Seek, R: BufRead> FailedSource<'_, S, R> {
+    /// Whether the input goes on after `position`: lines a retry does not
+    /// run, which no run has read. A stream is read on to the position
+    /// (the failed lines are before it) and one byte after.
+    pub(super) fn input_after(&mut self, position: Position) -> Result<bool> {
+        match self {
+            FailedSource::Seek { reader, .. } => {
+                let err = |err| Error::io(None, "reading the input after the position", err);
+                reader
+                    .seek(SeekFrom::Start(position.offset()))
+                    .map_err(err)?;
+                Ok(!reader.fill_buf().map_err(err)?.is_empty())
+            }
+            FailedSource::Scan { lines, .. } => {
+                while lines.lines_before() < position.line() {
+                    if lines.next_item()?.is_none() {
+                        return Ok(false);
+                    }
+                }
+                Ok(lines.next_item()?.is_some())
+            }
+        }
+    }
+}
+
 /// A failed line found again for a retry-failed run.
 pub(super) enum Found<'a> {
     Line(Line<'a>),
@@ -819,6 +847,9 @@ pub(super) struct RunState<'r, 'c> {
     pub(super) halted: bool,
     /// Every line was dealt with: the run did not stop early.
     pub(super) reached_end: bool,
+    /// A retry-failed run found input after the position, which no run
+    /// has read (an earlier run stopped before the end).
+    pub(super) input_left: bool,
     pub(super) last_synced: Position,
     /// See [`triage`](RunState::triage).
     pub(super) last_recorded: u64,
@@ -858,6 +889,7 @@ impl<'r, 'c> RunState<'r, 'c> {
             stopped: false,
             halted: false,
             reached_end: false,
+            input_left: false,
             last_synced,
             last_recorded,
             syncs: 0,
@@ -972,7 +1004,10 @@ impl<'r, 'c> RunState<'r, 'c> {
         self.checkpoint.sync()?;
         self.checkpoint.close_outputs()?;
         self.note_sync();
-        let stopped = !self.reached_end;
+        // The workers' count may apply the policy to a failure a retry
+        // then leaves unrecorded (behind a line the stop abandoned).
+        let halted = self.halted || self.shared.halt_applied();
+        let stopped = !self.reached_end || halted;
         Ok(Report {
             done: self.done,
             skipped: self.skipped,
@@ -981,7 +1016,8 @@ impl<'r, 'c> RunState<'r, 'c> {
             retried: self.shared.retried.load(Ordering::Relaxed),
             elapsed: self.started.elapsed(),
             stopped,
-            halted: self.halted,
+            halted,
+            input_left: self.input_left,
             position: self.checkpoint.position(),
             failed_total: self.checkpoint.failed_count(),
             checkpoint: self.checkpoint.path().to_path_buf(),

@@ -88,8 +88,18 @@ pub struct Report {
     /// the halt policy applied.
     pub stopped: bool,
     /// Whether the run stopped because of the halt policy
-    /// ([`Runner::halt_after_failures`]).
+    /// ([`Runner::halt_after_failures`]). The failure that applied it is
+    /// among [`failed`](Report::failed), except in a retry
+    /// ([`Runner::retry_failed`]) where a line listed before it was
+    /// stopped unfinished: records follow the list's order, so it keeps its
+    /// earlier record and is retried next time.
     pub halted: bool,
+    /// Whether input after [`position`](Report::position) was never read by
+    /// any run: a retry ([`Runner::retry_failed`]) runs only the failed
+    /// lines, and sets it when an earlier run stopped before the end (run
+    /// without `retry_failed` to go on). A run that stopped sets
+    /// [`stopped`](Report::stopped) instead.
+    pub input_left: bool,
     /// Everything before this position is finished (and durable).
     pub position: Position,
     /// Lines recorded as failed in the checkpoint, from all runs.
@@ -111,6 +121,8 @@ impl std::fmt::Display for Report {
             write!(f, "halted at line {}, ", self.position.line())?;
         } else if self.stopped {
             write!(f, "stopped at line {}, ", self.position.line())?;
+        } else if self.input_left {
+            write!(f, "input left after line {}, ", self.position.line())?;
         } else {
             write!(f, "ended at line {}, ", self.position.line())?;
         }
@@ -119,11 +131,11 @@ impl std::fmt::Display for Report {
 }
 
 impl Report {
-    /// Whether every line is done: the run reached the end and no line is
-    /// recorded as failed.
+    /// Whether every line is done: the run reached the end, no input is
+    /// left unread after the position, and no line is recorded as failed.
     #[must_use]
     pub fn is_complete(&self) -> bool {
-        !self.stopped && self.failed_total == 0
+        !self.stopped && !self.input_left && self.failed_total == 0
     }
 }
 

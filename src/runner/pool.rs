@@ -58,6 +58,12 @@ impl Shared {
         self.run_stop.is_stopped() || self.user_stop.is_stopped()
     }
 
+    /// Whether the workers' failures reached the halt policy's limit.
+    pub(super) fn halt_applied(&self) -> bool {
+        self.halt_after
+            .is_some_and(|limit| self.failures.load(Ordering::Relaxed) >= limit)
+    }
+
     /// A line failed for good on a worker.
     pub(super) fn note_failure(&self) {
         if let Some(limit) = self.halt_after {
