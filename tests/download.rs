@@ -534,17 +534,25 @@ fn a_404_and_bad_lines_are_failed_lines_with_their_reasons() {
         "ftp://127.0.0.1/x.bin".to_string(),
         "not-a-url".to_string(),
         refused.clone(),
+        "one two three".to_string(),
     ];
     job.write_list(&lines);
     let ran = job.run(&["--retries", "1"]);
     assert_eq!(ran.code, Some(1), "{ran:?}");
     assert_eq!(job.read("ok.bin"), content);
+    // Every line counted once in the summary, bad ones too.
+    assert!(
+        ran.stderr
+            .contains("1 downloaded, 0 already done, 5 failed, of 6 files"),
+        "{}",
+        ran.stderr
+    );
     let failed = common::failed_lines(&job.checkpoint());
     let failed: Vec<_> = failed
         .iter()
         .map(|f| (f.line(), f.attempts(), f.error().to_string()))
         .collect();
-    assert_eq!(failed.len(), 4, "{failed:?}");
+    assert_eq!(failed.len(), 5, "{failed:?}");
     // A 404 is permanent: recorded at once with its status and URL.
     assert_eq!(failed[0].0, 2);
     assert_eq!(failed[0].1, 1);
@@ -557,6 +565,8 @@ fn a_404_and_bad_lines_are_failed_lines_with_their_reasons() {
     // A refused connection is worth retrying.
     assert_eq!((failed[3].0, failed[3].1), (5, 2));
     assert!(failed[3].2.contains("refused"), "{failed:?}");
+    assert_eq!((failed[4].0, failed[4].1), (6, 1));
+    assert!(failed[4].2.contains("optional file name"), "{failed:?}");
     assert!(ran.stderr.contains("failed lines:"), "{}", ran.stderr);
 
     // The missing file appears: --retry-failed fetches it and only the
@@ -570,7 +580,7 @@ fn a_404_and_bad_lines_are_failed_lines_with_their_reasons() {
         .iter()
         .map(|f| f.line())
         .collect();
-    assert_eq!(still, vec![3, 4, 5]);
+    assert_eq!(still, vec![3, 4, 5, 6]);
 }
 
 #[test]

@@ -175,7 +175,8 @@ fn with_line(name: &str, line: u64) -> String {
 pub struct Plan {
     /// Lines whose name is not their base name (they clashed).
     renamed: HashMap<u64, String>,
-    /// Lines with a URL.
+    /// Lines with a URL, or that fail as a job: every line but blank
+    /// lines and comments.
     pub url_lines: u64,
     /// URL lines finished by earlier runs.
     pub already_done: u64,
@@ -229,9 +230,12 @@ impl Plan {
             if goes {
                 plan.todo_bytes += line.raw().len() as u64;
             }
-            let Ok(text) = line.as_str() else { continue };
-            let Ok(Some(entry)) = parse_line(text) else {
-                continue;
+            // A line that is not text, or not a URL with an optional name,
+            // is a job too: one that fails (and is counted as one).
+            let entry = match line.as_str().map(parse_line) {
+                Ok(Ok(None)) => continue,
+                Ok(Ok(Some(entry))) => Some(entry),
+                Ok(Err(_)) | Err(_) => None,
             };
             plan.url_lines += 1;
             if is_failed {
@@ -239,6 +243,7 @@ impl Plan {
             } else if finished {
                 plan.already_done += 1;
             }
+            let Some(entry) = entry else { continue };
             let Ok(url) = resolve_url(entry.url, base) else {
                 continue;
             };
