@@ -313,6 +313,10 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
         ProgressBar::hidden()
     };
     let template = match input.kind {
+        // A retry goes through the failed lines only: counted, not placed.
+        _ if args.retry_failed => {
+            "{bar:40} {pos}/{len} failed lines retried {msg} [{elapsed_precise}, eta {eta}]"
+        }
         InputKind::File => "{bar:40} {percent:>3}% {msg} [{elapsed_precise}, eta {eta}]",
         // No length to go by (Event::Begin says `input_len: None`): how far,
         // not how much is left, and a spinner to show it is waiting for lines.
@@ -321,10 +325,10 @@ fn run(args: &Args) -> Result<ExitCode, Box<dyn std::error::Error>> {
     bar.set_style(
         ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    if show_bar && input.kind == InputKind::Stream {
+    if show_bar && input.kind == InputKind::Stream && !args.retry_failed {
         bar.enable_steady_tick(Duration::from_millis(200));
     }
-    runner = runner.observer(Progress::new(bar.clone(), args.quiet));
+    runner = runner.observer(Progress::new(bar.clone(), args.quiet, args.retry_failed));
 
     let task = RunCommand {
         argv: args.command.clone(),
@@ -849,15 +853,19 @@ fn is_runnable(program: &OsStr) -> bool {
 struct Progress {
     bar: ProgressBar,
     quiet: bool,
+    /// A retry: the bar counts the failed lines dealt with, of those
+    /// recorded when it began.
+    retrying: bool,
     /// The furthest end of a finished line, for the bar.
     furthest: AtomicU64,
 }
 
 impl Progress {
-    fn new(bar: ProgressBar, quiet: bool) -> Progress {
+    fn new(bar: ProgressBar, quiet: bool, retrying: bool) -> Progress {
         Progress {
             bar,
             quiet,
+            retrying,
             furthest: AtomicU64::new(0),
         }
     }
@@ -872,6 +880,12 @@ impl Progress {
 impl linemark::Observer for Progress {
     fn on_event(&self, event: &Event<'_>) {
         match *event {
+            Event::Begin { failed_before, .. } if self.retrying => {
+                self.bar.set_length(failed_before);
+                self.bar.set_position(0);
+                self.bar.reset_eta();
+            }
+            Event::Done { .. } if self.retrying => self.bar.inc(1),
             Event::Begin {
                 input_len,
                 resumed_at,
@@ -903,10 +917,15 @@ impl linemark::Observer for Progress {
                 attempts,
                 error,
                 ..
-            } => self.say(format!(
-                "each: line {line} failed after {attempts} attempt(s): {}",
-                indent(error),
-            )),
+            } => {
+                if self.retrying {
+                    self.bar.inc(1);
+                }
+                self.say(format!(
+                    "each: line {line} failed after {attempts} attempt(s): {}",
+                    indent(error),
+                ));
+            }
             _ => {}
         }
     }

@@ -711,3 +711,41 @@ fn an_edit_of_a_finished_line_exits_2_unless_no_verify_prefix() {
     assert!(code.success(), "{stderr}");
     assert!(stderr.contains("done 0,"), "{stderr}");
 }
+
+/// On a terminal, a `--retry-failed` run's bar counts the failed lines
+/// dealt with (it showed the input's bytes, where retried lines never
+/// move it). The terminal is `script`'s (util-linux); without it the test
+/// says so and returns.
+#[test]
+fn a_retry_s_progress_bar_counts_the_failed_lines() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("skipped: no `script` to give each a terminal");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("jobs.txt");
+    std::fs::write(&input, "a\nb\nc\nd\n").unwrap();
+    let output = dir.path().join("out.txt");
+    let each = each_bin().to_str().unwrap().to_string();
+    let (input_arg, output_arg) = (input.to_str().unwrap(), output.to_str().unwrap());
+    let first = Command::new(&each)
+        .args(["-q", input_arg, "--output", output_arg, "--"])
+        .args(["sh", "-c", r#"[ "$1" != b ] && [ "$1" != d ]"#, "_", "{}"])
+        .output()
+        .unwrap();
+    assert_eq!(first.status.code(), Some(1), "{first:?}");
+    // b succeeds now, d fails again.
+    let retry = format!(
+        "{each} {input_arg} --retry-failed --output {output_arg} -- \
+         sh -c '[ \"$1\" != d ]' _ {{}}"
+    );
+    let shown = Command::new("script")
+        .args(["-qec", &retry, "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert_eq!(shown.status.code(), Some(1), "{text}");
+    assert!(text.contains("2/2 failed lines retried"), "{text}");
+    assert!(text.contains("line 4 failed after 2 attempt(s)"), "{text}");
+}
