@@ -245,6 +245,24 @@ fn resolving_the_failed_lines_of_a_version_4_checkpoint_is_kept() {
     assert_eq!(checkpoint.failed_count(), 0);
 }
 
+/// How a test moves the position: by `commit` of a position, or by
+/// `commit_line` of a line ("the same as `commit(line.end_position())`").
+#[derive(Clone, Copy, Debug)]
+enum Move {
+    Commit,
+    CommitLine,
+}
+
+/// Moves the position to just after line `n`, as `how` says.
+fn move_to(checkpoint: &mut Checkpoint, input: &Input, positions: &[Position], n: u64, how: Move) {
+    match how {
+        Move::Commit => checkpoint.commit(positions[n as usize]).unwrap(),
+        Move::CommitLine => checkpoint
+            .commit_line(&line_of(input, positions, n))
+            .unwrap(),
+    }
+}
+
 /// `Checkpoint::commit` documents that "a position before the current one
 /// is recorded as given: the lines after it will be done again". A failed
 /// line the position had passed is in the failure log; once the position
@@ -254,55 +272,76 @@ fn resolving_the_failed_lines_of_a_version_4_checkpoint_is_kept() {
 /// failed" and is dropped (the line stays listed as failed forever), and a
 /// `commit_failed` of it adds a second record (listed twice, counted
 /// twice). Before the change all three went through one map.
+///
+/// A second review found the same with `commit_line`, which folded through
+/// `State::advance` and never took the log's lines back (only `commit` did,
+/// via `commit_back`): each test moves the position both ways.
 #[test]
 fn a_failed_line_redone_after_the_position_moved_back_is_resolved_once() {
-    let input = Input::generated(6);
-    let positions = input.positions();
-    let path = input.sibling("job.checkpoint");
-    let mut checkpoint = Checkpoint::open(&path).unwrap();
-    checkpoint
-        .commit_failed(FailedLine::new(&line_of(&input, &positions, 3), 1, "boom"))
-        .unwrap();
-    checkpoint.commit(positions[5]).unwrap();
-    checkpoint.sync().unwrap();
-    assert_eq!(listed(&checkpoint), vec![(3, 1)]);
-    // Back to line 1: lines 2 to 5 are done again; line 3 succeeds now.
-    checkpoint.commit(positions[1]).unwrap();
-    let is_failed = checkpoint.is_failed(3).unwrap();
-    checkpoint.commit_resolved(3).unwrap();
-    checkpoint.commit(positions[5]).unwrap();
-    checkpoint.close().unwrap();
-    let checkpoint = Checkpoint::open(&path).unwrap();
-    assert_eq!(
-        listed(&checkpoint),
-        vec![],
-        "the resolution of line 3 was dropped (is_failed(3) said {is_failed} while it was listed)"
-    );
-    assert_eq!(checkpoint.failed_count(), 0);
+    for how in [Move::Commit, Move::CommitLine] {
+        let input = Input::generated(6);
+        let positions = input.positions();
+        let path = input.sibling("job.checkpoint");
+        let mut checkpoint = Checkpoint::open(&path).unwrap();
+        checkpoint
+            .commit_failed(FailedLine::new(&line_of(&input, &positions, 3), 1, "boom"))
+            .unwrap();
+        move_to(&mut checkpoint, &input, &positions, 5, how);
+        checkpoint.sync().unwrap();
+        assert_eq!(listed(&checkpoint), vec![(3, 1)]);
+        // Back to line 1: lines 2 to 5 are done again; line 3 succeeds now.
+        move_to(&mut checkpoint, &input, &positions, 1, how);
+        let is_failed = checkpoint.is_failed(3).unwrap();
+        checkpoint.commit_resolved(3).unwrap();
+        move_to(&mut checkpoint, &input, &positions, 5, how);
+        checkpoint.close().unwrap();
+        let checkpoint = Checkpoint::open(&path).unwrap();
+        assert_eq!(
+            listed(&checkpoint),
+            vec![],
+            "{how:?}: the resolution of line 3 was dropped (is_failed(3) said {is_failed} \
+             while it was listed)"
+        );
+        assert_eq!(checkpoint.failed_count(), 0, "{how:?}");
+    }
 }
 
 /// The same, when the line redone fails again: one record, not two.
 #[test]
 fn a_failed_line_failing_again_after_the_position_moved_back_is_listed_once() {
-    let input = Input::generated(6);
-    let positions = input.positions();
-    let path = input.sibling("job.checkpoint");
-    let mut checkpoint = Checkpoint::open(&path).unwrap();
-    let line3 = line_of(&input, &positions, 3);
-    checkpoint
-        .commit_failed(FailedLine::new(&line3, 1, "boom"))
-        .unwrap();
-    checkpoint.commit(positions[5]).unwrap();
-    checkpoint.sync().unwrap();
-    checkpoint.commit(positions[1]).unwrap();
-    checkpoint
-        .commit_failed(FailedLine::new(&line3, 2, "boom again"))
-        .unwrap();
-    checkpoint.commit(positions[5]).unwrap();
-    checkpoint.close().unwrap();
-    let checkpoint = Checkpoint::open(&path).unwrap();
-    assert_eq!(listed(&checkpoint), vec![(3, 2)]);
-    assert_eq!(checkpoint.failed_count(), 1);
+    for how in [Move::Commit, Move::CommitLine] {
+        let input = Input::generated(6);
+        let positions = input.positions();
+        let path = input.sibling("job.checkpoint");
+        let mut checkpoint = Checkpoint::open(&path).unwrap();
+        let line3 = line_of(&input, &positions, 3);
+        checkpoint
+            .commit_failed(FailedLine::new(&line3, 1, "boom"))
+            .unwrap();
+        move_to(&mut checkpoint, &input, &positions, 5, how);
+        checkpoint.sync().unwrap();
+        move_to(&mut checkpoint, &input, &positions, 1, how);
+        checkpoint
+            .commit_failed(FailedLine::new(&line3, 2, "boom again"))
+            .unwrap();
+        move_to(&mut checkpoint, &input, &positions, 5, how);
+        checkpoint.close().unwrap();
+        let checkpoint = Checkpoint::open(&path).unwrap();
+        assert_eq!(listed(&checkpoint), vec![(3, 2)], "{how:?}");
+        assert_eq!(checkpoint.failed_count(), 1, "{how:?}");
+    }
+}
+
+/// Lines 1 to `lines` each fail for good (`line N failed`), and the
+/// position passes them.
+fn fail_every_line(checkpoint: &mut Checkpoint, input: &Input, positions: &[Position], lines: u64) {
+    for n in 1..=lines {
+        let line = line_of(input, positions, n);
+        checkpoint
+            .commit_failed(FailedLine::new(&line, 1, format!("line {n} failed")))
+            .unwrap();
+        checkpoint.commit_line(&line).unwrap();
+    }
 }
 
 /// Fills the disk at `dir`, leaving about `leave` bytes free.
@@ -357,13 +396,7 @@ fn a_rebase_that_fails_on_a_full_disk_leaves_the_failed_lines_where_the_position
         // Every line fails; the session ends without a clean close (a
         // clean close would add the refusal of the first test).
         let mut checkpoint = Checkpoint::open(&path).unwrap();
-        for n in 1..=LINES {
-            let line = line_of(&input, &positions, n);
-            checkpoint
-                .commit_failed(FailedLine::new(&line, 1, format!("line {n} failed")))
-                .unwrap();
-            checkpoint.commit_line(&line).unwrap();
-        }
+        fail_every_line(&mut checkpoint, &input, &positions, LINES);
         checkpoint.sync().unwrap();
     }
     let log_len = std::fs::metadata(log_of(&path)).unwrap().len();
@@ -431,13 +464,7 @@ fn a_failed_log_copy_never_becomes_part_of_the_live_failure_log() {
     let positions = input.positions();
     let path = disk.path().join("job.checkpoint");
     let mut checkpoint = Checkpoint::open(&path).unwrap();
-    for n in 1..=LINES {
-        let line = line_of(&input, &positions, n);
-        checkpoint
-            .commit_failed(FailedLine::new(&line, 1, format!("line {n} failed")))
-            .unwrap();
-        checkpoint.commit_line(&line).unwrap();
-    }
+    fail_every_line(&mut checkpoint, &input, &positions, LINES);
     checkpoint.sync().unwrap();
     assert_eq!(checkpoint.failed_count(), LINES);
     let filler = fill(disk.path(), 100 << 10);
@@ -559,107 +586,6 @@ fn a_crash_while_the_log_is_compacted_keeps_the_old_log() {
     assert_eq!(checkpoint.failed_count(), 2000);
 }
 
-/// `commit_line` is documented as "the same as
-/// `commit(line.end_position())`", and `commit` allows a position moved
-/// back ("the lines after it will be done again"). A failed line that the
-/// failure log holds, redone after the position moved back with
-/// `commit_line`, succeeds now: `commit_resolved` must resolve it.
-///
-/// Sequence: line 3 fails, lines 1..=5 committed, sync (line 3 is in the
-/// log). `commit_line(line 1)` moves the position back; the job redoes
-/// line 3, which succeeds: `commit_resolved(3)`, then commits up to line
-/// 5 again, and closes.
-///
-/// Observed: `commit_line` folds through `State::advance`, which never
-/// takes the log's lines beyond the new position back (only
-/// `Checkpoint::commit` does, via `commit_back`). `commit_resolved(3)`
-/// sees line 3 beyond the position and not in `state.failed` and drops
-/// the resolution: line 3 stays listed as failed for good (and
-/// `is_failed(3)` said `false` meanwhile, while `failed()` listed it).
-///
-/// Expected: as with `commit(positions[1])` (tested in
-/// failure_log_edges.rs), line 3 is resolved.
-#[test]
-fn a_failed_line_redone_after_commit_line_moved_back_is_resolved() {
-    let _serial = common::serial();
-    let input = Input::generated(6);
-    let positions = input.positions();
-    let path = input.sibling("job.checkpoint");
-    let mut checkpoint = Checkpoint::open(&path).unwrap();
-    checkpoint
-        .commit_failed(FailedLine::new(&line_of(&input, &positions, 3), 1, "boom"))
-        .unwrap();
-    for n in 1..=5 {
-        checkpoint
-            .commit_line(&line_of(&input, &positions, n))
-            .unwrap();
-    }
-    checkpoint.sync().unwrap();
-    assert_eq!(listed(&checkpoint), vec![(3, 1)]);
-    // Back to line 1, as `commit(positions[1])` would.
-    checkpoint
-        .commit_line(&line_of(&input, &positions, 1))
-        .unwrap();
-    let is_failed = checkpoint.is_failed(3).unwrap();
-    checkpoint.commit_resolved(3).unwrap();
-    for n in 2..=5 {
-        checkpoint
-            .commit_line(&line_of(&input, &positions, n))
-            .unwrap();
-    }
-    checkpoint.close().unwrap();
-    let checkpoint = Checkpoint::open(&path).unwrap();
-    assert_eq!(
-        listed(&checkpoint),
-        vec![],
-        "the resolution of line 3 was dropped (is_failed(3) said {is_failed} while it was listed)"
-    );
-    assert_eq!(checkpoint.failed_count(), 0);
-}
-
-/// The same as above, when line 3 fails again after `commit_line` moved
-/// the position back: `commit_failed` records it in `state.failed` (it is
-/// beyond the position), and when the position passes it again the write
-/// moves that record to the log, beside the first one that was never
-/// superseded.
-///
-/// Observed: line 3 listed twice (attempts 1 and 2), `failed_count` 2.
-///
-/// Expected: one line 3, with its latest record (attempts 2), counted once.
-#[test]
-fn a_failed_line_failing_again_after_commit_line_moved_back_is_listed_once() {
-    let _serial = common::serial();
-    let input = Input::generated(6);
-    let positions = input.positions();
-    let path = input.sibling("job.checkpoint");
-    let mut checkpoint = Checkpoint::open(&path).unwrap();
-    let line3 = line_of(&input, &positions, 3);
-    checkpoint
-        .commit_failed(FailedLine::new(&line3, 1, "boom"))
-        .unwrap();
-    for n in 1..=5 {
-        checkpoint
-            .commit_line(&line_of(&input, &positions, n))
-            .unwrap();
-    }
-    checkpoint.sync().unwrap();
-    checkpoint
-        .commit_line(&line_of(&input, &positions, 1))
-        .unwrap();
-    checkpoint
-        .commit_failed(FailedLine::new(&line3, 2, "boom again"))
-        .unwrap();
-    for n in 2..=5 {
-        checkpoint
-            .commit_line(&line_of(&input, &positions, n))
-            .unwrap();
-    }
-    checkpoint.close().unwrap();
-    let checkpoint = Checkpoint::open(&path).unwrap();
-    assert_eq!(listed(&checkpoint), vec![(3, 2)]);
-    assert_eq!(checkpoint.failed_count(), 1);
-}
-
 /// The docs of `Checkpoint` (failure log): "A log whose lines are all
 /// resolved is removed at a clean end". A hand-written loop resolves the
 /// logged lines out of list order (each gets a `resolved` record).
@@ -737,13 +663,7 @@ fn a_rebase_failing_on_a_full_disk_keeps_the_records_buffered_before_it() {
     let path = disk.path().join("job.checkpoint");
     {
         let mut checkpoint = Checkpoint::open(&path).unwrap();
-        for n in 1..=LINES {
-            let line = line_of(&input, &positions, n);
-            checkpoint
-                .commit_failed(FailedLine::new(&line, 1, format!("line {n} failed")))
-                .unwrap();
-            checkpoint.commit_line(&line).unwrap();
-        }
+        fail_every_line(&mut checkpoint, &input, &positions, LINES);
         checkpoint.close().unwrap();
     }
     // Nothing is written by a thread while the test runs.

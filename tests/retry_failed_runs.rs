@@ -1,7 +1,7 @@
 //! Retry-failed runs and their reports, each test once a bug found by review
 //! (it failed before its fix): a line resolved beyond the position, a retry
 //! halted by its failures, a halted run with workers, a retry that leaves
-//! input never run (and `each --retry-failed` after it).
+//! input never run (`each --retry-failed` after it: tests/each.rs).
 
 mod common;
 
@@ -287,197 +287,79 @@ fn a_halted_run_is_stopped_whatever_the_workers() {
 fn a_retry_after_a_stopped_run_is_not_complete() {
     let _serial = serial();
     let input = Input::generated(10);
-    let checkpoint = input.sibling("job.checkpoint");
-    let stop = StopToken::new();
-    let report = Runner::new()
-        .checkpoint_path(&checkpoint)
-        .retry(RetryPolicy::never())
-        .stop_token(stop.clone())
-        .run(&input.path, |line: &Line<'_>| {
-            if line.number() == 4 {
-                stop.stop();
-            }
-            if line.number() == 2 {
-                return Err(permanent("down"));
-            }
-            Ok(())
-        })
-        .unwrap();
-    assert!(report.stopped, "{report:?}");
-    assert_eq!(report.position.line(), 4, "{report:?}");
+    // The file, and its bytes as a stream (read on past the position to
+    // tell whether input is left).
+    for stream in [false, true] {
+        let checkpoint = input.sibling(&format!("job-{stream}.checkpoint"));
+        let stop = StopToken::new();
+        let report = run_over(
+            &input,
+            stream,
+            &checkpoint,
+            Runner::new().stop_token(stop.clone()),
+            |line| {
+                if line.number() == 4 {
+                    stop.stop();
+                }
+                if line.number() == 2 {
+                    return Err(permanent("down"));
+                }
+                Ok(())
+            },
+        );
+        assert!(report.stopped, "{report:?}");
+        assert_eq!(report.position.line(), 4, "{report:?}");
 
-    let report = Runner::new()
-        .checkpoint_path(&checkpoint)
-        .retry_failed(true)
-        .run(&input.path, |_: &Line<'_>| Ok::<(), linemark::BoxError>(()))
-        .unwrap();
-    assert_eq!((report.done, report.failed_total), (1, 0), "{report:?}");
-    assert_eq!(report.position.line(), 4, "{report:?}");
-    assert!(
-        !report.is_complete(),
-        "lines 5 to 10 never ran, yet the report is complete: {report:?}"
-    );
-    assert_eq!(Checkpoint::inspect(&checkpoint).unwrap().position.line(), 4);
-    assert!(report.input_left, "{report:?}");
+        let retry = || {
+            run_over(
+                &input,
+                stream,
+                &checkpoint,
+                Runner::new().retry_failed(true),
+                |_| Ok(()),
+            )
+        };
+        let report = retry();
+        assert_eq!((report.done, report.failed_total), (1, 0), "{report:?}");
+        assert_eq!(report.position.line(), 4, "{report:?}");
+        assert!(
+            !report.is_complete() && report.input_left,
+            "stream {stream}: lines 5 to 10 never ran, yet the report is complete: {report:?}"
+        );
+        assert_eq!(Checkpoint::inspect(&checkpoint).unwrap().position.line(), 4);
 
-    // The same over a stream: read on past the position to tell.
-    let stream_checkpoint = input.sibling("stream.checkpoint");
-    let bytes = input.lines.concat();
-    let stop = StopToken::new();
-    let report = Runner::new()
-        .retry(RetryPolicy::never())
-        .stop_token(stop.clone())
-        .run_reader(&bytes[..], &stream_checkpoint, |line: &Line<'_>| {
-            if line.number() == 4 {
-                stop.stop();
-            }
-            if line.number() == 2 {
-                return Err(permanent("down"));
-            }
-            Ok(())
-        })
-        .unwrap();
-    assert!(report.stopped && report.position.line() == 4, "{report:?}");
-    let retry = |checkpoint: &std::path::Path| {
-        Runner::new()
-            .retry_failed(true)
-            .run_reader(&bytes[..], checkpoint, |_: &Line<'_>| {
-                Ok::<(), linemark::BoxError>(())
-            })
-            .unwrap()
-    };
-    let report = retry(&stream_checkpoint);
-    assert_eq!((report.done, report.failed_total), (1, 0), "{report:?}");
-    assert!(report.input_left && !report.is_complete(), "{report:?}");
-
-    // Once the rest has run, a retry of a line failed again is complete
-    // when it succeeds: nothing is left after the position.
-    for path in [&checkpoint, &stream_checkpoint] {
-        let fail_9 = |line: &Line<'_>| {
+        // Once the rest has run, a retry of a line failed again is
+        // complete when it succeeds: nothing is left after the position.
+        let report = run_over(&input, stream, &checkpoint, Runner::new(), |line| {
             if line.number() == 9 {
                 Err(permanent("down"))
             } else {
                 Ok(())
             }
-        };
-        let report = if path == &checkpoint {
-            Runner::new()
-                .checkpoint_path(path)
-                .retry(RetryPolicy::never())
-                .run(&input.path, fail_9)
-        } else {
-            Runner::new()
-                .retry(RetryPolicy::never())
-                .run_reader(&bytes[..], path, fail_9)
-        }
-        .unwrap();
+        });
         assert_eq!((report.position.line(), report.failed_total), (10, 1));
-        let report = if path == &checkpoint {
-            Runner::new()
-                .checkpoint_path(path)
-                .retry_failed(true)
-                .run(&input.path, |_: &Line<'_>| Ok::<(), linemark::BoxError>(()))
-                .unwrap()
-        } else {
-            retry(path)
-        };
+        let report = retry();
         assert!(
             !report.input_left && report.is_complete(),
-            "{}: {report:?}",
-            path.display()
+            "stream {stream}: {report:?}"
         );
     }
 }
 
-/// Runs the `each` example with `args`; returns its exit code and stderr.
-fn run_each(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
-    let output = std::process::Command::new(common::example_binary("each"))
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
-/// `each --retry-failed` exits 0 ("0 every line is done", `each` docs)
-/// after an interrupted run whose remaining lines never ran.
-///
-/// Sequence: input `good1, bad, stop, good4, good5`, `--jobs 1`. The
-/// command fails on `bad` (recorded as failed) and kills itself with
-/// SIGINT on `stop`, which stops `each` (exit 130, position at line 2).
-/// `bad` is fixed; `each --retry-failed` reruns it, and it succeeds.
-///
-/// Observed: exit status 0 and no word of the lines left; lines 3 to 5
-/// never ran (`--status` shows the position at line 2 of 5).
-/// Expected: not 0: "Exit status: 0 every line is done".
-///
-/// Likely cause: `examples/each.rs` `run` decides the exit code from
-/// `report.stopped` and `report.failed_total` only, and a retry-failed
-/// run's report says `stopped: false` once the failed lines ran (see
-/// `a_retry_after_a_stopped_run_is_not_complete`; `Runner::pump`,
-/// src/runner/drive.rs).
-#[test]
-fn each_retry_failed_after_an_interrupted_run_does_not_exit_0() {
-    let _serial = serial();
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("jobs.txt");
-    std::fs::write(&input, "good1\nbad\nstop\ngood4\ngood5\n").unwrap();
-    let fixed = dir.path().join("fixed");
-    let out = dir.path().join("out.txt");
-    let script = r#"
-        if [ "$1" = stop ] && [ ! -e "$2" ]; then kill -INT $$; fi
-        if [ "$1" = bad ] && [ ! -e "$2" ]; then echo "cannot $1" >&2; exit 3; fi
-        printf '%s\n' "$1" >> "$3""#;
-    let run = |extra: &[&str]| {
-        let mut args: Vec<&std::ffi::OsStr> = extra.iter().map(std::ffi::OsStr::new).collect();
-        args.extend([
-            "-q".as_ref(),
-            input.as_os_str(),
-            "--".as_ref(),
-            "sh".as_ref(),
-            "-c".as_ref(),
-            script.as_ref(),
-            "_".as_ref(),
-            "{}".as_ref(),
-            fixed.as_os_str(),
-            out.as_os_str(),
-        ]);
-        run_each(&args)
-    };
-    let (code, stderr) = run(&[]);
-    assert_eq!(code, Some(130), "{stderr}");
-    let checkpoint = dir.path().join("jobs.txt.checkpoint");
-    assert_eq!(Checkpoint::inspect(&checkpoint).unwrap().position.line(), 2);
-    assert_eq!(failed_numbers(&checkpoint), vec![2]);
-
-    std::fs::write(&fixed, "").unwrap();
-    let (code, stderr) = run(&["--retry-failed"]);
-    assert_eq!(failed_numbers(&checkpoint), Vec::<u64>::new());
-    assert_eq!(Checkpoint::inspect(&checkpoint).unwrap().position.line(), 2);
-    assert_eq!(
-        std::fs::read_to_string(&out).unwrap(),
-        "good1\nbad\n",
-        "lines 3 to 5 never ran"
-    );
-    assert_ne!(
-        code,
-        Some(0),
-        "exit 0 ('every line is done') with lines 3 to 5 never run; stderr: {stderr}"
-    );
-    // Its own status, and how to go on, even with --quiet.
-    assert_eq!(code, Some(3), "{stderr}");
-    assert!(
-        stderr.contains("never ran") && stderr.contains("without --retry-failed"),
-        "{stderr}"
-    );
-    // Run as it says: the rest runs, and all is done.
-    let (code, stderr) = run(&[]);
-    assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(
-        std::fs::read_to_string(&out).unwrap(),
-        "good1\nbad\nstop\ngood4\ngood5\n"
-    );
+/// A run of `task` over `input`, with `runner` (without retries), as a
+/// file or as a stream of its bytes.
+fn run_over(
+    input: &Input,
+    stream: bool,
+    checkpoint: &std::path::Path,
+    runner: Runner,
+    task: impl Fn(&Line<'_>) -> Result<(), linemark::BoxError> + Sync,
+) -> linemark::Report {
+    let runner = runner.retry(RetryPolicy::never());
+    if stream {
+        runner.run_reader(&input.lines.concat()[..], checkpoint, task)
+    } else {
+        runner.checkpoint_path(checkpoint).run(&input.path, task)
+    }
+    .unwrap()
 }
