@@ -1033,9 +1033,7 @@ fn print_status(input: &Input, checkpoint: &Path) -> Result<(), Box<dyn std::err
     Ok(())
 }
 
-/// `args` with `flag` inserted after the program name, unless it is among
-/// the options already (before `--`).
-/// The command line without `flag` among its options (before `--`).
+/// `args` without `flag` among the options (before `--`).
 fn without_flag(args: impl Iterator<Item = OsString>, flag: &str) -> Vec<OsString> {
     let mut options = true;
     args.filter(|arg| {
@@ -1047,6 +1045,8 @@ fn without_flag(args: impl Iterator<Item = OsString>, flag: &str) -> Vec<OsStrin
     .collect()
 }
 
+/// `args` with `flag` inserted after the program name, unless it is among
+/// the options already (before `--`).
 fn with_flag(args: impl Iterator<Item = OsString>, flag: &str) -> Vec<OsString> {
     let mut args: Vec<OsString> = args.collect();
     let options_end = args

@@ -1,7 +1,8 @@
 //! Retry-failed runs and their reports, each test once a bug found by review
 //! (it failed before its fix): a line resolved beyond the position, a retry
 //! halted by its failures, a halted run with workers, a retry that leaves
-//! input never run (`each --retry-failed` after it: tests/each.rs).
+//! input never run (`each --retry-failed` after it: tests/each.rs), over a
+//! stream too, and a stop while it reads on.
 
 mod common;
 
@@ -10,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use common::{Input, failed_lines, serial};
-use linemark::{Checkpoint, Event, Line, RetryPolicy, Runner, StopToken, permanent};
+use linemark::{Checkpoint, Event, FailedLine, Line, RetryPolicy, Runner, StopToken, permanent};
 
 /// Line numbers of the failed lines the checkpoint records.
 fn failed_numbers(checkpoint: &std::path::Path) -> Vec<u64> {
@@ -362,4 +363,188 @@ fn run_over(
         runner.checkpoint_path(checkpoint).run(&input.path, task)
     }
     .unwrap()
+}
+
+/// A retry-failed run over a stream whose last failed line lies beyond
+/// the position must report the input left after the position, as the
+/// same retry over the file does.
+///
+/// Sequence: 3 lines; position at line 1, line 3 failed beyond it, line 2
+/// never run (what a run with workers leaves when it is stopped while
+/// line 2 is in flight and line 3 fails: see the first test of
+/// tests/retry_failed_runs.rs; built here with the checkpoint's API). A
+/// `retry_failed` run succeeds on line 3, once over the file and once over
+/// the file's bytes as a stream (each with its own copy of the checkpoint).
+///
+/// Observed: over the file, `input_left: true` (bytes after the
+/// position); over the stream, `input_left: false` and `is_complete()`,
+/// with line 2 never run (`each --retry-failed -` exits 0).
+/// Expected: `input_left` ("whether input after position was never read
+/// by any run") true for both.
+///
+/// Cause: `FailedSource::input_after` (src/runner/drive.rs), for `Scan`,
+/// reads one item after `max(position, last failed line)`: when the retry
+/// already read past the position, the line after the last failed one is
+/// asked for instead of the one after the position. A fix: return
+/// `Ok(true)` when `lines.lines_before() > position.line()`.
+#[test]
+fn a_stream_retry_past_the_position_reports_the_input_left() {
+    let input = Input::generated(3);
+    let ends = input.positions();
+    let line3 = Line::new(&input.lines[2], 3, ends[2].offset());
+    let mut reports = Vec::new();
+    for stream in [false, true] {
+        let path = input.sibling(&format!("job-{stream}.checkpoint"));
+        let mut checkpoint = Checkpoint::open(&path).unwrap();
+        checkpoint.commit(ends[1]).unwrap();
+        checkpoint
+            .commit_failed(FailedLine::new(&line3, 1, "down"))
+            .unwrap();
+        checkpoint.close().unwrap();
+
+        let runner = Runner::new().retry(RetryPolicy::never()).retry_failed(true);
+        let task = |line: &Line<'_>| {
+            assert_eq!(line.number(), 3);
+            Ok(())
+        };
+        let report = if stream {
+            runner.run_reader(&input.lines.concat()[..], &path, task)
+        } else {
+            runner.checkpoint_path(&path).run(&input.path, task)
+        }
+        .unwrap();
+        assert_eq!((report.done, report.failed_total), (1, 0), "{report:?}");
+        assert_eq!(report.position.line(), 1, "{report:?}");
+        reports.push((stream, report.input_left, report.is_complete()));
+    }
+    assert_eq!(
+        reports,
+        vec![(false, true, false), (true, true, false)],
+        "(stream, input_left, is_complete): line 2 never ran"
+    );
+}
+
+/// A stop while an async retry-failed run reads a stream on after its
+/// last failed line (to tell whether input is left) must end the run
+/// with a report, as a stop while it waits for the stream's next line
+/// does.
+///
+/// Sequence: a stream of 3 lines that stays open (a tokio duplex whose
+/// writer is kept); position at line 3, line 2 failed. An async
+/// `retry_failed` run whose task, on line 2, fires the stop token and
+/// succeeds.
+///
+/// Observed: the run returns `Err(Io { "the run stopped while waiting for
+/// input" })`; the report (line 2 resolved) is lost and the run is not
+/// closed as a run (`finish_run` never runs).
+/// Expected: `Ok(report)` (stopped, or with `input_left` unknown).
+///
+/// Cause: `Runner::drive_failed` (src/runner/drive.rs) calls
+/// `FailedSource::input_after` after the pump and propagates its error;
+/// the async stream reader (`Chunks`, src/runner/async_run.rs) returns
+/// `ReadStopped` once the run is stopped, which `Feed::feed` treats as a
+/// stop (`is_read_stopped`) but `input_after`'s caller does not. A fix:
+/// map `is_read_stopped` there to `run.stopped = true` (or skip the
+/// trailing read once the run is stopping).
+#[cfg(feature = "tokio")]
+#[test]
+fn a_stop_during_an_async_retrys_trailing_read_still_gives_a_report() {
+    use linemark::{OwnedLine, StopToken};
+    use tokio::io::AsyncWriteExt;
+
+    let input = Input::generated(3);
+    let ends = input.positions();
+    let path = input.sibling("stream.checkpoint");
+    let line2 = Line::new(&input.lines[1], 2, ends[1].offset());
+    let mut checkpoint = Checkpoint::open(&path).unwrap();
+    checkpoint.commit(ends[1]).unwrap();
+    checkpoint
+        .commit_failed(FailedLine::new(&line2, 1, "down"))
+        .unwrap();
+    checkpoint.commit(ends[3]).unwrap();
+    checkpoint.close().unwrap();
+    assert_eq!(failed_numbers(&path), vec![2]);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let stop = StopToken::new();
+    let bytes = input.lines.concat();
+    let result = runtime.block_on(async {
+        let (mut writer, reader) = tokio::io::duplex(4096);
+        writer.write_all(&bytes).await.unwrap();
+        let run = Runner::new()
+            .retry(RetryPolicy::never())
+            .retry_failed(true)
+            .stop_token(stop.clone())
+            .run_reader_async(reader, &path, |line: OwnedLine| {
+                let stop = stop.clone();
+                async move {
+                    assert_eq!(line.number(), 2);
+                    stop.stop();
+                    Ok(())
+                }
+            });
+        let result = tokio::time::timeout(Duration::from_secs(30), run).await;
+        // The stream stays open until the run ended.
+        drop(writer);
+        result
+    });
+    let result = result.expect("the retry waited for the stream 30 s after the stop");
+    match result {
+        Ok(report) => assert_eq!(report.failed_total, 0, "{report:?}"),
+        Err(err) => panic!("a stopped retry ended with an error, not a report: {err}"),
+    }
+}
+
+/// A newline appended to a finished last line that had none is not input
+/// left: a retry over the file says the job is complete (a later plain
+/// run has nothing to do), and so does one over the same bytes as a
+/// stream; a line appended after it is input left.
+#[test]
+fn a_newline_ending_the_last_line_is_not_input_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.txt");
+    for (stream, appended, left) in [
+        (false, &b"\n"[..], false),
+        (true, b"\n", false),
+        (false, b"\nd\n", true),
+        (true, b"\nd\n", true),
+    ] {
+        std::fs::write(&path, "a\nb\nc").unwrap();
+        let checkpoint = dir.path().join(format!("job-{stream}-{left}.checkpoint"));
+        let fail_b = |line: &Line<'_>| {
+            if line.raw() == b"b\n" {
+                Err(permanent("down"))
+            } else {
+                Ok(())
+            }
+        };
+        let runner = Runner::new().retry(RetryPolicy::never());
+        let report = if stream {
+            runner.run_reader(&b"a\nb\nc"[..], &checkpoint, fail_b)
+        } else {
+            runner.checkpoint_path(&checkpoint).run(&path, fail_b)
+        }
+        .unwrap();
+        assert_eq!((report.position.line(), report.failed_total), (3, 1));
+
+        let mut bytes = b"a\nb\nc".to_vec();
+        bytes.extend_from_slice(appended);
+        std::fs::write(&path, &bytes).unwrap();
+        let runner = Runner::new().retry_failed(true);
+        let report = if stream {
+            runner.run_reader(&bytes[..], &checkpoint, |_| Ok(()))
+        } else {
+            runner.checkpoint_path(&checkpoint).run(&path, |_| Ok(()))
+        }
+        .unwrap();
+        assert_eq!(
+            (report.input_left, report.is_complete()),
+            (left, !left),
+            "stream {stream}, appended {appended:?}: {report:?}"
+        );
+    }
 }

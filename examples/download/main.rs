@@ -370,8 +370,7 @@ fn watch_signals(stop: &StopToken, quiet: bool) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-/// This process's command line, shell-quoted, with `extra` arguments.
-/// The command line without the option `flag`.
+/// This process's command line, shell-quoted, without the option `flag`.
 fn command_line_without(flag: &str) -> String {
     std::env::args()
         .filter(|arg| arg != flag)
@@ -380,6 +379,7 @@ fn command_line_without(flag: &str) -> String {
         .join(" ")
 }
 
+/// This process's command line, shell-quoted, with `extra` arguments.
 fn command_line(extra: &[&str]) -> String {
     std::env::args()
         .chain(extra.iter().map(|arg| arg.to_string()))

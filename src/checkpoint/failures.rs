@@ -160,6 +160,9 @@ impl Checkpoint {
             let mut core = self.core_for_commit()?;
             let line = failed.line();
             if line > core.state.position.line() {
+                // Failed now, whatever an earlier record said (the later
+                // record wins, as the file reads).
+                core.state.done.remove(&line);
                 core.state.failed.insert(line, failed.clone());
                 core.state.raise_outputs(lens(&self.outputs));
                 core.pending.failed.push(Record::Failed(failed));

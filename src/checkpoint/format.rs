@@ -861,7 +861,9 @@ impl State {
             Record::Failed(failed) => {
                 // Written beyond the position of its group (which may be
                 // behind the one in force until the group applies: a
-                // position moved back); a later `pos` drops it.
+                // position moved back); a later `pos` drops it. Failed
+                // now, whatever an earlier `done` record said.
+                self.done.remove(&failed.line());
                 self.failed.insert(failed.line(), failed);
             }
             Record::Resolved { line } => {

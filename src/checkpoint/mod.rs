@@ -120,7 +120,8 @@ use writer::{Background, Core, Inner, ReadBack, Request, Schedule};
 ///                                                        L bytes long, digest D, is finished too (and no
 ///                                                        longer failed, if a `failed` record said so)
 /// failed line=N offset=O len=L digest=D attempts=A error="…" crc=…
-///                                                        line N failed for good after A attempts
+///                                                        line N failed for good after A attempts (and is
+///                                                        no longer done, if a `done` record said so)
 /// resolved line=N crc=…                                  line N, failed before, is now finished
 /// output index=I path="…" crc=…                          output I (0-based) is the file at this path
 ///                                                        (as given when attached; see Checkpoint::output)

@@ -2,7 +2,7 @@
 //! runs, and the counters of one run.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, Seek, SeekFrom};
+use std::io::{BufRead, Read, Seek, SeekFrom};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -232,7 +232,15 @@ impl Runner {
         };
         work.pump(self, &mut run, &mut source)?;
         if run.reached_end {
-            run.input_left = source.source.input_after(run.checkpoint.position())?;
+            match source.source.input_after(run.checkpoint.position()) {
+                Ok(left) => run.input_left = left,
+                // A stream that a stop interrupted: the run stopped.
+                Err(err) if is_read_stopped(&err) => {
+                    run.check_stop();
+                    run.reached_end = false;
+                }
+                Err(err) => return Err(err),
+            }
         }
         run.finish_run()
     }
@@ -792,18 +800,34 @@ impl<S: BufRead + Seek, R: BufRead> FailedSource<'_, S, R> {
 
 impl<S: BufRead + Seek, R: BufRead> FailedSource<'_, S, R> {
     /// Whether the input goes on after `position`: lines a retry does not
-    /// run, which no run has read. A stream is read on to the position
-    /// (the failed lines are before it) and one byte after.
+    /// run, which a run without `retry_failed` goes through. A file is
+    /// looked at after the position (a newline that only ends its last
+    /// line is not more input); a stream, once the failed lines are read,
+    /// is read on to the position and one line after.
     pub(super) fn input_after(&mut self, position: Position) -> Result<bool> {
         match self {
             FailedSource::Seek { reader, .. } => {
                 let err = |err| Error::io(None, "reading the input after the position", err);
-                reader
-                    .seek(SeekFrom::Start(position.offset()))
+                let from = position.offset().saturating_sub(1);
+                reader.seek(SeekFrom::Start(from)).map_err(err)?;
+                // The byte before the position (if any) and two after.
+                let skip = usize::from(position.offset() > 0);
+                let mut bytes = Vec::with_capacity(3);
+                (&mut **reader)
+                    .take(2 + skip as u64)
+                    .read_to_end(&mut bytes)
                     .map_err(err)?;
-                Ok(!reader.fill_buf().map_err(err)?.is_empty())
+                let before = bytes.first().filter(|_| skip == 1);
+                let after = bytes.get(skip..).unwrap_or_default();
+                // Only the newline of a last line that had none.
+                let ends_last_line = after == b"\n" && before.is_some_and(|&byte| byte != b'\n');
+                Ok(!after.is_empty() && !ends_last_line)
             }
             FailedSource::Scan { lines, .. } => {
+                if lines.lines_before() > position.line() {
+                    // Failed lines beyond the position were read.
+                    return Ok(true);
+                }
                 while lines.lines_before() < position.line() {
                     if lines.next_item()?.is_none() {
                         return Ok(false);

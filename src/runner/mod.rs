@@ -94,10 +94,10 @@ pub struct Report {
     /// stopped unfinished: records follow the list's order, so it keeps its
     /// earlier record and is retried next time.
     pub halted: bool,
-    /// Whether input after [`position`](Report::position) was never read by
-    /// any run: a retry ([`Runner::retry_failed`]) runs only the failed
-    /// lines, and sets it when an earlier run stopped before the end (run
-    /// without `retry_failed` to go on). A run that stopped sets
+    /// Whether input follows [`position`](Report::position) that a run
+    /// without `retry_failed` would go through: a retry
+    /// ([`Runner::retry_failed`]) runs only the failed lines, and sets it
+    /// when an earlier run stopped before the end. A run that stopped sets
     /// [`stopped`](Report::stopped) instead.
     pub input_left: bool,
     /// Everything before this position is finished (and durable).
@@ -452,6 +452,13 @@ impl Runner {
     /// retry over a stream reads them in line order, and sorts them first
     /// in memory (every failed line's record) only when the log is out of
     /// order, after a retry that was interrupted.
+    ///
+    /// The report's [`input_left`](Report::input_left) says whether input
+    /// follows the position (an earlier run stopped before the end), which
+    /// a run without `retry_failed` goes through. A file is looked at after
+    /// the position; a stream is read on, once its failed lines are done,
+    /// to the position and one line after (a stream that stays open keeps
+    /// the run waiting there, as a plain run would; a stop ends it).
     #[must_use = "a builder method returns the changed builder"]
     pub fn retry_failed(mut self, yes: bool) -> Runner {
         self.retry_failed = yes;
