@@ -458,7 +458,8 @@ impl Runner {
     /// a run without `retry_failed` goes through. A file is looked at after
     /// the position; a stream is read on, once its failed lines are done,
     /// to the position and one line after (a stream that stays open keeps
-    /// the run waiting there, as a plain run would; a stop ends it).
+    /// the run waiting there, as a plain run would; in an async run, a stop
+    /// ends the wait).
     #[must_use = "a builder method returns the changed builder"]
     pub fn retry_failed(mut self, yes: bool) -> Runner {
         self.retry_failed = yes;
