@@ -6,7 +6,11 @@ use crate::position::Position;
 
 /// Something that happened during a run. Lines are 1-based numbers; byte
 /// offsets let a progress bar show progress through the input (`offset` out
-/// of [`Event::Begin`]'s `input_len`) without counting lines first.
+/// of [`Event::Begin`]'s `input_len`) without counting lines first. A
+/// [`retry_failed`](crate::Runner::retry_failed) run reads only the failed
+/// lines, in the order they are listed, from `resumed_at` (the checkpoint's
+/// position) on: its progress is its `Done` and `Failed` events out of
+/// `Begin`'s `failed_before`.
 ///
 /// # Examples
 ///

@@ -12,8 +12,9 @@
 //! The name is `NAME` when given, else the last segment of the URL's path,
 //! percent-decoded. Either way it is one file inside the output directory:
 //! `/`, `\` and control characters become `_`, an empty name, `.` and `..`
-//! become `index.html`, a name ending in `.part` or `.part.meta` (the
-//! suffixes of partial downloads) gets a `_` appended, and names are cut to
+//! become `index.html`, a name ending in `.part`, `.part.meta` or
+//! `.part.meta.tmp`, in any case (the suffixes of partial downloads), gets
+//! a `_` appended, and names are cut to
 //! 200 bytes.
 //!
 //! Two lines never share a file: a pre-pass over the whole list gives each

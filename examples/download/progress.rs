@@ -245,7 +245,7 @@ pub fn summary(
         if failed > SHOWN as u64 {
             let _ = writeln!(
                 out,
-                "  ... and {} more (all are in {})",
+                "  ... and {} more (all are in the failure log of {})",
                 failed - SHOWN as u64,
                 report.checkpoint.display()
             );

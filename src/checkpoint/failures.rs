@@ -35,11 +35,12 @@ pub(super) enum Behind {
 }
 
 impl Checkpoint {
-    /// The lines recorded as failed, by line number within each part: first
-    /// those the position passed (read from the failure log as the
-    /// iterator goes, so a million failed lines take no more memory than
-    /// one), then those beyond the position. What is committed meanwhile
-    /// is not listed.
+    /// The lines recorded as failed: first those the position passed, in
+    /// the failure log's order (read from it as the iterator goes, so a
+    /// million failed lines take no more memory than one; line order,
+    /// unless a retry was interrupted or a line failed again out of that
+    /// order), then those beyond the position, by line number. What is
+    /// committed meanwhile is not listed.
     ///
     /// # Errors
     ///

@@ -143,9 +143,10 @@ use writer::{Background, Core, Inner, ReadBack, Request, Schedule};
 /// with `\\`, `\"`, `\n`, `\r`, `\t` and `\u{…}` escapes. The state is the
 /// result of applying the records in order; a `pos` drops the `done` and
 /// `failed` lines it covers; a `prefix` past the last `pos` is ignored.
-/// Compaction rewrites the file as the header, one `pos`, one `prefix`, and
-/// the `done` and `failed` records still in force (lines beyond the
-/// position: at most a window of them). `done` and `failed` records
+/// Compaction rewrites the file as the header, the `shard`, `output` and
+/// `faillog` declarations, one `pos`, one `prefix`, the `done` and `failed`
+/// records still in force (lines beyond the position: at most a window of
+/// them), and the `failures` and `out` marks. `done` and `failed` records
 /// carry the line's offset, length and digest so that a later run checks the
 /// line is still the same before skipping or retrying it
 /// ([`Checkpoint::is_recorded`]).
@@ -171,14 +172,17 @@ use writer::{Background, Core, Inner, ReadBack, Request, Schedule};
 /// collects them: memory for those only, and the runner's retry writes the
 /// live part again, once, to get rid of them). A log whose lines are all
 /// resolved is removed at a clean end; one whose superseded part is over
-/// 64 KiB and at least as long as its live part is copied, its live part
+/// 64 KiB or more and at least as long as its live part is copied, its live part
 /// only, to its other name (`CHECKPOINT.failures.1`, and back), synced
 /// before the checkpoint is rewritten to name the copy, and the old file is
 /// removed after: the `faillog` record names the file in force. A file
 /// already where a new log goes (the log of a checkpoint removed since, or
 /// of a session killed before its first record named it) is emptied only
-/// if it starts like a failure log; any other file is left as it is and the
-/// write fails with an [`Error::Io`] naming it, the failed lines kept.
+/// if it starts like a failure log; any other file is left as it is, and
+/// the write fails with an [`Error::Io`] naming it: nothing more is
+/// written until it is moved away (the commits stay in the memory of the
+/// open checkpoint; a runner stops with the error, and the next run does
+/// the unrecorded lines again).
 ///
 /// Outputs: from the first `output` (or `faillog`) record on, records take
 /// effect in groups: each write appends its records, the `failures` record

@@ -76,7 +76,9 @@ pub struct Report {
     /// finished (or failed) them out of order.
     pub skipped: u64,
     /// Where the run resumed: the lines before it were finished by earlier
-    /// runs and were not read at all.
+    /// runs and were not read at all. In a
+    /// [`retry_failed`](Runner::retry_failed) run, the checkpoint's
+    /// position: only the failed lines are read.
     pub resumed_at: Position,
     /// Lines recorded as failed in this run.
     pub failed: u64,
@@ -299,7 +301,9 @@ impl Runner {
     /// results and rejects); [`Out::to`](crate::Out::to) picks one.
     ///
     /// With [`workers`](Runner::workers), results go in the order lines
-    /// finish; see [`keep_order`](Runner::keep_order) for input order.
+    /// finish; see [`keep_order`](Runner::keep_order) for input order. A
+    /// [`retry_failed`](Runner::retry_failed) run appends them in the order
+    /// the failed lines are listed.
     /// The checkpoint records the outputs: every later run over it must
     /// name the same ones, in the same order (else
     /// [`Error::OutputChanged`]).
@@ -318,7 +322,9 @@ impl Runner {
     /// [`window`](Runner::window) bounds how many wait. With one worker
     /// both orders are the same. A [`retry_failed`](Runner::retry_failed)
     /// run appends the results of the lines that succeed then after all
-    /// the others, in the order they finish.
+    /// the others, in the order the failed lines are listed
+    /// ([`Checkpoint::failed`](crate::Checkpoint::failed)), whatever this
+    /// says.
     #[must_use = "a builder method returns the changed builder"]
     pub fn keep_order(mut self, yes: bool) -> Runner {
         self.keep_order = yes;
