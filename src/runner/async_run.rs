@@ -290,6 +290,7 @@ impl Runner {
         let mut driver = self.clone();
         let stop = self.stop.child();
         driver.stop = stop.clone();
+        driver.halt_fires_stop = true;
         driver.workers = self.concurrency;
         driver.window = Some(
             self.window

@@ -318,7 +318,9 @@ impl Batch {
                     // One that fails for good at once (a permanent error,
                     // no retries) keeps the batch whole: splitting at every
                     // such line would copy the rest of the batch each time.
-                    if index > 0 && shared.may_retry(task, &first) {
+                    // (A panic in `is_retryable` says no: the line fails
+                    // in `after_failure`, which guards it too.)
+                    if index > 0 && guard(|| shared.may_retry(task, &first)).unwrap_or(false) {
                         if let Some(hand_back) = hand_back.as_deref_mut() {
                             self = self.hand_back_before(index, ran, started, hand_back);
                             (index, passed, ran, started) = (0, 0, 0, Instant::now());

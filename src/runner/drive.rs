@@ -209,6 +209,13 @@ impl Runner {
         finished
     }
 
+    /// The report of a run stopped before its first line.
+    pub(super) fn stopped_at_start(&self, checkpoint: &mut Checkpoint) -> Result<Report> {
+        let mut run = RunState::new(self, checkpoint, Instant::now(), None);
+        run.stopped = true;
+        run.finish_run()
+    }
+
     /// The retry-failed run: exactly the lines recorded as failed.
     pub(super) fn drive_failed<S: BufRead + Seek, R: BufRead, W: Work>(
         &self,
@@ -231,7 +238,8 @@ impl Runner {
             abandoned: false,
         };
         work.pump(self, &mut run, &mut source)?;
-        if run.reached_end {
+        // A run that stopped (or halted) has no use for what follows.
+        if run.reached_end && !run.stopping() {
             match source.source.input_after(run.checkpoint.position()) {
                 Ok(left) => run.input_left = left,
                 // A stream that a stop interrupted: the run stopped.
@@ -320,7 +328,7 @@ impl std::fmt::Display for ReadStopped {
 
 impl std::error::Error for ReadStopped {}
 
-fn is_read_stopped(err: &Error) -> bool {
+pub(super) fn is_read_stopped(err: &Error) -> bool {
     match err {
         Error::Io { source, .. } => source
             .get_ref()
@@ -902,6 +910,7 @@ impl<'r, 'c> RunState<'r, 'c> {
                 input: input.map(Arc::from),
                 halt_after: runner.halt_after,
                 failures: AtomicU64::new(0),
+                halt_stop: runner.halt_fires_stop.then(|| runner.stop.clone()),
             }),
             runner,
             checkpoint,
@@ -1006,7 +1015,7 @@ impl<'r, 'c> RunState<'r, 'c> {
             .is_some_and(|limit| self.failed >= limit)
         {
             self.halted = true;
-            self.shared.run_stop.stop();
+            self.shared.halt();
         }
         Ok(())
     }

@@ -224,6 +224,9 @@ pub struct Runner {
     verify_prefix: bool,
     outputs: Vec<PathBuf>,
     keep_order: bool,
+    /// The halt policy fires `stop` too: the stop of an async run's driver
+    /// (its own token, which its stream reader watches), never a user's.
+    halt_fires_stop: bool,
 }
 
 impl std::fmt::Debug for Runner {
@@ -287,6 +290,7 @@ impl Runner {
             verify_prefix: true,
             outputs: Vec::new(),
             keep_order: false,
+            halt_fires_stop: false,
         }
     }
 
@@ -827,7 +831,14 @@ impl Runner {
             };
             return self.drive_failed(&mut checkpoint, source, None, work);
         }
-        let resumed = checkpoint.position().seek_lines(&mut reader)?;
+        let resumed = match checkpoint.position().seek_lines(&mut reader) {
+            // Stopped while the finished lines were skipped (an async
+            // run's stream gone quiet).
+            Err(err) if drive::is_read_stopped(&err) => {
+                return self.stopped_at_start(&mut checkpoint);
+            }
+            resumed => resumed?,
+        };
         let lines = self.line_reader(reader, resumed);
         self.drive(&mut checkpoint, lines, resumed, None, work)
     }

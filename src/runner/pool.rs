@@ -32,6 +32,9 @@ pub(super) struct Shared {
     /// rather than the rest of its batch and the others failing too.
     pub(super) halt_after: Option<u64>,
     pub(super) failures: AtomicU64,
+    /// Fired too when the halt policy applies: an async run's driver stop,
+    /// which ends a wait for a stream's next line.
+    pub(super) halt_stop: Option<StopToken>,
     /// The input file, named in the lines the task sees (and so in their
     /// errors), whichever way they reach it.
     pub(super) input: Option<Arc<Path>>,
@@ -58,6 +61,14 @@ impl Shared {
         self.run_stop.is_stopped() || self.user_stop.is_stopped()
     }
 
+    /// The halt policy applies: the run stops.
+    pub(super) fn halt(&self) {
+        self.run_stop.stop();
+        if let Some(stop) = &self.halt_stop {
+            stop.stop();
+        }
+    }
+
     /// Whether the workers' failures reached the halt policy's limit.
     pub(super) fn halt_applied(&self) -> bool {
         self.halt_after
@@ -68,7 +79,7 @@ impl Shared {
     pub(super) fn note_failure(&self) {
         if let Some(limit) = self.halt_after {
             if self.failures.fetch_add(1, Ordering::Relaxed) + 1 >= limit {
-                self.run_stop.stop();
+                self.halt();
             }
         }
     }
