@@ -79,7 +79,9 @@ pub enum Event<'a> {
         line: u64,
         /// Byte offset just after the line.
         end_offset: u64,
-        /// Attempts made.
+        /// Attempts made, as its record counts them: in a
+        /// [`retry_failed`](crate::Runner::retry_failed) run, earlier
+        /// runs' attempts included.
         attempts: u32,
         /// The task's last error message.
         error: &'a str,
