@@ -908,14 +908,16 @@ impl State {
     /// 4 or older records at or before its position go to the failure log
     /// at the first write (the file is then rewritten in version 5).
     fn loaded(&mut self) {
-        if self.version < 5 {
-            let beyond = self
-                .failed
-                .split_off(&(self.position.line().saturating_add(1)));
-            self.passed = std::mem::replace(&mut self.failed, beyond)
-                .into_values()
-                .collect();
-        }
+        // Failed lines the position passed wait for the failure log: in a
+        // file of version 4 or older every failed record stays in the
+        // checkpoint; in one of version 5 only a torn write leaves one (a
+        // `failed` record before a `pos` that moved back, cut off).
+        let beyond = self
+            .failed
+            .split_off(&(self.position.line().saturating_add(1)));
+        self.passed = std::mem::replace(&mut self.failed, beyond)
+            .into_values()
+            .collect();
     }
 
     pub(crate) fn output_lens(&self) -> Vec<u64> {
