@@ -649,19 +649,18 @@ impl Checkpoint {
     /// ```
     pub fn commit(&mut self, position: Position) -> Result<()> {
         check_position(position)?;
-        let back_over_unwritten = {
-            let core = self.inner.lock_core();
-            position.line() < core.state.position.line() && core.pending.position
-        };
-        if back_over_unwritten {
-            // The position moved forward and now back, the forward one not
-            // written yet: it goes first. It let go of what it passed (a
-            // failed line resolved since, a done one), whose records in the
-            // file would otherwise be in force again behind the new one.
-            self.write_now(false, Catch::Up)?;
-        }
         {
             let mut core = self.inner.lock_core();
+            if position.line() < core.state.position.line() && core.pending.position {
+                // The position moved forward and now back, the forward one
+                // not written yet: it goes first. It let go of what it
+                // passed (a failed line resolved since, a done one), whose
+                // records in the file would otherwise be in force again
+                // behind the new one.
+                drop(core);
+                self.write_now(false, Catch::Up)?;
+                core = self.inner.lock_core();
+            }
             if core.state.log.is_none() || position.line() >= core.state.position.line() {
                 self.slot.clear(&self.inner.slot);
                 core.folded = self.slot.seq();
