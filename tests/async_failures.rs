@@ -6,25 +6,12 @@
 
 mod common;
 
+use common::{current_thread, multi_thread};
+
 use std::time::Duration;
 
 use linemark::{AsyncTask, OwnedLine, RetryPolicy, Runner, StopToken, permanent};
 use tokio::io::AsyncWriteExt;
-
-fn current_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn multi_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// A halt does not end the wait for a quiet stream's next line, as a stop
 /// does.

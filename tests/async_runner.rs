@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::Input;
+use common::{Input, current_thread, multi_thread};
 use linemark::{AsyncTask, Error, Event, OwnedLine, RetryPolicy, Runner, StopToken, permanent};
 
 /// How many times each line ran, by line number.
@@ -56,21 +56,6 @@ impl Gauge {
     fn leave(&self) {
         self.now.fetch_sub(1, Ordering::SeqCst);
     }
-}
-
-fn current_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn multi_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 /// 10,000 lines in flight at once, each awaiting a timer: every line runs

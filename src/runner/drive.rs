@@ -804,9 +804,7 @@ impl<S: BufRead + Seek, R: BufRead> FailedSource<'_, S, R> {
             }
         }
     }
-}
 
-impl<S: BufRead + Seek, R: BufRead> FailedSource<'_, S, R> {
     /// Whether the input goes on after `position`: lines a retry does not
     /// run, which a run without `retry_failed` goes through. A file is
     /// looked at after the position (a newline that only ends its last

@@ -423,6 +423,23 @@ impl Drop for SmallDisk {
     }
 }
 
+/// A tokio runtime on the calling thread, for the async runner's tests.
+pub fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A tokio runtime with two worker threads.
+pub fn multi_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 /// The environment variable that fixes the seed of a randomized test.
 pub const SEED_VAR: &str = "LINEMARK_TEST_SEED";
 
